@@ -1,0 +1,194 @@
+"""Opening whole-slide images: tiffslide first, openslide for the formats tiffslide lacks.
+
+Everything above this module sees one small `Slide` API with level-0 pixel coordinates, a known
+microns-per-pixel, and clear `BridgeError`s for files that are missing, not slides, truncated or
+without a physical scale.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from antoni_bridge.errors import BridgeError
+
+MPP_HINT = "pass --slide-mpp 0.25 for a 40x scan or --slide-mpp 0.5 for a 20x scan"
+
+
+@dataclass(frozen=True)
+class NativeLevel:
+    """A pyramid level stored as one tiled TIFF page, so its tiles can be decoded directly."""
+
+    page: tifffile.TiffPage
+    tile_width: int
+    tile_height: int
+    offsets: tuple[int, ...]
+    bytecounts: tuple[int, ...]
+
+    @property
+    def tiles_across(self) -> int:
+        return -(-self.page.imagewidth // self.tile_width)
+
+    @property
+    def tiles_down(self) -> int:
+        return -(-self.page.imagelength // self.tile_height)
+
+
+class Slide:
+    """An open slide. Coordinates are level-0 pixels (x, y); pixels come back as RGB uint8 arrays."""
+
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
+        self.path = Path(path)
+        _check_path(self.path)
+        self._backend, self._handle = _open_backend(self.path)
+        self.properties: dict[str, Any] = dict(self._handle.properties)
+        self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(d) for d in self._handle.level_dimensions)
+        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
+        self.mpp = mpp if mpp is not None else _mpp_from_properties(self.properties, self._backend)
+        if self.mpp is None:
+            self.close()
+            raise BridgeError(f"{self.path.name} has no microns-per-pixel in its metadata.", MPP_HINT)
+        if not 0.01 <= self.mpp <= 100:
+            self.close()
+            raise BridgeError(f"{self.path.name}: microns per pixel {self.mpp} is not plausible.", MPP_HINT)
+        if self._backend == "tiffslide":
+            self._check_not_truncated()
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def objective_power(self) -> float | None:
+        key = "tiffslide.objective-power" if self._backend == "tiffslide" else "openslide.objective-power"
+        value = self.properties.get(key)
+        try:
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read `size` (w, h) pixels of `level` whose top-left corner is `location` in level-0 pixels."""
+        try:
+            if self._backend == "tiffslide":
+                pixels = self._handle.read_region(location, level, size, as_array=True)
+            else:
+                pixels = np.asarray(self._handle.read_region(location, level, size))
+        except Exception as exc:  # decoders raise many types for damaged data
+            raise BridgeError(
+                f"{self.path.name}: could not decode pixels at {location} on level {level} ({exc}).",
+                "the file is probably damaged; copy it again from the scanner or archive",
+            ) from exc
+        return to_rgb(pixels)
+
+    def read_level(self, level: int) -> np.ndarray:
+        """The whole of one (small) level as an RGB array, for tissue detection and overviews."""
+        return self.read_region((0, 0), level, self.level_dimensions[level])
+
+    def native_level(self, level: int) -> NativeLevel | None:
+        """The tiled TIFF page behind `level` when its tiles can be decoded directly, else None."""
+        if self._backend != "tiffslide":
+            return None
+        series = self._handle.ts_tifffile.series[int(self.properties.get("tiffslide.series-index", 0))]
+        if level >= len(series.levels):
+            return None
+        pages = series.levels[level].pages
+        page = pages[0] if len(pages) == 1 else None
+        if (
+            not isinstance(page, tifffile.TiffPage)
+            or not page.is_tiled
+            or page.dtype != np.uint8
+            or page.samplesperpixel not in (3, 4)
+            or page.planarconfig != tifffile.PLANARCONFIG.CONTIG
+            or page.imagedepth != 1
+            or (page.imagewidth, page.imagelength) != self.level_dimensions[level]
+        ):
+            return None
+        return NativeLevel(page, page.tilewidth, page.tilelength, page.dataoffsets, page.databytecounts)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_not_truncated(self) -> None:
+        size = self.path.stat().st_size
+        for level in range(self.level_count):
+            native = self.native_level(level)
+            if native is None:
+                continue
+            end = max((o + c for o, c in zip(native.offsets, native.bytecounts, strict=True) if c), default=0)
+            if end > size:
+                self.close()
+                raise BridgeError(
+                    f"{self.path.name} is truncated: level {level} needs {end:,} bytes but the file has {size:,}.",
+                    "the copy is incomplete; copy the slide again",
+                )
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise BridgeError(f"No slide at {path}.", "check the path; it must be a file on this machine")
+    if path.is_dir():
+        raise BridgeError(f"{path} is a folder, not a slide file.", "give the slide's file itself")
+
+
+def _open_backend(path: Path) -> tuple[str, Any]:
+    import tiffslide
+
+    try:
+        return "tiffslide", tiffslide.TiffSlide(path)
+    except Exception as tiff_error:  # tifffile raises several types for non-TIFF input
+        handle = _try_openslide(path)
+        if handle is not None:
+            return "openslide", handle
+        raise BridgeError(
+            f"{path.name} is not a slide antoni-bridge can read ({type(tiff_error).__name__}: {tiff_error}).",
+            "SVS, NDPI, SCN and pyramidal TIFF are read directly; for MRXS, DICOM and other formats "
+            "install the openslide extra: pip install 'antoni-bridge[openslide]'",
+        ) from tiff_error
+
+
+def _try_openslide(path: Path) -> Any | None:
+    try:
+        import openslide
+    except ImportError:
+        return None
+    try:
+        return openslide.OpenSlide(str(path))
+    except Exception:  # openslide raises its own types and OSError alike for unreadable files
+        return None
+
+
+def _mpp_from_properties(properties: dict[str, Any], backend: str) -> float | None:
+    key = "tiffslide.mpp-x" if backend == "tiffslide" else "openslide.mpp-x"
+    try:
+        mpp = float(properties.get(key) or 0.0)
+    except (TypeError, ValueError):
+        return None
+    return mpp if mpp > 0 else None
+
+
+def to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Drop alpha, compositing transparent pixels on white as scanners show empty glass."""
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2).astype(np.uint8)
+    if pixels.shape[2] == 4:
+        alpha = pixels[..., 3:4].astype(np.float32) / 255.0
+        rgb = pixels[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return rgb.round().astype(np.uint8)
+    return np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
