@@ -138,6 +138,7 @@ def write_demo_slide(
 ) -> DemoLayout:
     """Write the demo slide to `out` (atomically) and return its layout."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     layout = demo_layout(width, height, seed)
     painter = _Painter(layout, width, seed)
     band = math.lcm(tile, *downsamples)

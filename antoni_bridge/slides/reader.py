@@ -7,8 +7,10 @@ without a physical scale.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import tifffile
 
 from antoni_bridge.errors import BridgeError
 
+CHUNK = 1 << 20
 MPP_HINT = "pass --slide-mpp 0.25 for a 40x scan or --slide-mpp 0.5 for a 20x scan"
 
 
@@ -76,6 +79,17 @@ class Slide:
             return float(value) if value not in (None, "") else None
         except (TypeError, ValueError):
             return None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies the file's content cheaply (size, first and last MiB), so a copied slide hits the cache."""
+        size = self.path.stat().st_size
+        digest = hashlib.sha256(str(size).encode())
+        with self.path.open("rb") as fh:
+            digest.update(fh.read(CHUNK))
+            fh.seek(max(0, size - CHUNK))
+            digest.update(fh.read(CHUNK))
+        return digest.hexdigest()[:32]
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Read `size` (w, h) pixels of `level` whose top-left corner is `location` in level-0 pixels."""

@@ -1,0 +1,295 @@
+"""The slide encoder: our implementation of Prism's perceiver, loading the published weights.
+
+Prism (paige-ai/Prism) aggregates a slide's Virchow tile embeddings with a perceiver: 513 learned
+queries (row 0 becomes the slide embedding, rows 1-512 the image latents) cross-attend to the tiles
+with one head, then pass a stack of self-attention blocks; this repeats `perceiver_depth` times.
+Cross-attention blocks are distinct up to `share_xattn_start_layer` and shared after it (with their
+keys and values computed once); the self-attention stack is shared from `share_tf_start_layer` on.
+Every block is pre-norm with residuals; feed-forwards are GEGLU (value half first, exact GELU gate).
+
+Module names reproduce the published state-dict keys (`image_resampler.perceiver.layers.0.xattn...`),
+shared blocks stored once; the aliases some exports contain and the text decoder's keys are dropped
+on load after a check. The BioGPT text decoder is not needed for ANTONI and not built. Runs on any
+transformers version: nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from antoni_bridge.encoders.sources import (
+    describe_keys,
+    read_config,
+    read_state_dict,
+    resolve_model_dir,
+    weights_identity,
+)
+from antoni_bridge.errors import BridgeError
+
+PRISM_ID = "paige-ai/Prism"
+PREFIX = "image_resampler."
+IGNORED_PREFIXES = ("text_decoder.", "img_to_latents.", "text_to_latents.", "temperature")
+
+
+@dataclass(frozen=True)
+class PerceiverConfig:
+    """Field names and defaults as in Prism's published `perceiver_config`."""
+
+    latent_seq: int = 512
+    latent_dim: int = 1280
+    context_dim: int = 2560
+    mhsa_heads: int = 8
+    perceiver_depth: int = 8
+    transformer_depth: int = 6
+    share_xattn_start_layer: int = 1
+    share_tf_start_layer: int = 0
+    xattn_heads: int = 1
+    mlp_mult: int = 1
+    mlp_activation: str = "geglu"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> PerceiverConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class GEGLU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = x.chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int, activation: str) -> None:
+        super().__init__()
+        if activation not in ("geglu", "gelu"):
+            raise BridgeError(f"Prism feed-forward activation {activation!r} is not supported.", "use geglu")
+        hidden = dim * mult
+        self.norm = nn.LayerNorm(dim)
+        widen = 2 * hidden if activation == "geglu" else hidden
+        act = GEGLU() if activation == "geglu" else nn.GELU()
+        self.net = nn.Sequential(nn.Linear(dim, widen), act, nn.Linear(hidden, dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(x))
+
+
+class CrossAttention(nn.Module):
+    """Queries (layer-normed latents) attend to the raw tile embeddings."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.x_norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.to_kv(context).chunk(2, dim=-1)
+        return _heads(keys, self.heads), _heads(values, self.heads)
+
+    def forward(
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        q = _heads(self.to_q(self.x_norm(x)), self.heads)
+        attended = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        return self.to_out(_merge(attended))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with packed q|k|v projections and no biases."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (_heads(t, self.heads) for t in F.linear(x, self.in_proj_weight).chunk(3, dim=-1))
+        return self.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+
+
+class SelfAttentionBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mha = SelfAttention(dim, heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(self.norm(x))
+
+
+class Perceiver(nn.Module):
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.latent_dim
+        self.latents = nn.Parameter(torch.randn(config.latent_seq + 1, dim))
+        last_x = min(config.share_xattn_start_layer, config.perceiver_depth - 1)
+        last_tf = min(config.share_tf_start_layer, config.perceiver_depth - 1)
+        self.layers = nn.ModuleList()
+        for index in range(max(last_x, last_tf) + 1):
+            layer = nn.ModuleDict()
+            if index <= last_x:
+                layer["xattn"] = nn.ModuleDict(
+                    {
+                        "xattn": CrossAttention(dim, config.context_dim, config.xattn_heads),
+                        "ff": FeedForward(dim, config.mlp_mult, config.mlp_activation),
+                    }
+                )
+            if index <= last_tf:
+                layer["tf"] = nn.ModuleList(
+                    nn.ModuleDict(
+                        {
+                            "mhsa": SelfAttentionBlock(dim, config.mhsa_heads),
+                            "ff": FeedForward(dim, config.mlp_mult, config.mlp_activation),
+                        }
+                    )
+                    for _ in range(config.transformer_depth)
+                )
+            self.layers.append(layer)
+        self.last_x, self.last_tf = last_x, last_tf
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.latents.unsqueeze(0).expand(context.shape[0], -1, -1)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for depth in range(self.config.perceiver_depth):
+            block = min(depth, self.last_x)
+            xattn = self.layers[block]["xattn"]
+            if block not in kv_cache:
+                kv_cache[block] = xattn["xattn"].keys_values(context)
+            x = xattn["xattn"](x, kv_cache[block], attn_mask) + x
+            x = xattn["ff"](x) + x
+            for sub in self.layers[min(depth, self.last_tf)]["tf"]:
+                x = sub["mhsa"](x) + x
+                x = sub["ff"](x) + x
+        return x
+
+
+class PerceiverResampler(nn.Module):
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__()
+        self.perceiver = Perceiver(config)
+        self.cls_norm = nn.LayerNorm(config.latent_dim)
+        self.img_norm = nn.LayerNorm(config.latent_dim)
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.perceiver(context, mask)
+        return self.cls_norm(x[:, 0]), self.img_norm(x[:, 1:])
+
+
+class SlideEncoder(nn.Module):
+    """Prism's slide encoder: tile embeddings (B, N, C) -> slide embedding (B, D) and latents (B, 512, D)."""
+
+    def __init__(self, config: PerceiverConfig, source: str = "", name: str = "prism", identity: str = "") -> None:
+        super().__init__()
+        self.config = config
+        self.source = source
+        self.name = name
+        self.identity = identity or name
+        self.image_resampler = PerceiverResampler(config)
+        self.autocast_dtype: torch.dtype | None = None
+
+    def forward(
+        self, tile_embeddings: torch.Tensor, tile_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`tile_mask` (B, N) is True for real tiles; it is needed when slides of different sizes share a batch."""
+        if tile_embeddings.ndim != 3 or tile_embeddings.shape[-1] != self.config.context_dim:
+            raise BridgeError(
+                f"The slide encoder takes (slides, tiles, {self.config.context_dim}) tile embeddings, "
+                f"not {tuple(tile_embeddings.shape)}.",
+                "embed the tiles with the tile encoder this slide encoder was trained with (Virchow v1)",
+            )
+        if tile_mask is not None:
+            tile_mask = tile_mask.to(device=tile_embeddings.device, dtype=torch.bool)
+            if not bool(tile_mask.any(dim=1).all()):
+                raise BridgeError("A slide in the batch has no tile left after masking.", "drop empty slides")
+        return self.image_resampler(tile_embeddings, tile_mask)
+
+    @torch.inference_mode()
+    def encode(self, tile_embeddings: torch.Tensor) -> torch.Tensor:
+        """One slide's (N, C) tile embeddings -> the (513, D) ANTONI input: slide embedding, then latents."""
+        device = next(self.parameters()).device
+        context = tile_embeddings.to(device, torch.float32).unsqueeze(0)
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            embedding, latents = self(context)
+        return torch.cat([embedding[:, None], latents], dim=1)[0].float().cpu()
+
+    def load_published_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strictly load a Prism checkpoint: the whole model's keys or the slide encoder's alone."""
+        own = self.state_dict()
+        state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
+        state = {k if k.startswith(PREFIX) else PREFIX + k: v for k, v in state.items()}
+        state = _drop_aliases(state, self.image_resampler.perceiver)
+        missing = sorted(own.keys() - state.keys())
+        unexpected = sorted(state.keys() - own.keys())
+        wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise BridgeError(
+                f"The slide encoder weights do not fit Prism's perceiver "
+                f"(missing: {describe_keys(missing)}; unexpected: {describe_keys(unexpected)}; "
+                f"wrong shape: {describe_keys(wrong)}).",
+                "give the paige-ai/Prism weights or a folder made by antoni-bridge",
+            )
+        self.load_state_dict(state, strict=True)
+
+
+_ALIAS = re.compile(r"^image_resampler\.perceiver\.layers\.(\d+)\.(xattn|tf)\.(.*)$")
+
+
+def _drop_aliases(state: dict[str, torch.Tensor], perceiver: Perceiver) -> dict[str, torch.Tensor]:
+    """Remove copies of shared blocks (exports that list them under every layer), checking they are copies."""
+    kept: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _ALIAS.match(key)
+        if match is not None:
+            depth, kind, rest = int(match.group(1)), match.group(2), match.group(3)
+            owner = min(depth, perceiver.last_x if kind == "xattn" else perceiver.last_tf)
+            canonical = f"{PREFIX}perceiver.layers.{owner}.{kind}.{rest}"
+            if canonical != key and canonical in state and torch.equal(state[canonical], value):
+                continue
+        kept[key] = value
+    return kept
+
+
+def load_slide_encoder(
+    source: str | os.PathLike[str] = PRISM_ID, device: str | torch.device = "cpu", precision: str = "bf16"
+) -> SlideEncoder:
+    """Load Prism's perceiver from a folder, the HF cache or the hub (transformers not involved)."""
+    folder = resolve_model_dir(source, "slide encoder")
+    config = read_config(folder)
+    values = config.get("perceiver_config", config)
+    if not isinstance(values, dict) or "latent_dim" not in values:
+        raise BridgeError(f"{folder} does not hold a Prism model (no perceiver_config).", "give paige-ai/Prism")
+    name = "prism-demo" if config.get("antoni_bridge_demo") else "prism"
+    identity = f"{name}@{weights_identity(folder)}"
+    encoder = SlideEncoder(PerceiverConfig.from_dict(values), source=str(source), name=name, identity=identity)
+    encoder.load_published_state_dict(read_state_dict(folder, "slide encoder"))
+    device = torch.device(device)
+    encoder = encoder.to(device).eval()
+    if device.type == "cuda" and precision != "fp32":
+        encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return encoder
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)

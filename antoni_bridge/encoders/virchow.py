@@ -1,0 +1,115 @@
+"""The tile encoder: Virchow (v1, or Virchow2) through timm, with Paige's published recipe.
+
+Recipe: timm ViT-H/14 with SwiGLU-packed MLPs and SiLU, 224-px tiles at 0.5 um/px, bicubic resize,
+ImageNet normalisation; the embedding is the class token next to the mean of the patch tokens
+(2 x 1280 = 2560 for Virchow v1). Resizing and normalising run on the encoder's device, so a GPU
+does that work too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import SwiGLUPacked
+
+from antoni_bridge.encoders.sources import (
+    describe_keys,
+    read_config,
+    read_state_dict,
+    resolve_model_dir,
+    weights_identity,
+)
+from antoni_bridge.errors import BridgeError
+
+VIRCHOW_ID = "paige-ai/Virchow"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TileEncoder:
+    """A loaded tile encoder: uint8 tiles in, (B, 2 x width) float32 embeddings out."""
+
+    model: torch.nn.Module
+    source: str  # what the user named: a hub id or a folder
+    name: str  # architecture and tag, recorded in feature files
+    identity: str  # name plus a digest of the weight files, part of cache keys
+    input_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # bf16/fp16 on CUDA, None (fp32) on CPU
+
+    @property
+    def embedding_dim(self) -> int:
+        return 2 * int(self.model.embed_dim)
+
+    def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> (B, 3, 224, 224) normalised float on the encoder's device."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
+            size = (self.input_size, self.input_size)
+            batch = F.interpolate(batch, size=size, mode="bicubic", antialias=True, align_corners=False)
+            batch = batch.clamp_(0.0, 1.0)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+    @torch.inference_mode()
+    def embed(self, pixels: np.ndarray) -> torch.Tensor:
+        """Embeddings of a batch of tiles, as float32 on the CPU."""
+        batch = self.preprocess(pixels)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            tokens = self.model(batch)
+        prefix = int(self.model.num_prefix_tokens)  # 1 for Virchow, 5 (class + 4 registers) for Virchow2
+        embedding = torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=-1)
+        return embedding.float().cpu()
+
+
+def load_tile_encoder(
+    source: str | os.PathLike[str] = VIRCHOW_ID,
+    device: str | torch.device = "cpu",
+    precision: str = "bf16",
+) -> TileEncoder:
+    """Load Virchow (or a model of its architecture) from a folder, the HF cache or the hub."""
+    folder = resolve_model_dir(source, "tile encoder")
+    config = read_config(folder)
+    architecture = config.get("architecture", "")
+    if not str(architecture).startswith("vit_"):
+        raise BridgeError(
+            f"{folder} holds a {architecture or 'model of unknown architecture'}, not a Virchow-style ViT.",
+            "give paige-ai/Virchow (or Virchow2), or a folder with its config.json and weights",
+        )
+    model_args = {k: v for k, v in config.get("model_args", {}).items() if k not in ("mlp_layer", "act_layer")}
+    model = timm.create_model(
+        architecture, pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **model_args
+    )
+    state = read_state_dict(folder, "tile encoder")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BridgeError(
+            f"The tile encoder weights in {folder} do not fit its config "
+            f"(missing: {describe_keys(missing)}; unexpected: {describe_keys(unexpected)}).",
+            "the folder mixes files of different models; download it again",
+        )
+    device = torch.device(device)
+    name = f"{architecture}.{config.get('pretrained_cfg', {}).get('tag', 'unknown')}"
+    return TileEncoder(
+        model=model.to(device).eval(),
+        source=str(source),
+        name=name,
+        identity=f"{name}@{weights_identity(folder)}",
+        input_size=int(config.get("model_args", {}).get("img_size", 224)),
+        device=device,
+        autocast_dtype=_autocast_dtype(device, precision),
+    )
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,0 +1,110 @@
+"""Feature files: one HDF5 per slide or region, in the TRIDENT/EXAONE layout ANTONI users know.
+
+    coords         (N, 2) int64   level-0 x, y of each tile's top-left corner
+    contour_index  (N,)   int32   tissue piece of each tile (0 = largest)
+    features       (N, C) float32 tile embeddings (absent in a tiles-only file)
+    latents        (513, D) float32 Prism slide embedding (row 0) and image latents (absent in tiles-only)
+
+`coords` carries TRIDENT's attributes (patch_size, patch_size_level0, level0_magnification,
+target_magnification, overlap, name); the file root carries the rest (mpp, level, encoders, slide
+fingerprint, region geometry). Files are written to a temporary name and renamed, so a reader never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from antoni_bridge.errors import BridgeError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FeatureFile:
+    coords: np.ndarray
+    contour_index: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+    coords_attrs: dict[str, Any] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    latents: np.ndarray | None = None
+
+
+def write_feature_file(path: str | os.PathLike[str], data: FeatureFile) -> None:
+    """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            coords = h5.create_dataset("coords", data=np.asarray(data.coords, dtype=np.int64))
+            coords.attrs.update(_attr_values(data.coords_attrs))
+            h5.create_dataset("contour_index", data=np.asarray(data.contour_index, dtype=np.int32))
+            if data.features is not None:
+                h5.create_dataset("features", data=np.asarray(data.features, dtype=np.float32))
+            if data.latents is not None:
+                h5.create_dataset("latents", data=np.asarray(data.latents, dtype=np.float32))
+            h5.attrs.update(_attr_values({"format_version": FORMAT_VERSION, **data.attrs}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
+    """Read and check a feature file; a damaged or foreign file gives one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"No feature file at {path}.", "create one with `antoni-bridge embed SLIDE --out FILE`")
+    try:
+        with h5py.File(path, "r") as h5:
+            if "coords" not in h5 or "contour_index" not in h5:
+                raise BridgeError(f"{path.name} is not an antoni-bridge feature file (no coords).", "embed again")
+            data = FeatureFile(
+                coords=h5["coords"][()],
+                contour_index=h5["contour_index"][()],
+                attrs={k: _python(v) for k, v in h5.attrs.items()},
+                coords_attrs={k: _python(v) for k, v in h5["coords"].attrs.items()},
+                features=h5["features"][()] if "features" in h5 else None,
+                latents=h5["latents"][()] if "latents" in h5 else None,
+            )
+    except BridgeError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError and more for damaged files
+        raise BridgeError(f"{path.name} is not a readable HDF5 feature file ({exc}).", "embed the slide again") from exc
+    _check_consistent(path, data)
+    return data
+
+
+def _check_consistent(path: Path, data: FeatureFile) -> None:
+    n = len(data.coords)
+    problems = []
+    if data.coords.ndim != 2 or data.coords.shape[1] != 2:
+        problems.append(f"coords has shape {data.coords.shape}")
+    if data.contour_index.shape != (n,):
+        problems.append(f"contour_index has shape {data.contour_index.shape} for {n} tiles")
+    if data.features is not None and (data.features.ndim != 2 or data.features.shape[0] != n):
+        problems.append(f"features has shape {data.features.shape} for {n} tiles")
+    if data.latents is not None and (data.latents.ndim != 2 or not np.isfinite(data.latents).all()):
+        problems.append("latents are not a finite 2-D array")
+    if problems:
+        raise BridgeError(f"{path.name} is inconsistent: {'; '.join(problems)}.", "embed the slide again")
+
+
+def _attr_values(attrs: dict[str, Any]) -> dict[str, Any]:
+    """HDF5 attributes hold numbers and strings; anything structured is stored as JSON text."""
+    return {k: v if isinstance(v, int | float | str | np.number) else json.dumps(v) for k, v in attrs.items()}
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

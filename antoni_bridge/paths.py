@@ -1,0 +1,18 @@
+"""Where antoni-bridge keeps its files: one home folder, `ANTONI_BRIDGE_HOME` or ~/.cache/antoni-bridge."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("ANTONI_BRIDGE_HOME") or Path.home() / ".cache" / "antoni-bridge")
+
+
+def feature_cache_dir() -> Path:
+    return home() / "features"
+
+
+def demo_dir() -> Path:
+    return home() / "demo"

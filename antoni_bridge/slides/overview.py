@@ -1,0 +1,78 @@
+"""The overview PNG: a thumbnail with the tissue outlines, their numbers, rejected pen ink, the region
+and the kept tiles drawn on it, so a user can see at a glance what will be embedded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from antoni_bridge.slides.grid import TileGrid
+from antoni_bridge.slides.reader import Slide
+from antoni_bridge.slides.tissue import TissueMask
+
+MAX_SIDE = 2000
+
+
+def write_overview(slide: Slide, tissue: TissueMask, grid: TileGrid | None, out: str | os.PathLike[str]) -> Path:
+    image, scale = _thumbnail(slide)
+    _draw_tissue(image, tissue, scale)
+    draw = ImageDraw.Draw(image)
+    if grid is not None:
+        edge = grid.level0_size * scale
+        for x, y in grid.coords * scale:
+            draw.rectangle([x, y, x + edge, y + edge], outline=(30, 90, 220))
+        if grid.region is not None:
+            _draw_region(draw, grid, scale)
+    _label_contours(draw, tissue, scale)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _thumbnail(slide: Slide) -> tuple[Image.Image, float]:
+    """The smallest level whose longest side is at least MAX_SIDE (or the coarsest), fitted to MAX_SIDE."""
+    sides = [max(d) for d in slide.level_dimensions]
+    level = max((i for i, side in enumerate(sides) if side >= MAX_SIDE), default=slide.level_count - 1)
+    image = Image.fromarray(slide.read_level(level))
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
+    return image, image.width / slide.dimensions[0]
+
+
+def _draw_tissue(image: Image.Image, tissue: TissueMask, scale: float) -> None:
+    size = image.size
+    labels = np.asarray(Image.fromarray(tissue.labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
+    pixels = np.asarray(image).copy()
+    outline = (labels > 0) & ~ndimage.binary_erosion(labels > 0, iterations=2)
+    pixels[outline] = (0, 170, 60)
+    if tissue.pen is not None and tissue.pen.any():
+        pen = np.asarray(Image.fromarray(tissue.pen).resize(size, Image.Resampling.NEAREST))
+        pixels[pen] = (pixels[pen] * 0.4 + np.array([230, 0, 0]) * 0.6).astype(np.uint8)
+    image.paste(Image.fromarray(pixels))
+
+
+def _draw_region(draw: ImageDraw.ImageDraw, grid: TileGrid, scale: float) -> None:
+    geometry = grid.region.geometry  # type: ignore[union-attr]
+    for polygon in getattr(geometry, "geoms", [geometry]):
+        for ring in [polygon.exterior, *polygon.interiors]:
+            points = [(x * scale, y * scale) for x, y in ring.coords]
+            draw.line(points, fill=(240, 180, 0), width=3)
+
+
+def _label_contours(draw: ImageDraw.ImageDraw, tissue: TissueMask, scale: float) -> None:
+    factor = tissue.downsample * scale
+    for index, (cy, cx) in enumerate(
+        ndimage.center_of_mass(tissue.labels > 0, tissue.labels, range(1, tissue.contour_count + 1))
+    ):
+        x, y = cx * factor, cy * factor
+        draw.rectangle([x - 2, y - 2, x + 22, y + 14], fill=(255, 255, 255))
+        draw.text((x + 2, y), str(index), fill=(0, 120, 40))
