@@ -7,8 +7,10 @@ and exit status 2; no traceback (unless --verbose).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USER_ERROR
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except BridgeError as exc:
@@ -45,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _quiet_libraries() -> None:
+    """Readers log their own account of damaged files; ours is the one a user should read."""
+    for name in ("tifffile", "tiffslide"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module="tiffslide")
 
 
 def _parser() -> argparse.ArgumentParser:

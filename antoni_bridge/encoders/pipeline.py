@@ -113,6 +113,7 @@ def embed_slide(
     progress: ProgressCallback = _quiet,
     batch_size: int = 64,
     threads: int | None = None,
+    save_every: int = SAVE_EVERY_TILES,
 ) -> EmbedResult:
     """Features and latents for the request, from the cache when it has them."""
     planned = plan(request, progress)
@@ -123,7 +124,9 @@ def embed_slide(
             return EmbedResult(cached, True, 0, {"plan_s": planned.seconds})
         start = time.perf_counter()
         partial = cache.partial(key)
-        features, resumed = embed_tiles(slide, planned.grid, encoders.tile, partial, progress, batch_size, threads)
+        features, resumed = embed_tiles(
+            slide, planned.grid, encoders.tile, partial, progress, batch_size, threads, save_every
+        )
         tiles_s = time.perf_counter() - start
         progress(Progress("slide-encoding", 0, 1))
         start = time.perf_counter()
@@ -144,6 +147,7 @@ def embed_tiles(
     progress: ProgressCallback = _quiet,
     batch_size: int = 64,
     threads: int | None = None,
+    save_every: int = SAVE_EVERY_TILES,
 ) -> tuple[np.ndarray, int]:
     """Embeddings of every grid tile, resuming from (and saving to) `partial`; also how many were resumed."""
     total, width = len(grid), encoder.embedding_dim
@@ -156,7 +160,7 @@ def embed_tiles(
     for batch in iter_tile_batches(slide, grid, batch_size=batch_size, start=resumed, threads=threads):
         stop = int(batch.indices[-1]) + 1
         features[batch.indices] = encoder.embed(batch.pixels).numpy()
-        if stop - pending_from >= SAVE_EVERY_TILES and stop < total:
+        if stop - pending_from >= save_every and stop < total:
             partial.save(pending_from, features[pending_from:stop])
             pending_from = stop
         rate = (stop - resumed) / max(time.perf_counter() - start, 1e-9)

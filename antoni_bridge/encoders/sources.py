@@ -39,8 +39,9 @@ def _from_hub(repo_id: str, what: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read now: the hub library reads it only at import
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -49,7 +50,7 @@ def _from_hub(repo_id: str, what: str, revision: str | None) -> Path:
             f"download it once on a connected machine (hf download {repo_id}) or give a local folder",
         )
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
     except GatedRepoError:
         raise BridgeError(
             f"The {what} {repo_id} is gated and this machine's Hugging Face account has no access.",

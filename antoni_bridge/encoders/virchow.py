@@ -49,7 +49,7 @@ class TileEncoder:
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 -> (B, 3, 224, 224) normalised float on the encoder's device."""
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device, non_blocking=True)
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
         if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
             size = (self.input_size, self.input_size)

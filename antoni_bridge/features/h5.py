@@ -98,13 +98,18 @@ def _check_consistent(path: Path, data: FeatureFile) -> None:
 
 
 def _attr_values(attrs: dict[str, Any]) -> dict[str, Any]:
-    """HDF5 attributes hold numbers and strings; anything structured is stored as JSON text."""
-    return {k: v if isinstance(v, int | float | str | np.number) else json.dumps(v) for k, v in attrs.items()}
+    """HDF5 attributes hold numbers, strings and arrays; mappings and None are stored as JSON text."""
+    return {k: json.dumps(v) if v is None or isinstance(v, dict) else v for k, v in attrs.items()}
 
 
 def _python(value: Any) -> Any:
+    """The inverse of `_attr_values`: plain Python values, JSON mappings decoded."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
+    if isinstance(value, str) and (value == "null" or value.startswith("{")):
+        return json.loads(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
     return value

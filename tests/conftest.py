@@ -1,0 +1,68 @@
+"""Shared fixtures: real demo slides written once per session, tiny demo encoders, an isolated home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
+from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
+
+SMALL = (8000, 6000)  # level-0 pixels of the test slides at 0.25 um/px
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches the user's cache or the network."""
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("slides")
+
+
+@pytest.fixture(scope="session")
+def demo_40x(slides_dir: Path) -> tuple[Path, DemoLayout]:
+    path = slides_dir / "demo-40x.svs"
+    layout = write_demo_slide(path, *SMALL, mpp=0.25, progress=False)
+    return path, layout
+
+
+@pytest.fixture(scope="session")
+def demo_20x(slides_dir: Path) -> Path:
+    """The same tissue layout scanned at 20x: half the pixels at twice the pixel size."""
+    path = slides_dir / "demo-20x.svs"
+    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_odd_pyramid(slides_dir: Path) -> Path:
+    """A pyramid whose levels are 3x and 9x smaller, not powers of two."""
+    path = slides_dir / "demo-odd.svs"
+    write_demo_slide(path, *SMALL, mpp=0.25, downsamples=(3, 9), progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("weights")
+    return write_demo_tile_encoder(folder / "tile"), write_demo_slide_encoder(folder / "slide")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a separate process with the installed entry point's module."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "antoni_bridge.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )

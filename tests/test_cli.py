@@ -1,0 +1,139 @@
+"""The command line as users run it: separate processes, real files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from antoni_bridge.slides.demo import DemoLayout
+from tests.conftest import run_cli
+
+
+def test_make_demo_slide_then_tiles_with_overview(tmp_path: Path) -> None:
+    slide = tmp_path / "made.svs"
+    made = run_cli("make-demo-slide", str(slide), "--width", "4000", "--height", "3000")
+    assert made.returncode == 0, made.stderr
+    out, overview = tmp_path / "tiles.h5", tmp_path / "overview.png"
+    tiles = run_cli("tiles", str(slide), "--out", str(out), "--overview", str(overview))
+    assert tiles.returncode == 0, tiles.stderr
+    assert "tiles of 224 px at 0.5 um/px" in tiles.stdout
+    with h5py.File(out) as h5:
+        assert len(h5["coords"]) > 10 and "features" not in h5
+    assert Image.open(overview).size[0] > 100
+
+
+def test_embed_with_demo_encoders_and_a_geojson_region(demo_40x: tuple[Path, DemoLayout], tmp_path: Path) -> None:
+    geojson = tmp_path / "annotations.geojson"
+    square = [[[1500, 1500], [4500, 1500], [4500, 4500], [1500, 4500], [1500, 1500]]]
+    geojson.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": square},
+                        "properties": {"objectType": "annotation", "name": "tumour"},
+                    },
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [10, 10]},
+                        "properties": {"objectType": "annotation", "name": "a point"},
+                    },
+                ],
+            }
+        )
+    )
+    out = tmp_path / "region.h5"
+    result = run_cli(
+        "embed", str(demo_40x[0]), "--geojson", str(geojson), "--name", "tumour", "--out", str(out), "--demo"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "demo encoders" in result.stdout
+    with h5py.File(out) as h5:
+        assert h5["latents"].shape == (513, 64)
+        assert h5.attrs["region_name"] == "tumour"
+        coords = h5["coords"][()]
+    assert ((coords + 224 >= 1500) & (coords + 224 <= 4500)).all(), "tile centres lie in the region"
+
+
+def test_demo_command_runs_offline(tmp_path: Path) -> None:
+    result = run_cli("demo", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("latents (513, 64)") == 3
+    assert "from the cache" in result.stdout
+
+
+def _slide_without_mpp(path: Path) -> Path:
+    pixels = np.full((2048, 2048, 3), 240, dtype=np.uint8)
+    pixels[500:1500, 500:1500] = (150, 60, 120)
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb")
+    return path
+
+
+def _bad_inputs(demo: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    text = tmp / "notes.svs"
+    text.write_text("not a slide")
+    truncated = tmp / "truncated.svs"
+    truncated.write_bytes(demo.read_bytes()[: demo.stat().st_size * 6 // 10])
+    corrupt = tmp / "corrupt.svs"
+    corrupt.write_bytes(b"\x00" * 64 + demo.read_bytes()[64:])
+    broken_json = tmp / "broken.geojson"
+    broken_json.write_text('{"type": "FeatureCollection", "features": [')
+    named = tmp / "named.geojson"
+    named.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {"name": "stroma"},
+                "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]},
+            }
+        )
+    )
+    no_mpp = _slide_without_mpp(tmp / "no-mpp.tif")
+    d = str(demo)
+    return {
+        "missing file": ([str(tmp / "nowhere.svs")], "No slide at"),
+        "not a slide": ([str(text)], "is not a slide"),
+        "truncated": ([str(truncated)], "is truncated"),
+        "corrupt header": ([str(corrupt)], "is not a slide"),
+        "no mpp": ([str(no_mpp)], "has no microns-per-pixel"),
+        "region outside": ([d, "--region", "90000,90000,100,100"], "lies outside the slide"),
+        "region without tissue": ([d, "--region", "10,10,300,300"], "No tissue in the region"),
+        "absurd region": ([d, "--region", "0,0,9000000,9000000"], "beyond the slide"),
+        "malformed region": ([d, "--region", "1,2,three"], "Cannot read the region"),
+        "empty region": ([d, "--region", "1,2,0,5"], "is empty"),
+        "unreadable geojson": ([d, "--geojson", str(broken_json)], "is not readable GeoJSON"),
+        "name not found": ([d, "--geojson", str(named), "--name", "tumour"], "No annotation named 'tumour'"),
+        "name without geojson": ([d, "--name", "tumour"], "no --geojson was given"),
+    }
+
+
+@pytest.mark.parametrize("command", ["tiles", "embed"])
+def test_every_bad_input_gets_one_clear_error_and_no_output(
+    command: str, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    for label, (args, message) in _bad_inputs(demo_40x[0], tmp_path).items():
+        out = tmp_path / f"{label}.h5"
+        extra = ["--demo"] if command == "embed" else []
+        result = run_cli(command, *args, "--out", str(out), *extra)
+        assert result.returncode == 2, f"{label}: {result.stderr}"
+        assert "Traceback" not in result.stderr, label
+        assert result.stderr.startswith("error: ") and message in result.stderr, f"{label}: {result.stderr}"
+        assert "hint: " in result.stderr, label
+        assert not out.exists() and not list(tmp_path.glob(f".{label}.h5*")), f"{label} left an output file"
+
+
+def test_slide_mpp_override_makes_a_slide_without_mpp_usable(tmp_path: Path) -> None:
+    slide = _slide_without_mpp(tmp_path / "no-mpp.tif")
+    out = tmp_path / "tiles.h5"
+    result = run_cli("tiles", str(slide), "--slide-mpp", "0.5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as h5:
+        assert h5.attrs["slide_mpp"] == 0.5 and len(h5["coords"]) > 0

@@ -1,0 +1,162 @@
+"""Slides: reading, tissue, grids and regions, and the fast tile stream, on real demo SVS files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import Polygon
+from skimage.transform import resize
+
+from antoni_bridge.errors import BridgeError
+from antoni_bridge.slides import tile_stream
+from antoni_bridge.slides.demo import DemoLayout
+from antoni_bridge.slides.grid import GridSpec, plan_grid
+from antoni_bridge.slides.reader import Slide
+from antoni_bridge.slides.regions import Region
+from antoni_bridge.slides.tile_stream import iter_tile_batches
+from antoni_bridge.slides.tissue import ThresholdTissueDetector
+
+
+def test_demo_slide_reads_as_aperio_svs(demo_40x: tuple[Path, DemoLayout]) -> None:
+    with Slide(demo_40x[0]) as slide:
+        assert slide.properties["tiffslide.vendor"] == "aperio"
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.objective_power == 40
+        assert slide.dimensions == (8000, 6000)
+        assert [round(d) for d in slide.level_downsamples] == [1, 4, 16]
+        assert all(slide.native_level(level) is not None for level in range(slide.level_count))
+
+
+def test_tissue_found_where_the_layout_has_it_and_pen_ink_rejected(demo_40x: tuple[Path, DemoLayout]) -> None:
+    path, layout = demo_40x
+    with Slide(path) as slide:
+        mask = ThresholdTissueDetector().detect(slide)
+    truth = resize(layout.tissue, mask.labels.shape, order=0) > 0
+    pen = resize(layout.pen, mask.labels.shape, order=0) > 0
+    found = mask.labels > 0
+    assert (truth & found).sum() / (truth | found).sum() > 0.9
+    assert not (found & pen).any()
+    assert mask.contour_count >= 3  # pieces closer than the closing radius merge at this small size
+    hole_x, hole_y = 0.70 * 8000 / mask.downsample, 0.33 * 6000 / mask.downsample
+    assert mask.labels[round(hole_y), round(hole_x)] == 0, "a large hole stays a hole"
+    ring = mask.labels[round(hole_y), round(hole_x + 0.15 * 6000 / mask.downsample)]
+    assert ring > 0, "the ring around the hole is tissue"
+    areas = np.bincount(mask.labels.ravel())[1:]
+    assert list(areas) == sorted(areas, reverse=True), "contour 0 is the largest piece"
+
+
+def test_no_tissue_on_blank_glass(tmp_path: Path) -> None:
+    import tifffile
+
+    from antoni_bridge.slides.demo import GLASS_RGB
+
+    glass = np.empty((2048, 2048, 3), dtype=np.uint8)
+    glass[:] = GLASS_RGB
+    glass += np.random.default_rng(0).integers(0, 3, glass.shape, dtype=np.uint8)
+    path = tmp_path / "glass.tif"
+    tifffile.imwrite(path, glass, tile=(256, 256), resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    with Slide(path) as slide:
+        assert ThresholdTissueDetector().detect(slide).contour_count == 0
+
+
+def test_40x_and_20x_scans_give_the_same_grid_in_microns(demo_40x: tuple[Path, DemoLayout], demo_20x: Path) -> None:
+    micron_sets = []
+    for path in (demo_40x[0], demo_20x):
+        with Slide(path) as slide:
+            grid = plan_grid(slide, ThresholdTissueDetector().detect(slide), GridSpec())
+            assert grid.level0_size * slide.mpp == pytest.approx(112.0)
+            assert grid.read_size == 448 if slide.mpp == 0.25 else grid.read_size == 224
+            micron_sets.append({tuple(xy) for xy in np.round(grid.coords * slide.mpp).astype(int)})
+    lattice = {(x % 112, y % 112) for s in micron_sets for x, y in s}
+    assert lattice == {(0, 0)}, "both grids lie on one 112-um lattice"
+    a, b = micron_sets
+    assert len(a & b) / len(a | b) > 0.95, "the same tissue gives the same tiles (edges may differ by a tile)"
+
+
+def test_level_choice_on_a_pyramid_that_is_not_powers_of_two(demo_odd_pyramid: Path) -> None:
+    with Slide(demo_odd_pyramid) as slide:
+        tissue = ThresholdTissueDetector().detect(slide)
+        at_half = plan_grid(slide, tissue, GridSpec(mpp=0.5))
+        at_one = plan_grid(slide, tissue, GridSpec(mpp=1.0))
+        assert (at_half.level, at_half.read_size) == (0, 448)  # level 1 (3x) would be too coarse for 2x
+        assert at_one.level == 1 and at_one.read_size == round(896 / slide.level_downsamples[1])
+        batch = next(iter_tile_batches(slide, at_one, batch_size=4))
+        for pixels, (x, y) in zip(batch.pixels, at_one.coords[:4], strict=True):
+            expected = slide.read_region((int(x), int(y)), 1, (at_one.read_size, at_one.read_size))
+            np.testing.assert_array_equal(pixels, expected)
+
+
+def test_polygon_region_with_hole_restricts_tiles_to_centres_inside(demo_40x: tuple[Path, DemoLayout]) -> None:
+    outer = [(1000, 1000), (6500, 1200), (6000, 5200), (1500, 5000)]
+    hole = [(2500, 2500), (4500, 2500), (4500, 4000), (2500, 4000)]
+    region = Region(Polygon(outer, [hole]), name="tumour")
+    with Slide(demo_40x[0]) as slide:
+        tissue = ThresholdTissueDetector().detect(slide)
+        grid = plan_grid(slide, tissue, GridSpec(), region)
+        whole = plan_grid(slide, tissue, GridSpec())
+    step = grid.level0_size
+    centres = grid.coords + step / 2
+    assert shapely.contains_xy(Polygon(outer), centres[:, 0], centres[:, 1]).all()
+    assert not shapely.contains_xy(Polygon(hole), centres[:, 0], centres[:, 1]).any()
+    # Independently: every lattice tile with tissue whose centre is in the region is kept, and no other.
+    x0 = (1000 + 6500 - np.ceil(5500 / step) * step) / 2
+    y0 = (1000 + 5200 - np.ceil(4200 / step) * step) / 2
+    xs = np.round(x0 + np.arange(np.ceil(5500 / step)) * step)
+    ys = np.round(y0 + np.arange(np.ceil(4200 / step)) * step)
+    expected = set()
+    for y in ys:
+        for x in xs:
+            box = np.array([[x, y, x + step, y + step]])
+            inside = region.geometry.contains(shapely.Point(x + step / 2, y + step / 2))
+            if inside and tissue.tissue_fraction(box)[0] > 0:
+                expected.add((int(x), int(y)))
+    assert {tuple(map(int, xy)) for xy in grid.coords} == expected
+    assert 0 < len(grid) < len(whole)
+
+
+def test_tile_stream_equals_read_region_and_decodes_each_stored_tile_once(
+    demo_40x: tuple[Path, DemoLayout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[tuple[int, int]] = []
+    original = tile_stream._NativeReader._decode
+
+    def counting(self: tile_stream._NativeReader, key: tuple[int, int]) -> np.ndarray:
+        decoded.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(tile_stream._NativeReader, "_decode", counting)
+    with Slide(demo_40x[0]) as slide:
+        grid = plan_grid(slide, ThresholdTissueDetector().detect(slide), GridSpec())
+        seen = []
+        for batch in iter_tile_batches(slide, grid, batch_size=16, threads=2):
+            seen.extend(batch.indices)
+            for j in (0, len(batch.indices) - 1):
+                x, y = grid.coords[batch.indices[j]]
+                expected = slide.read_region((int(x), int(y)), grid.level, (grid.read_size, grid.read_size))
+                np.testing.assert_array_equal(batch.pixels[j], expected)
+    assert seen == list(range(len(grid)))
+    assert len(decoded) == len(set(decoded)), "a stored tile was decoded twice in one pass"
+
+
+def test_tile_stream_resumes_from_a_start_index(demo_40x: tuple[Path, DemoLayout]) -> None:
+    with Slide(demo_40x[0]) as slide:
+        grid = plan_grid(slide, ThresholdTissueDetector().detect(slide), GridSpec())
+        full = np.concatenate([b.pixels for b in iter_tile_batches(slide, grid, batch_size=32)])
+        tail = np.concatenate([b.pixels for b in iter_tile_batches(slide, grid, batch_size=32, start=50)])
+    np.testing.assert_array_equal(full[50:], tail)
+
+
+def test_region_errors_are_clear(demo_40x: tuple[Path, DemoLayout]) -> None:
+    with Slide(demo_40x[0]) as slide:
+        tissue = ThresholdTissueDetector().detect(slide)
+        with pytest.raises(BridgeError, match="outside the slide"):
+            plan_grid(slide, tissue, GridSpec(), Region.rectangle(90_000, 90_000, 500, 500))
+        with pytest.raises(BridgeError, match="beyond the slide"):
+            plan_grid(slide, tissue, GridSpec(), Region.rectangle(0, 0, 10_000_000, 10_000_000))
+        with pytest.raises(BridgeError, match="No tissue in the region"):
+            plan_grid(slide, tissue, GridSpec(), Region.rectangle(10, 10, 400, 300))
+        with pytest.raises(BridgeError, match="more than the limit"):
+            plan_grid(slide, tissue, GridSpec(max_tiles=10))
