@@ -49,12 +49,7 @@ class TileEncoder:
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
         """(B, S, S, 3) uint8 -> (B, 3, 224, 224) normalised float on the encoder's device."""
-        batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device, non_blocking=True)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        if batch.shape[-1] != self.input_size or batch.shape[-2] != self.input_size:
-            size = (self.input_size, self.input_size)
-            batch = F.interpolate(batch, size=size, mode="bicubic", antialias=True, align_corners=False)
-            batch = batch.clamp_(0.0, 1.0)
+        batch = tiles_to_tensor(pixels, self.input_size, self.device)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         return (batch - mean) / std
@@ -68,6 +63,24 @@ class TileEncoder:
         prefix = int(self.model.num_prefix_tokens)  # 1 for Virchow, 5 (class + 4 registers) for Virchow2
         embedding = torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=-1)
         return embedding.float().cpu()
+
+
+def tiles_to_tensor(pixels: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 tiles (B, S, S, 3) -> float (B, 3, size, size) in [0, 1] on `device`, bicubic with antialiasing.
+
+    On the CPU the resize runs on uint8 in channels-last layout, torch's vectorised path (about 9x the
+    float path); on a GPU the tiles are moved first and resized there in float.
+    """
+    batch = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
+    resize = batch.shape[-1] != size or batch.shape[-2] != size
+    if device.type == "cpu":
+        if resize:
+            batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True)
+        return batch.float().div_(255.0).contiguous()
+    batch = batch.to(device, non_blocking=True).float().div_(255.0)
+    if resize:
+        batch = F.interpolate(batch, size=(size, size), mode="bicubic", antialias=True).clamp_(0.0, 1.0)
+    return batch
 
 
 def load_tile_encoder(
