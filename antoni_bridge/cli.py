@@ -181,7 +181,7 @@ def _embed(args: argparse.Namespace) -> int:
     write_feature_file(args.out, result.data)
     _report_embedding(result, args.out)
     if args.overview:
-        _write_overview_for(request, args.overview)
+        _write_overview_for(request, result, args.overview)
     return 0
 
 
@@ -189,7 +189,9 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
     from antoni_bridge.encoders.pipeline import Encoders, embed_slide
     from antoni_bridge.features.cache import FeatureCache
 
-    device = args.device or _default_device()
+    device = _device(args.device)
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise BridgeError("--batch-size and --threads must be at least 1.", "")
     tile_source, slide_source = _demo_encoders() if args.demo else (args.tile_encoder, args.slide_encoder)
     encoders = Encoders.load(str(tile_source), str(slide_source), device=device, precision=args.precision)
     cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
@@ -218,13 +220,13 @@ def _report_embedding(result, out: Path) -> None:
     )
 
 
-def _write_overview_for(request, out: Path) -> None:
-    from antoni_bridge.encoders.pipeline import plan
+def _write_overview_for(request, result, out: Path) -> None:
+    """The overview of an embedding, from the tissue and grid it used (nothing is detected again)."""
     from antoni_bridge.slides.overview import write_overview
+    from antoni_bridge.slides.reader import Slide
 
-    planned = plan(request)
-    with planned.slide as slide:
-        write_overview(slide, planned.tissue, planned.grid, out)
+    with Slide(request.path, mpp=request.slide_mpp) as slide:
+        write_overview(slide, result.tissue, result.grid, out)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -246,6 +248,7 @@ def _demo(args: argparse.Namespace) -> int:
         ("region 6000,4000,4000,3000", SlideRequest(slide_path, region=Region.rectangle(6000, 4000, 4000, 3000))),
         ("whole slide again", SlideRequest(slide_path)),
     ]
+    results = []
     for index, (label, request) in enumerate(steps):
         print(f"\n== {label}")
         start = time.perf_counter()
@@ -254,7 +257,8 @@ def _demo(args: argparse.Namespace) -> int:
         write_feature_file(target, result.data)
         _report_embedding(result, target)
         print(f"   {time.perf_counter() - start:.2f} s in all")
-    _write_overview_for(steps[0][1], out / "demo-overview.png")
+        results.append(result)
+    _write_overview_for(steps[0][1], results[0], out / "demo-overview.png")
     print(f"\noverview with tissue and tiles: {out / 'demo-overview.png'}")
     print("questions and answers come with the ANTONI model and the daemon (next build steps)")
     return 0
@@ -272,10 +276,17 @@ def _demo_encoders() -> tuple[Path, Path]:
     return tile, slide
 
 
-def _default_device() -> str:
+def _device(requested: str | None) -> str:
+    """The device asked for, checked; by default CUDA when there is one."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise BridgeError(f"--device {requested} was asked for but torch sees no CUDA GPU.", "use --device cpu")
+    if not requested.startswith(("cpu", "cuda")):
+        raise BridgeError(f"Unknown device {requested!r}.", "use cpu or cuda (cuda:N for the N-th GPU)")
+    return requested
 
 
 class _ProgressBars:

@@ -160,3 +160,14 @@ def test_region_errors_are_clear(demo_40x: tuple[Path, DemoLayout]) -> None:
             plan_grid(slide, tissue, GridSpec(), Region.rectangle(10, 10, 400, 300))
         with pytest.raises(BridgeError, match="more than the limit"):
             plan_grid(slide, tissue, GridSpec(max_tiles=10))
+
+
+def test_openslide_reader_gives_the_same_slide_and_tiles(demo_40x: tuple[Path, DemoLayout]) -> None:
+    pytest.importorskip("openslide", reason="the openslide extra is not installed")
+    with Slide(demo_40x[0]) as tiff, Slide(demo_40x[0], backend="openslide") as other:
+        assert other.backend == "openslide" and other.native_level(0) is None
+        assert (other.mpp, other.objective_power, other.dimensions) == (tiff.mpp, tiff.objective_power, tiff.dimensions)
+        grid = plan_grid(tiff, ThresholdTissueDetector().detect(tiff), GridSpec())
+        ours = next(iter_tile_batches(tiff, grid, batch_size=8))
+        theirs = next(iter_tile_batches(other, grid, batch_size=8))
+    assert np.abs(ours.pixels.astype(int) - theirs.pixels.astype(int)).mean() < 2, "same pixels up to JPEG decoders"

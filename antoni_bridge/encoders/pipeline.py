@@ -88,6 +88,8 @@ class EmbedResult:
     cache_hit: bool
     resumed_tiles: int
     timings: dict[str, float]
+    tissue: TissueMask
+    grid: TileGrid
 
 
 def plan(request: SlideRequest, progress: ProgressCallback = _quiet) -> PlannedSlide:
@@ -121,7 +123,7 @@ def embed_slide(
         key = cache_key(_key_parts(slide, planned.grid, request, encoders))
         cached = cache.get(key)
         if cached is not None and cached.latents is not None:
-            return EmbedResult(cached, True, 0, {"plan_s": planned.seconds})
+            return EmbedResult(cached, True, 0, {"plan_s": planned.seconds}, planned.tissue, planned.grid)
         start = time.perf_counter()
         partial = cache.partial(key)
         features, resumed = embed_tiles(
@@ -136,7 +138,7 @@ def embed_slide(
         data = feature_file(slide, planned.grid, request, features, latents, encoders)
         cache.put(key, data)
     timings = {"plan_s": planned.seconds, "tile_embedding_s": tiles_s, "slide_encoding_s": slide_s}
-    return EmbedResult(data, False, resumed, timings)
+    return EmbedResult(data, False, resumed, timings, planned.tissue, planned.grid)
 
 
 def embed_tiles(

@@ -45,10 +45,11 @@ class NativeLevel:
 class Slide:
     """An open slide. Coordinates are level-0 pixels (x, y); pixels come back as RGB uint8 arrays."""
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, backend: str = "auto") -> None:
+        """`backend` "auto" tries tiffslide, then openslide; "openslide" or "tiffslide" forces one."""
         self.path = Path(path)
         _check_path(self.path)
-        self._backend, self._handle = _open_backend(self.path)
+        self._backend, self._handle = _open_backend(self.path, backend)
         self.properties: dict[str, Any] = dict(self._handle.properties)
         self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(d) for d in self._handle.level_dimensions)
@@ -161,13 +162,21 @@ def _check_path(path: Path) -> None:
         raise BridgeError(f"{path} is a folder, not a slide file.", "give the slide's file itself")
 
 
-def _open_backend(path: Path) -> tuple[str, Any]:
+def _open_backend(path: Path, backend: str) -> tuple[str, Any]:
     import tiffslide
 
+    if backend == "openslide":
+        handle = _try_openslide(path)
+        if handle is None:
+            raise BridgeError(
+                f"openslide cannot open {path.name} (or is not installed).",
+                "pip install 'antoni-bridge[openslide]', or use the default reader",
+            )
+        return "openslide", handle
     try:
         return "tiffslide", tiffslide.TiffSlide(path)
     except Exception as tiff_error:  # tifffile raises several types for non-TIFF input
-        handle = _try_openslide(path)
+        handle = _try_openslide(path) if backend == "auto" else None
         if handle is not None:
             return "openslide", handle
         raise BridgeError(

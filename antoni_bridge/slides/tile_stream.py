@@ -52,7 +52,7 @@ def iter_tile_batches(
     reader: _BatchReader = _NativeReader(slide, grid, native, pool) if native else _RegionReader(slide, grid, pool)
     bounds = [(i, min(i + batch_size, len(grid))) for i in range(start, len(grid), batch_size)]
     try:
-        yield from _prefetched((lambda a=a, b=b: reader.read(a, b)) for a, b in bounds)
+        yield from _prefetched(((lambda a=a, b=b: reader.read(a, b)) for a, b in bounds), depth=prefetch)
     finally:
         reader.close()
         pool.shutdown(wait=True, cancel_futures=True)
