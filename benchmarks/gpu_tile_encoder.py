@@ -3,7 +3,7 @@
 Target on an H100: 1,200 tiles/s or more. Needs CUDA; on a machine without one it says so and exits 0.
 It times the encoder alone (tiles already on the GPU as uint8) and the whole `TileEncoder.embed`
 (host uint8 -> device, resize 448 -> 224 on the GPU, normalise, ViT, pooling).
-Usage: python benchmarks/gpu_tile_encoder.py [--batch-size 256] [--seconds 20]
+Usage: python -m benchmarks.gpu_tile_encoder [--batch-size 256] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -12,20 +12,9 @@ import argparse
 import time
 
 import numpy as np
-import timm
 import torch
-from timm.layers import SwiGLUPacked
 
-from antoni_bridge.encoders.virchow import TileEncoder
-
-VIRCHOW_ARGS = {
-    "img_size": 224,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "mlp_ratio": 5.3375,
-    "global_pool": "",
-    "dynamic_img_size": True,
-}
+from antoni_bridge.encoders.virchow import VIRCHOW_MODEL_ARGS, TileEncoder, build_vit
 
 
 def main() -> None:
@@ -37,10 +26,7 @@ def main() -> None:
         print("no CUDA device: this benchmark needs a GPU (nothing measured)")
         return
     device = torch.device("cuda")
-    model = timm.create_model(
-        "vit_huge_patch14_224", pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **VIRCHOW_ARGS
-    )
-    model = model.to(device).eval()
+    model = build_vit("vit_huge_patch14_224", VIRCHOW_MODEL_ARGS).to(device).eval()
     encoder = TileEncoder(model, "random", "vit_huge_patch14_224.random", "random", 224, device, torch.bfloat16)
     tiles = np.random.default_rng(0).integers(0, 256, (args.batch_size, 448, 448, 3), dtype=np.uint8)
     pinned = torch.from_numpy(tiles).pin_memory()

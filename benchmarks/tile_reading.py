@@ -5,29 +5,26 @@
 - limit: only decoding the stored JPEG tiles the grid needs, in the same threads (no assembly).
 
 Prints a Markdown table; ratios are what to compare across machines.
-Usage: python benchmarks/tile_reading.py [SLIDE] [--threads N] [--repeats R]
+Usage: python -m benchmarks.tile_reading [SLIDE] [--threads N] [--repeats R]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from antoni_bridge.encoders.virchow import tiles_to_tensor
-from antoni_bridge.slides.demo import write_demo_slide
 from antoni_bridge.slides.grid import GridSpec, TileGrid, plan_grid
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.tile_stream import iter_tile_batches
 from antoni_bridge.slides.tissue import ThresholdTissueDetector
+from benchmarks.common import slide_arguments
 
 
 def naive(slide: Slide, grid: TileGrid) -> None:
@@ -76,15 +73,9 @@ def best_rate(run, tiles: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("slide", nargs="?", type=Path)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = slide_arguments(__doc__, repeats=3)
+    args.threads = args.threads or os.cpu_count() or 1
     path = args.slide
-    if path is None:
-        path = Path(tempfile.mkdtemp()) / "demo.svs"
-        write_demo_slide(path, progress=False)
     torch.set_num_threads(args.threads)
     with Slide(path) as slide:
         grid = plan_grid(slide, ThresholdTissueDetector().detect(slide), GridSpec())

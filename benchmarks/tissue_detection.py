@@ -1,30 +1,21 @@
 """Tissue detection time on the demo slide (target: under 1 s), against reading the level it uses.
 
-Usage: python benchmarks/tissue_detection.py [SLIDE] [--repeats R]
+Usage: python -m benchmarks.tissue_detection [SLIDE] [--repeats R]
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from antoni_bridge.slides.demo import write_demo_slide
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.tissue import ThresholdTissueDetector
+from benchmarks.common import slide_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("slide", nargs="?", type=Path)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = slide_arguments(__doc__, repeats=5)
     path = args.slide
-    if path is None:
-        path = Path(tempfile.mkdtemp()) / "demo.svs"
-        write_demo_slide(path, progress=False)
     detector = ThresholdTissueDetector()
     with Slide(path) as slide:
         times = []

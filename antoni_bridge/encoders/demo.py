@@ -10,33 +10,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import save_file
-from timm.layers import SwiGLUPacked
 
 from antoni_bridge.encoders.prism import PerceiverConfig, SlideEncoder
+from antoni_bridge.encoders.virchow import VIRCHOW_MODEL_ARGS, build_vit
 
-DEMO_VIT_ARGS = {
-    "img_size": 224,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "mlp_ratio": 5.3375,
-    "global_pool": "",
-    "dynamic_img_size": True,
-    "embed_dim": 48,
-    "depth": 2,
-    "num_heads": 3,
-}
+DEMO_VIT_ARGS = {**VIRCHOW_MODEL_ARGS, "embed_dim": 48, "depth": 2, "num_heads": 3}
 DEMO_PERCEIVER = PerceiverConfig(latent_dim=64, context_dim=96, mhsa_heads=4)
 
 
 def write_demo_tile_encoder(folder: Path, seed: int = 0) -> Path:
     """A ViT-H/14-shaped timm model, narrowed to width 48 (96-wide embeddings)."""
     torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_huge_patch14_224", pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **DEMO_VIT_ARGS
-    )
+    model = build_vit("vit_huge_patch14_224", DEMO_VIT_ARGS)
     config = {
         "architecture": "vit_huge_patch14_224",
         "model_args": DEMO_VIT_ARGS,

@@ -27,6 +27,14 @@ from antoni_bridge.encoders.sources import (
 from antoni_bridge.errors import BridgeError
 
 VIRCHOW_ID = "paige-ai/Virchow"
+VIRCHOW_MODEL_ARGS = {  # timm arguments of the published Virchow config.json
+    "img_size": 224,
+    "init_values": 1e-5,
+    "num_classes": 0,
+    "mlp_ratio": 5.3375,
+    "global_pool": "",
+    "dynamic_img_size": True,
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,6 +73,12 @@ class TileEncoder:
         return embedding.float().cpu()
 
 
+def build_vit(architecture: str, model_args: dict[str, object]) -> torch.nn.Module:
+    """A timm ViT with Virchow's SwiGLU-packed MLP and SiLU (not JSON-serialisable, so never in configs)."""
+    args = {k: v for k, v in model_args.items() if k not in ("mlp_layer", "act_layer")}
+    return timm.create_model(architecture, pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **args)
+
+
 def tiles_to_tensor(pixels: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     """uint8 tiles (B, S, S, 3) -> float (B, 3, size, size) in [0, 1] on `device`, bicubic with antialiasing.
 
@@ -97,10 +111,7 @@ def load_tile_encoder(
             f"{folder} holds a {architecture or 'model of unknown architecture'}, not a Virchow-style ViT.",
             "give paige-ai/Virchow (or Virchow2), or a folder with its config.json and weights",
         )
-    model_args = {k: v for k, v in config.get("model_args", {}).items() if k not in ("mlp_layer", "act_layer")}
-    model = timm.create_model(
-        architecture, pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **model_args
-    )
+    model = build_vit(architecture, config.get("model_args", {}))
     state = read_state_dict(folder, "tile encoder")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
