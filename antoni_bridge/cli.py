@@ -7,12 +7,14 @@ and exit status 2; no traceback (unless --verbose).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -21,6 +23,8 @@ from antoni_bridge.errors import BridgeError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+ANTONI_ID = "SaltySander/ANTONI-Alpha"
+DEMO_NOTE = "[demo weights: random, the answer means nothing]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,10 +56,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Readers log their own account of damaged files; ours is the one a user should read."""
-    for name in ("tifffile", "tiffslide"):
+    """Libraries log their own account of what they do; ours is the one a user should read."""
+    for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    warnings.filterwarnings("ignore", module="tiffslide")
+    warnings.filterwarnings("ignore", module="tiffslide|peft|transformers|torch")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,27 +83,51 @@ def _parser() -> argparse.ArgumentParser:
     demo_slide.add_argument("--mpp", type=float, default=0.25)
     demo_slide.set_defaults(run=_make_demo_slide)
 
-    demo_weights = commands.add_parser("make-demo-weights", help="write tiny random-weight demo encoders")
+    demo_weights = commands.add_parser("make-demo-weights", help="write tiny random-weight demo models")
     demo_weights.add_argument("out", type=Path)
     demo_weights.set_defaults(run=_make_demo_weights)
 
     tiles = commands.add_parser("tiles", help="find tissue and write the tile grid (no model needed)")
-    _slide_options(tiles)
+    tiles.add_argument("slide", type=Path)
+    _output_options(tiles)
+    _region_options(tiles)
     tiles.set_defaults(run=_tiles)
 
     embed = commands.add_parser("embed", help="tile features and slide latents of a slide or region")
-    _slide_options(embed)
+    embed.add_argument("slide", type=Path)
+    _output_options(embed)
+    _region_options(embed)
     _encoder_options(embed)
     embed.set_defaults(run=_embed)
 
-    demo = commands.add_parser("demo", help="run the pipeline on the demo slide with the demo weights")
+    ask = commands.add_parser("ask", help="ask ANTONI-Alpha about a slide, a region or a features file")
+    ask.add_argument("words", nargs="+", metavar="[SLIDE] QUESTION", help="a slide and a question, or a question")
+    ask.add_argument("--features", type=Path, help="a features file (.h5 or .pt) instead of a slide")
+    ask.add_argument("--local", action="store_true", help="run the model in this process (no daemon)")
+    ask.add_argument("--weights", default=ANTONI_ID, help=f"folder or hub id (default {ANTONI_ID})")
+    ask.add_argument("--revision", help="hub revision of the weights (e.g. pretrain)")
+    ask.add_argument("--llm", help="folder or hub id of MedGemma (default: as the weights' config says)")
+    ask.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    ask.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
+    ask.add_argument("--seed", type=int, help="seed for sampling")
+    ask.add_argument("--max-new-tokens", type=int, default=1024)
+    ask.add_argument("--choices", help='multiple choice instead: "A=first answer,B=second answer"')
+    ask.add_argument("--json", action="store_true", help="print one JSON object (answer, token ids, timings)")
+    _region_options(ask)
+    _encoder_options(ask)
+    ask.set_defaults(run=_ask)
+
+    demo = commands.add_parser("demo", help="the main job on the demo slide with the demo weights (offline)")
     demo.set_defaults(run=_demo)
     return parser
 
 
-def _slide_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("slide", type=Path)
+def _output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
+    command.add_argument("--overview", type=Path, help="write a PNG with tissue, region and tiles drawn")
+
+
+def _region_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--mpp", type=float, default=0.5, help="microns per pixel of the tiles (default 0.5)")
     command.add_argument("--size", type=int, default=224, help="tile size in pixels (default 224)")
     command.add_argument("--min-tissue", type=float, default=0.0, help="keep tiles with more tissue than this")
@@ -98,7 +135,6 @@ def _slide_options(command: argparse.ArgumentParser) -> None:
     where.add_argument("--region", help="x,y,width,height in level-0 pixels")
     where.add_argument("--geojson", type=Path, help="QuPath GeoJSON export holding the region")
     command.add_argument("--name", help="which annotation of --geojson (name, class or id)")
-    command.add_argument("--overview", type=Path, help="write a PNG with tissue, region and tiles drawn")
     command.add_argument("--slide-mpp", type=float, help="microns per pixel of the slide, when its file has none")
 
 
@@ -108,12 +144,15 @@ def _encoder_options(command: argparse.ArgumentParser) -> None:
 
     command.add_argument("--tile-encoder", default=VIRCHOW_ID, help=f"folder or hub id (default {VIRCHOW_ID})")
     command.add_argument("--slide-encoder", default=PRISM_ID, help=f"folder or hub id (default {PRISM_ID})")
-    command.add_argument("--demo", action="store_true", help="use the tiny demo encoders (made on first use)")
+    command.add_argument("--demo", action="store_true", help="use the embedded demo weights (made on first use)")
     command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    command.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16", help="on CUDA")
+    command.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16", help="encoders on CUDA")
     command.add_argument("--batch-size", type=int, default=64)
     command.add_argument("--threads", type=int, default=None, help="tile decoding threads")
     command.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default in ~/.cache)")
+
+
+# ---------------------------------------------------------------------------------------------- demo assets
 
 
 def _make_demo_slide(args: argparse.Namespace) -> int:
@@ -127,15 +166,19 @@ def _make_demo_slide(args: argparse.Namespace) -> int:
 
 
 def _make_demo_weights(args: argparse.Namespace) -> int:
-    from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
+    from antoni_bridge.demo_assets import write_demo_weights
 
-    tile = write_demo_tile_encoder(args.out / "tile-encoder")
-    slide = write_demo_slide_encoder(args.out / "slide-encoder")
-    print(f"wrote demo tile encoder to {tile} and demo slide encoder to {slide} (random weights)")
+    weights = write_demo_weights(args.out)
+    print(f"wrote demo weights (random) to {args.out}:")
+    for name, folder in vars(weights).items():
+        print(f"  {name:14} {folder}")
     return 0
 
 
-def _request(args: argparse.Namespace):  # -> SlideRequest, imported lazily to keep --help fast
+# ---------------------------------------------------------------------------------------------- slides
+
+
+def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (imported lazily: --help stays fast)
     from antoni_bridge.encoders.pipeline import SlideRequest
     from antoni_bridge.slides.grid import GridSpec
     from antoni_bridge.slides.regions import Region, read_geojson_region
@@ -150,7 +193,7 @@ def _request(args: argparse.Namespace):  # -> SlideRequest, imported lazily to k
     elif args.geojson:
         region = read_geojson_region(args.geojson, args.name)
     spec = GridSpec(mpp=args.mpp, size=args.size, min_tissue=args.min_tissue)
-    return SlideRequest(path=args.slide, region=region, spec=spec, slide_mpp=args.slide_mpp)
+    return SlideRequest(path=slide, region=region, spec=spec, slide_mpp=args.slide_mpp)
 
 
 def _tiles(args: argparse.Namespace) -> int:
@@ -158,7 +201,7 @@ def _tiles(args: argparse.Namespace) -> int:
     from antoni_bridge.features.h5 import write_feature_file
     from antoni_bridge.slides.overview import write_overview
 
-    request = _request(args)
+    request = _request(args, args.slide)
     planned = plan(request)
     with planned.slide as slide:
         if args.overview:
@@ -176,10 +219,10 @@ def _tiles(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from antoni_bridge.features.h5 import write_feature_file
 
-    request = _request(args)
+    request = _request(args, args.slide)
     result = _embed_request(args, request)
     write_feature_file(args.out, result.data)
-    _report_embedding(result, args.out)
+    print(_embedding_line(result) + f" -> {args.out}")
     if args.overview:
         _write_overview_for(request, result, args.overview)
     return 0
@@ -192,31 +235,32 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
     device = _device(args.device)
     if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         raise BridgeError("--batch-size and --threads must be at least 1.", "")
-    tile_source, slide_source = _demo_encoders() if args.demo else (args.tile_encoder, args.slide_encoder)
+    if args.demo:
+        from antoni_bridge.demo_assets import demo_weights
+
+        weights = demo_weights()
+        tile_source, slide_source = weights.tile_encoder, weights.slide_encoder
+    else:
+        tile_source, slide_source = args.tile_encoder, args.slide_encoder
     encoders = Encoders.load(str(tile_source), str(slide_source), device=device, precision=args.precision)
     cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
     with _ProgressBars() as bars:
         return embed_slide(request, encoders, cache, bars.update, batch_size=args.batch_size, threads=args.threads)
 
 
-def _report_embedding(result, out: Path) -> None:
+def _embedding_line(result) -> str:  # result: EmbedResult
     data = result.data
     timings = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in result.timings.items())
-    source = (
-        "from the cache"
-        if result.cache_hit
-        else f"resumed {result.resumed_tiles:,} tiles"
-        if result.resumed_tiles
-        else "computed"
-    )
-    demo = (
-        " [demo encoders: random weights, the numbers mean nothing]"
-        if "demo" in str(data.attrs.get("slide_encoder"))
-        else ""
-    )
-    print(
+    if result.cache_hit:
+        source = "from the cache"
+    elif result.resumed_tiles:
+        source = f"resumed after {result.resumed_tiles:,} tiles"
+    else:
+        source = "computed"
+    demo = " [demo encoders: random weights]" if "demo" in str(data.attrs.get("slide_encoder")) else ""
+    return (
         f"{len(data.coords):,} tiles -> features {tuple(data.features.shape)}, latents {tuple(data.latents.shape)} "
-        f"({source}; {timings}) -> {out}{demo}"
+        f"({source}; {timings}){demo}"
     )
 
 
@@ -229,51 +273,183 @@ def _write_overview_for(request, result, out: Path) -> None:
         write_overview(slide, result.tissue, result.grid, out)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """The main job, offline: demo slide + demo encoders -> whole-slide and region latents, then a cache hit."""
-    from antoni_bridge.encoders.pipeline import SlideRequest
-    from antoni_bridge.features.h5 import write_feature_file
-    from antoni_bridge.slides.demo import write_demo_slide
-    from antoni_bridge.slides.regions import Region
+# ---------------------------------------------------------------------------------------------- asking
 
-    demo = paths.demo_dir()
-    slide_path = demo / "demo-slide.svs"
-    if not slide_path.is_file():
-        print(f"making the demo slide {slide_path} (once)")
-        write_demo_slide(slide_path)
-    settings = argparse.Namespace(device=None, precision="bf16", batch_size=64, threads=None, cache_dir=None, demo=True)
-    out = demo / "out"
-    steps = [
-        ("whole slide", SlideRequest(slide_path)),
-        ("region 6000,4000,4000,3000", SlideRequest(slide_path, region=Region.rectangle(6000, 4000, 4000, 3000))),
-        ("whole slide again", SlideRequest(slide_path)),
-    ]
-    results = []
-    for index, (label, request) in enumerate(steps):
-        print(f"\n== {label}")
-        start = time.perf_counter()
-        result = _embed_request(settings, request)
-        target = out / f"demo-{index}.h5"
-        write_feature_file(target, result.data)
-        _report_embedding(result, target)
-        print(f"   {time.perf_counter() - start:.2f} s in all")
-        results.append(result)
-    _write_overview_for(steps[0][1], results[0], out / "demo-overview.png")
-    print(f"\noverview with tissue and tiles: {out / 'demo-overview.png'}")
-    print("questions and answers come with the ANTONI model and the daemon (next build steps)")
+
+def _ask(args: argparse.Namespace) -> int:
+    import torch
+
+    if not args.local:
+        raise BridgeError("Asking through the daemon is not built yet.", "add --local to run the model in this process")
+    slide, question = _slide_and_question(args)
+    if args.max_new_tokens < 1:
+        raise BridgeError("--max-new-tokens must be at least 1.", "")
+    if slide is not None:
+        latents = torch.from_numpy(_embed_request(args, _request(args, slide)).data.latents)
+    else:
+        from antoni_bridge.features.h5 import read_latents
+
+        latents = torch.from_numpy(read_latents(args.features))
+    model = _load_model(args)
+    model.check_latents(latents)
+    if args.choices:
+        return _print_choices(args, model, latents, question)
+    return _print_answer(args, model, latents, [{"role": "user", "content": question}])
+
+
+def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
+    if args.features is not None:
+        if len(args.words) != 1:
+            raise BridgeError("With --features give only the question.", 'antoni-bridge ask --features F "QUESTION"')
+        return None, args.words[0]
+    if len(args.words) != 2:
+        raise BridgeError("Give a slide and a question, or --features and a question.", 'ask SLIDE "QUESTION"')
+    return Path(args.words[0]), args.words[1]
+
+
+def _load_model(args: argparse.Namespace):  # -> AntoniModel
+    from antoni_bridge.encoders.sources import resolve_model_dir
+    from antoni_bridge.model.antoni import AntoniModel
+
+    if args.demo:
+        from antoni_bridge.demo_assets import demo_weights
+
+        weights = demo_weights().antoni
+    else:
+        weights = resolve_model_dir(args.weights, "ANTONI-Alpha weights", args.revision)
+    return AntoniModel.load(weights, args.llm, device=_device(args.device), quant=args.quant)
+
+
+def _options(args: argparse.Namespace):  # -> GenerationOptions
+    from antoni_bridge.model.generation import GenerationOptions
+
+    if args.greedy:
+        return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=True)
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=False, top_k=64, top_p=0.95, seed=args.seed)
+
+
+def _print_answer(args: argparse.Namespace, model, latents, conversation: list[dict[str, str]]) -> int:
+    stream = None if args.json else (lambda text: print(text, end="", flush=True))
+    result = model.answer(latents, conversation, _options(args), on_text=stream)
+    demo = bool(model.config.demo)
+    if args.json:
+        print(json.dumps(_answer_json(result, demo), ensure_ascii=False))
+        return 0
+    print()
+    print(
+        f"[{len(result.token_ids)} tokens, first after {result.first_token_s * 1000:.0f} ms, "
+        f"{result.tokens_per_s:.1f} tokens/s, stop: {result.stop_reason}]" + (f" {DEMO_NOTE}" if demo else "")
+    )
     return 0
 
 
-def _demo_encoders() -> tuple[Path, Path]:
-    from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
+def _answer_json(result, demo: bool) -> dict[str, Any]:
+    return {
+        "answer": result.text,
+        "token_ids": result.token_ids,
+        "stop_reason": result.stop_reason,
+        "demo_weights": demo,
+        "timings": {
+            "first_token_s": result.first_token_s,
+            "total_s": result.total_s,
+            "tokens_per_s": result.tokens_per_s,
+            "prompt_tokens": result.prompt_tokens,
+        },
+    }
 
-    folder = paths.demo_dir() / "weights"
-    tile, slide = folder / "tile-encoder", folder / "slide-encoder"
-    if not (tile / "config.json").is_file():
-        write_demo_tile_encoder(tile)
-    if not (slide / "config.json").is_file():
-        write_demo_slide_encoder(slide)
-    return tile, slide
+
+def _print_choices(args: argparse.Namespace, model, latents, question: str) -> int:
+    labels, texts = _parse_choices(args.choices)
+    start = time.perf_counter()
+    scores = model.score_choices(latents, question, texts)
+    ranking = sorted(zip(labels, texts, scores.mean_nll, strict=True), key=lambda row: row[2])
+    demo = bool(model.config.demo)
+    if args.json:
+        rows = [{"label": label, "choice": text, "mean_nll": nll} for label, text, nll in ranking]
+        print(
+            json.dumps(
+                {"best": ranking[0][0], "ranking": rows, "demo_weights": demo, "seconds": time.perf_counter() - start},
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    for label, text, nll in ranking:
+        print(f"{label}  {nll:7.3f}  {text}")
+    print(f"best: {ranking[0][0]} (lowest mean negative log-likelihood)" + (f" {DEMO_NOTE}" if demo else ""))
+    return 0
+
+
+def _parse_choices(text: str) -> tuple[list[str], list[str]]:
+    labels, texts = [], []
+    for part in text.split(","):
+        label, sep, choice = part.partition("=")
+        if not sep or not label.strip() or not choice.strip():
+            raise BridgeError(f"Cannot read the choice {part.strip()!r}.", 'write --choices "A=first,B=second"')
+        labels.append(label.strip())
+        texts.append(choice.strip())
+    if len(set(labels)) != len(labels):
+        raise BridgeError("Two choices share a label.", "give every choice its own label")
+    return labels, texts
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The main job, offline: demo slide + demo weights -> whole slide, region, follow-up from the cache."""
+    import torch
+
+    from antoni_bridge.demo_assets import demo_slide, demo_weights
+    from antoni_bridge.encoders.pipeline import Encoders, SlideRequest, embed_slide
+    from antoni_bridge.features.cache import FeatureCache
+    from antoni_bridge.model.antoni import AntoniModel
+    from antoni_bridge.model.generation import GenerationOptions
+    from antoni_bridge.slides.regions import Region
+
+    slide, weights = demo_slide(), demo_weights()
+    encoders = Encoders.load(str(weights.tile_encoder), str(weights.slide_encoder))
+    model = AntoniModel.load(weights.antoni)
+    cache = FeatureCache(paths.feature_cache_dir())
+    options = GenerationOptions(max_new_tokens=40, greedy=False, top_k=64, top_p=0.95, seed=0)
+    steps = [
+        ("the whole slide", SlideRequest(slide), "What organ is this tissue from?"),
+        (
+            "a region (6000,4000 4000x3000)",
+            SlideRequest(slide, region=Region.rectangle(6000, 4000, 4000, 3000)),
+            "Is there a neoplasm in this region?",
+        ),
+        ("the whole slide again (follow-up)", SlideRequest(slide), "What is the most likely diagnosis?"),
+    ]
+    conversations: dict[str, list[dict[str, str]]] = {}
+    for label, request, question in steps:
+        print(f"\n== {label}: {question}")
+        start = time.perf_counter()
+        with _ProgressBars() as bars:
+            result = embed_slide(request, encoders, cache, bars.update)
+        print("   " + _embedding_line(result))
+        key = str(result.data.attrs["slide_fingerprint"]) + str(request.region and request.region.key())
+        conversation = conversations.setdefault(key, [])
+        conversation.append({"role": "user", "content": question})
+        print("   answer: ", end="", flush=True)
+        answer = model.answer(
+            torch.from_numpy(result.data.latents),
+            conversation,
+            options,
+            on_text=lambda text: print(text, end="", flush=True),
+            prefix_key=key,
+        )
+        conversation.append({"role": "assistant", "content": answer.text})
+        print(
+            f"\n   [{len(answer.token_ids)} tokens; first after {answer.first_token_s * 1000:.0f} ms; "
+            f"{answer.reused_tokens} prompt tokens reused; {time.perf_counter() - start:.2f} s in all] {DEMO_NOTE}"
+        )
+    overview = paths.demo_dir() / "demo-overview.png"
+    _write_overview_for(steps[0][1], result, overview)
+    print(f"\noverview with tissue and tiles: {overview}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
 
 
 def _device(requested: str | None) -> str:
@@ -290,7 +466,7 @@ def _device(requested: str | None) -> str:
 
 
 class _ProgressBars:
-    """One tqdm bar per stage, showing done/total and the stage's rate."""
+    """One tqdm bar per multi-step stage, showing done/total and the stage's rate."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None

@@ -17,6 +17,7 @@ import torch
 
 from antoni_bridge import __version__
 from antoni_bridge.encoders.prism import SlideEncoder, load_slide_encoder
+from antoni_bridge.encoders.sources import prepare_cpu
 from antoni_bridge.encoders.virchow import TileEncoder, load_tile_encoder
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.features.cache import FeatureCache, PartialFeatures, cache_key
@@ -52,6 +53,8 @@ class Encoders:
 
     @classmethod
     def load(cls, tile_source: str, slide_source: str, device: str = "cpu", precision: str = "bf16") -> Encoders:
+        if torch.device(device).type == "cpu":
+            prepare_cpu()
         tile = load_tile_encoder(tile_source, device=device, precision=precision)
         slide = load_slide_encoder(slide_source, device=device, precision=precision)
         if slide.config.context_dim != tile.embedding_dim:

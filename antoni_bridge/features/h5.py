@@ -113,3 +113,41 @@ def _python(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def read_latents(path: str | os.PathLike[str]) -> np.ndarray:
+    """The (rows, width) slide latents in a file: our feature file, an HDF5 whose `features` dataset is
+    the [513, 1280] tensor (upstream ANTONI's layout), or a .pt file holding that tensor."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"No features file at {path}.", "create one with `antoni-bridge embed SLIDE --out FILE`")
+    if path.suffix in (".pt", ".pth"):
+        return _latents_from_torch(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            name = "latents" if "latents" in h5 else "features"
+            if name not in h5:
+                raise BridgeError(f"{path.name} holds neither `latents` nor `features`.", "embed the slide again")
+            latents = np.asarray(h5[name][()])
+    except BridgeError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError and more for damaged or foreign files
+        hint = "give a .h5 or .pt features file"
+        raise BridgeError(f"{path.name} is not a readable HDF5 file ({exc}).", hint) from exc
+    return np.squeeze(latents, axis=0) if latents.ndim == 3 and latents.shape[0] == 1 else latents
+
+
+def _latents_from_torch(path: Path) -> np.ndarray:
+    import torch
+
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles of foreign objects and damaged files raise many types
+        hint = "save the tensor with torch.save"
+        raise BridgeError(f"{path.name} does not hold a plain tensor ({exc}).", hint) from exc
+    if isinstance(value, dict):
+        value = value.get("latents", value.get("features"))
+    if not isinstance(value, torch.Tensor):
+        raise BridgeError(f"{path.name} does not hold a tensor.", "save the [513, 1280] tensor with torch.save")
+    latents = value.float().numpy()
+    return np.squeeze(latents, axis=0) if latents.ndim == 3 and latents.shape[0] == 1 else latents

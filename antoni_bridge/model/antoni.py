@@ -1,0 +1,309 @@
+"""ANTONI-Alpha: Prism latents -> projector -> 256 image tokens inside MedGemma's prompt, with LoRA.
+
+Loading is strict: the projector, every LoRA matrix and the trained embedding/head copies must come
+from the checkpoint (named as published, `projection_layer.*` and `llm.base_model.model...`); the
+frozen base weights come from the language model itself. A missing or unexpected key is named in the
+error, and a model with randomly initialised parts is never returned.
+
+Slide mode follows the published code: the image tokens' embeddings are replaced by the projector
+output (no rescaling), attention is causal over them, the prompt has two BOS tokens. View mode asks
+MedGemma itself about an RGB field of view through its own SigLIP tower, with the adapter switched
+off, on the weights already loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from antoni_bridge.encoders.sources import describe_keys, read_state_dict
+from antoni_bridge.errors import BridgeError
+from antoni_bridge.model import prompt
+from antoni_bridge.model.config import AntoniConfig
+from antoni_bridge.model.generation import (
+    CachedPrefix,
+    Generated,
+    GenerationOptions,
+    PrefixCache,
+    timed_decode,
+)
+from antoni_bridge.model.llm import LoadedLLM, load_llm
+from antoni_bridge.model.projector import AttentionPoolingProjector
+
+TRAINED_MARKERS = (".lora_A.", ".lora_B.", ".modules_to_save.")
+
+
+@dataclass(frozen=True)
+class ChoiceScores:
+    choices: list[str]
+    mean_nll: list[float]  # per choice: mean negative log-likelihood of its tokens (lower is likelier)
+
+    @property
+    def best(self) -> str:
+        return self.choices[int(np.argmin(self.mean_nll))]
+
+
+class AntoniModel(nn.Module):
+    def __init__(self, config: AntoniConfig, llm: LoadedLLM) -> None:
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        self.config = config
+        self.tokenizer = llm.tokenizer
+        self.loaded = llm
+        self.ids = prompt.SpecialIds.of(llm.tokenizer)
+        width = llm.model.config.get_text_config().hidden_size
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            bias=config.lora_bias,
+            target_modules=config.lora_target_modules,
+            task_type=config.lora_task_type,
+            modules_to_save=list(config.lora_modules_to_save),
+        )
+        self.llm = get_peft_model(llm.model, lora)
+        device = next(llm.model.parameters()).device
+        self.projection_layer = AttentionPoolingProjector(config, width).to(device)
+        self.prefixes = PrefixCache()
+        self.eval()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(
+        cls,
+        weights: Path,
+        llm_source: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "cpu",
+        quant: str = "auto",
+    ) -> AntoniModel:
+        """ANTONI-Alpha from a resolved weights folder and its language model."""
+        config = AntoniConfig.read(weights)
+        source = llm_source or _relative_or_id(weights, config.llm_model_id)
+        model = cls(config, load_llm(source, torch.device(device), quant))
+        model.load_trained(read_state_dict(weights, "ANTONI-Alpha"))
+        return model
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the trained parts strictly; the frozen base weights in a full checkpoint are accepted and skipped."""
+        own = self.state_dict()
+        required = {k for k in own if k.startswith("projection_layer.") or any(m in k for m in TRAINED_MARKERS)}
+        missing = sorted(required - state.keys())
+        unexpected = sorted(k for k in state.keys() - own.keys() if not _is_quantisation_state(k))
+        wrong = sorted(k for k in required & state.keys() if state[k].shape != own[k].shape)
+        if missing or unexpected or wrong:
+            raise BridgeError(
+                "The ANTONI-Alpha weights do not fit this model "
+                f"(missing: {describe_keys(missing)}; unexpected: {describe_keys(unexpected)}; "
+                f"wrong shape: {describe_keys(wrong)}).",
+                "use weights made for this language model (MedGemma-4B-IT for the published ones)",
+            )
+        self.load_state_dict({k: state[k] for k in required}, strict=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection_layer.query_tokens.device
+
+    # ------------------------------------------------------------------ slide mode
+
+    def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(rows, dim) or (1, rows, dim) float latents, finite, of the width the projector takes."""
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise BridgeError("Slide latents must be a floating-point tensor.", "embed the slide with antoni-bridge")
+        if latents.ndim == 3 and latents.shape[0] == 1:
+            latents = latents[0]
+        if latents.ndim != 2 or latents.shape[1] != self.config.projector_input_dim or latents.shape[0] < 1:
+            raise BridgeError(
+                f"Slide latents have shape {tuple(latents.shape)}; this model takes "
+                f"(513, {self.config.projector_input_dim}).",
+                "embed the slide with the encoders these weights were trained with (Virchow + Prism; demo with --demo)",
+            )
+        if not torch.isfinite(latents).all():
+            raise BridgeError("The slide latents contain NaN or infinite values.", "embed the slide again")
+        return latents
+
+    def image_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = self.check_latents(latents).to(self.device, torch.float32)
+        embeds = self.projection_layer(latents[None])
+        return embeds.to(self._embedding_dtype())
+
+    def input_embeddings(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (scaled by sqrt(width) as Gemma does) with the image positions replaced."""
+        embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
+        mask = input_ids.to(self.device) == self.ids.image
+        per_row = mask.sum(dim=1)
+        if not bool((per_row == image_embeds.shape[1]).all()):
+            raise BridgeError("The prompt's image block does not match the projector's output.", "")
+        image = image_embeds.expand(input_ids.shape[0], -1, -1).reshape(-1, embeds.shape[-1])
+        return embeds.masked_scatter(mask[..., None], image.to(embeds.dtype))
+
+    def forward(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Logits of (B, T) prompts about one slide (used by scoring and training)."""
+        embeds = self.input_embeddings(input_ids, self.image_embeddings(latents))
+        mask = attention_mask if attention_mask is not None else input_ids != self.ids.pad
+        return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long()).logits
+
+    def prompt_ids(self, conversation: prompt.Conversation) -> torch.Tensor:
+        ids = prompt.encode(self.tokenizer, conversation, self.config.projector_num_output_tokens)
+        limit = self.llm.config.get_text_config().max_position_embeddings
+        if len(ids) >= limit:
+            raise BridgeError(
+                f"The conversation is {len(ids):,} tokens long; the model reads at most {limit:,}.",
+                "start a new conversation or shorten it",
+            )
+        return ids
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        latents: torch.Tensor,
+        conversation: prompt.Conversation,
+        options: GenerationOptions | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        prefix_key: str | None = None,
+    ) -> Generated:
+        """The model's next turn. With `prefix_key` (the latents' identity), a follow-up reuses the KV cache."""
+        options = options or GenerationOptions()
+        ids = self.prompt_ids(conversation).tolist()
+        entry = self.prefixes.take(prefix_key, ids) if prefix_key else None
+        reused = len(entry.ids) if entry else 0
+        if entry is None:
+            from transformers import DynamicCache
+
+            entry = CachedPrefix(prefix_key or "", [], DynamicCache(config=self.llm.config.get_text_config()))
+
+        def prefill() -> torch.Tensor:
+            new = torch.tensor([ids[reused:]])
+            if reused == 0:
+                embeds = self.input_embeddings(new, self.image_embeddings(latents))
+            else:
+                embeds = self.llm.get_input_embeddings()(new.to(self.device))
+            logits = self.llm(inputs_embeds=embeds, past_key_values=entry.cache, use_cache=True).logits
+            entry.ids.extend(ids[reused:])
+            return logits[0, -1]
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            out = self.llm(input_ids=token.to(self.device), past_key_values=entry.cache, use_cache=True)
+            return out.logits[0, -1]
+
+        result = timed_decode(
+            prefill, step, self.tokenizer, self.ids.stops, options, entry.ids, len(ids), reused, on_text, cancelled
+        )
+        if prefix_key:
+            self.prefixes.put(entry)
+        return result
+
+    @torch.inference_mode()
+    def score_choices(self, latents: torch.Tensor, question: str, choices: list[str]) -> ChoiceScores:
+        """Mean log-likelihood ranking of answers, as published, all choices in one batched forward pass."""
+        if not choices or any(not c.strip() for c in choices):
+            raise BridgeError("Multiple choice needs at least one non-empty choice.", 'e.g. --choices "A=...,B=..."')
+        rows = [
+            self.prompt_ids([{"role": "user", "content": question}, {"role": "assistant", "content": c}])
+            for c in choices
+        ]
+        answer_start = len(self.prompt_ids([{"role": "user", "content": question}]))
+        spans = [self._choice_span(row, choice, answer_start) for row, choice in zip(rows, choices, strict=True)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.ids.pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        logits = self.forward(latents, ids, ids != self.ids.pad).float()
+        log_probs = F.log_softmax(logits[:, :-1], dim=-1)
+        targets = ids[:, 1:].to(log_probs.device)
+        token_lp = log_probs.gather(-1, targets[..., None])[..., 0]
+        scores = [float(-token_lp[i, start - 1 : stop - 1].mean()) for i, (start, stop) in enumerate(spans)]
+        return ChoiceScores(list(choices), scores)
+
+    def _choice_span(self, row: torch.Tensor, choice: str, answer_start: int) -> tuple[int, int]:
+        """Positions of the choice's tokens: their last occurrence, as published; else the whole answer turn
+        (a choice can tokenize differently inside the turn than alone)."""
+        tokens = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        values = row.tolist()
+        for start in range(len(values) - len(tokens), answer_start - 1, -1):
+            if values[start : start + len(tokens)] == tokens:
+                return start, start + len(tokens)
+        end = len(values) - 1 - values[::-1].index(self.ids.end_of_turn)
+        return answer_start, end
+
+    # ------------------------------------------------------------------ view mode
+
+    @torch.inference_mode()
+    def view(
+        self,
+        image: np.ndarray,
+        conversation: prompt.Conversation,
+        options: GenerationOptions | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Generated:
+        """MedGemma's own answer about an RGB image (H, W, 3 uint8), adapter off, same loaded weights."""
+        options = options or GenerationOptions()
+        pixels = self._pixel_values(image)
+        tokens = self.llm.config.mm_tokens_per_image
+        text = prompt.render(self.tokenizer, conversation, tokens, add_generation_prompt=True)
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.llm.config.get_text_config())
+        fed: list[int] = list(ids[0])
+
+        def prefill() -> torch.Tensor:
+            token_types = (ids == self.ids.image).long()
+            out = self.llm(
+                input_ids=ids.to(self.device),
+                pixel_values=pixels,
+                token_type_ids=token_types.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            return out.logits[0, -1]
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            return self.llm(input_ids=token.to(self.device), past_key_values=cache, use_cache=True).logits[0, -1]
+
+        with self.llm.disable_adapter():
+            return timed_decode(
+                prefill, step, self.tokenizer, self.ids.stops, options, fed, ids.shape[1], 0, on_text, cancelled
+            )
+
+    def _pixel_values(self, image: np.ndarray) -> torch.Tensor:
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise BridgeError("The field of view must be an RGB image (height, width, 3) of bytes.", "")
+        size = self.loaded.image_size
+        from PIL import Image
+
+        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+        mean, std = np.array(self.loaded.image_mean), np.array(self.loaded.image_std)
+        normalised = (resized / 255.0 - mean) / std
+        tensor = torch.from_numpy(normalised.transpose(2, 0, 1).copy())[None]
+        return tensor.to(self.device, self._embedding_dtype())
+
+    # ------------------------------------------------------------------ memory
+
+    def _embedding_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+
+def _relative_or_id(weights: Path, llm_id: str) -> str:
+    """The config's LLM id; a relative folder next to the weights (as the demo writes) is used as such."""
+    local = weights / llm_id
+    return str(local) if not os.path.isabs(llm_id) and local.is_dir() else llm_id
+
+
+def _is_quantisation_state(key: str) -> bool:
+    """bitsandbytes stores its quantisation state next to 4-bit weights; it belongs to the base model."""
+    return any(part in key for part in (".absmax", ".quant_map", ".quant_state", ".nested_"))
+
+
+def answer_kind(config: AntoniConfig) -> str:
+    return "demo weights (random: answers mean nothing)" if config.demo else "ANTONI-Alpha weights"

@@ -1,0 +1,175 @@
+"""Token-by-token generation, our own loop over the model's KV cache.
+
+transformers 5's `Gemma3ForConditionalGeneration.generate` refuses `inputs_embeds` alone, and we
+need the loop anyway: streaming each token to a callback, cancelling between tokens, and keeping the
+KV cache of a conversation so a follow-up feeds only its new tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from antoni_bridge.errors import BridgeError
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 1024
+    greedy: bool = True  # the published evaluation decodes greedily
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise BridgeError(
+                "Generation options out of range.",
+                "max_new_tokens >= 1, temperature > 0, 0 < top_p <= 1, top_k >= 0",
+            )
+
+
+@dataclass
+class Generated:
+    token_ids: list[int]
+    text: str
+    stop_reason: str  # "stop" (end of turn or eos), "length" or "cancelled"
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose keys and values came from the prefix cache
+    first_token_s: float
+    total_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode_s = self.total_s - self.first_token_s
+        return (len(self.token_ids) - 1) / decode_s if len(self.token_ids) > 1 and decode_s > 0 else 0.0
+
+
+@dataclass
+class CachedPrefix:
+    """A conversation's KV cache and the exact token ids it holds, for one image (latents key)."""
+
+    key: str
+    ids: list[int]
+    cache: Any  # transformers DynamicCache
+
+
+@dataclass
+class PrefixCache:
+    """The last few conversations' KV caches; a follow-up finds its own and feeds only what is new."""
+
+    capacity: int = 2
+    entries: OrderedDict[str, CachedPrefix] = field(default_factory=OrderedDict)
+
+    def take(self, key: str, ids: list[int]) -> CachedPrefix | None:
+        """The cached prefix of `ids` for `key`, trimmed to the longest common prefix (None when unusable)."""
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            return None
+        common = 0
+        for a, b in zip(entry.ids, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # the last prompt token is always fed, to get its logits
+        if common <= 0:
+            return None
+        if common < len(entry.ids):
+            try:
+                entry.cache.crop(common - len(entry.ids))  # transformers 5 takes how many tokens to drop, negative
+            except (RuntimeError, ValueError):  # sliding-window layers past their window cannot roll back
+                return None
+            entry.ids = entry.ids[:common]
+        return entry
+
+    def put(self, entry: CachedPrefix) -> None:
+        self.entries[entry.key] = entry
+        self.entries.move_to_end(entry.key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+Step = Callable[[torch.Tensor], torch.Tensor]  # next token id (1, 1) -> logits (vocab,)
+
+
+def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:
+    if options.greedy:
+        return int(logits.argmax())
+    logits = logits.float() / options.temperature
+    if options.top_k:
+        kth = torch.topk(logits, min(options.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(0) - sorted_probs > options.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def decode(
+    first_logits: torch.Tensor,
+    step: Step,
+    tokenizer: Any,
+    stops: tuple[int, ...],
+    options: GenerationOptions,
+    fed: list[int],
+    on_text: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[list[int], str, str]:
+    """Sample until a stop token, the length limit or cancellation, streaming text as it grows.
+
+    `fed` is extended with every token fed back to the model, so the caller knows what the cache holds.
+    Returns (generated ids, text, stop reason).
+    """
+    generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+    tokens: list[int] = []
+    text = ""
+    logits = first_logits
+    while True:
+        if cancelled is not None and cancelled():
+            return tokens, text, "cancelled"
+        token = sample(logits, options, generator)
+        if token in stops:
+            return tokens, text, "stop"
+        tokens.append(token)
+        new_text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if on_text is not None and len(new_text) > len(text) and not new_text.endswith("\ufffd"):
+            on_text(new_text[len(text) :])
+            text = new_text
+        if len(tokens) >= options.max_new_tokens:
+            return tokens, tokenizer.decode(tokens, skip_special_tokens=True), "length"
+        logits = step(torch.tensor([[token]]))
+        fed.append(token)
+
+
+def timed_decode(
+    prefill: Callable[[], torch.Tensor],
+    step: Step,
+    tokenizer: Any,
+    stops: tuple[int, ...],
+    options: GenerationOptions,
+    fed: list[int],
+    prompt_tokens: int,
+    reused: int,
+    on_text: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Generated:
+    """Prefill, then `decode`, measuring the time to the first token and the whole answer."""
+    options.check()
+    start = time.perf_counter()
+    first_logits = prefill()
+    first_token_s = time.perf_counter() - start
+    tokens, text, reason = decode(first_logits, step, tokenizer, stops, options, fed, on_text, cancelled)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return Generated(tokens, text, reason, prompt_tokens, reused, first_token_s, time.perf_counter() - start)

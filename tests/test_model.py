@@ -1,0 +1,297 @@
+"""ANTONI-Alpha on demo weights: the published formulas recomputed here, loading rules, generation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from antoni_bridge.demo_assets import DemoWeights, write_demo_weights
+from antoni_bridge.errors import BridgeError
+from antoni_bridge.model.antoni import AntoniModel
+from antoni_bridge.model.generation import GenerationOptions
+
+QUESTION = [{"role": "user", "content": "What organ is this tissue from?"}]
+GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
+    return write_demo_weights(tmp_path_factory.mktemp("demo-weights"))
+
+
+@pytest.fixture(scope="module")
+def model(weights: DemoWeights) -> AntoniModel:
+    return AntoniModel.load(weights.antoni)
+
+
+@pytest.fixture
+def latents() -> torch.Tensor:
+    return torch.randn(513, 64, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------ the published formulas
+
+
+def test_projector_equals_the_published_formula(model: AntoniModel, latents: torch.Tensor) -> None:
+    p = {
+        k.removeprefix("projection_layer."): v
+        for k, v in model.state_dict().items()
+        if k.startswith("projection_layer.")
+    }
+    heads = model.config.projector_num_query_heads
+    q = p["query_tokens"][0] @ p["q_proj.weight"].T  # (256, 64)
+    k = latents @ p["k_proj.weight"].T
+    v = latents @ p["v_proj.weight"].T  # (513, 64): the LLM width
+    outputs = []
+    for h in range(heads):
+        qs, ks = q.chunk(heads, dim=-1)[h], k.chunk(heads, dim=-1)[h]
+        weights_ = torch.softmax(qs @ ks.T / math.sqrt(qs.shape[-1]), dim=-1)
+        outputs.append(weights_ @ v.chunk(heads, dim=-1)[h])
+    pooled = torch.cat(outputs, dim=-1) @ p["out_proj.weight"].T
+    expected = F.layer_norm(pooled, (pooled.shape[-1],), p["layer_norm.weight"], p["layer_norm.bias"])
+    with torch.no_grad():
+        ours = model.projection_layer(latents[None])[0]
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_projector_mask_means_attend(model: AntoniModel, latents: torch.Tensor) -> None:
+    padded = torch.cat([latents, torch.randn(7, 64)])[None]
+    mask = torch.ones(1, 520, dtype=torch.bool)
+    mask[0, 513:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.projection_layer(padded, mask), model.projection_layer(latents[None]), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_prompt_is_rendered_as_published_with_two_bos(model: AntoniModel) -> None:
+    ids = model.prompt_ids([{"role": "user", "content": "Q"}])
+    text = model.tokenizer.decode(ids)
+    image = "<image_soft_token>" * 256
+    assert text == (
+        f"<bos><bos><start_of_turn>user\n\n\n<start_of_image>{image}<end_of_image>\n\nQ<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+
+
+def test_logits_equal_a_merged_weight_forward_with_embeddings_inserted_by_hand(
+    model: AntoniModel, weights: DemoWeights, latents: torch.Tensor
+) -> None:
+    """Independent path: fold LoRA into a plain Gemma 3 (no peft), insert the projector output by hand."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    plain = Gemma3ForConditionalGeneration.from_pretrained(weights.llm, dtype=torch.float32).eval()
+    trained = load_file(weights.antoni / "model.safetensors")
+    scale = model.config.lora_alpha / model.config.lora_r
+    base = plain.state_dict()
+    prefix = "llm.base_model.model."
+    for key in trained:
+        if ".lora_A.default." in key:
+            target = key.removeprefix(prefix).replace(".lora_A.default.weight", ".weight")
+            b = trained[key.replace("lora_A", "lora_B")]
+            base[target] = base[target] + scale * b @ trained[key]
+    embed = trained[prefix + "model.language_model.embed_tokens.modules_to_save.default.weight"]
+    base["lm_head.weight"] = trained[prefix + "lm_head.modules_to_save.default.weight"]
+    plain.load_state_dict(base, assign=True)
+
+    ids = model.prompt_ids(QUESTION)[None]
+    with torch.no_grad():
+        image = model.projection_layer(latents[None])  # checked against the formula above
+        inputs = embed[ids] * math.sqrt(embed.shape[1])
+        inputs[ids == model.ids.image] = image[0]
+        expected = plain.lm_head(plain.model.language_model(inputs_embeds=inputs).last_hidden_state)
+        ours = model(latents, ids)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_checkpoint_has_the_published_key_names(weights: DemoWeights) -> None:
+    keys = set(load_file(weights.antoni / "model.safetensors"))
+    assert "projection_layer.query_tokens" in keys
+    assert {f"projection_layer.{n}_proj.weight" for n in ("q", "k", "v", "out")} <= keys
+    assert "llm.base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight" in keys
+    assert "llm.base_model.model.model.language_model.embed_tokens.modules_to_save.default.weight" in keys
+    assert "llm.base_model.model.lm_head.modules_to_save.default.weight" in keys
+    assert any(".vision_tower." in k and ".lora_B.default." in k for k in keys), "all-linear includes the tower"
+
+
+def test_full_bin_and_sharded_checkpoints_load_the_same(
+    model: AntoniModel, weights: DemoWeights, tmp_path: Path, latents: torch.Tensor
+) -> None:
+    trained = load_file(weights.antoni / "model.safetensors")
+    full = {k: v.clone() for k, v in model.state_dict().items()}  # base weights included, as a full save has them
+    full |= trained
+    variants = {"bin": tmp_path / "bin", "sharded": tmp_path / "sharded"}
+    for folder in variants.values():
+        folder.mkdir()
+        shutil.copy(weights.antoni / "config.json", folder)
+        (folder / "config.json").write_text(
+            (weights.antoni / "config.json").read_text().replace('"../llm"', json.dumps(str(weights.llm)))
+        )
+    torch.save(full, variants["bin"] / "pytorch_model.bin")
+    names = sorted(trained)
+    half = len(names) // 2
+    save_file({k: trained[k] for k in names[:half]}, str(variants["sharded"] / "model-00001-of-00002.safetensors"))
+    save_file({k: trained[k] for k in names[half:]}, str(variants["sharded"] / "model-00002-of-00002.safetensors"))
+    weight_map = {k: f"model-0000{1 if i < half else 2}-of-00002.safetensors" for i, k in enumerate(names)}
+    (variants["sharded"] / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ids = model.prompt_ids(QUESTION)[None]
+    with torch.no_grad():
+        expected = model(latents, ids)
+        for folder in variants.values():
+            torch.testing.assert_close(AntoniModel.load(folder)(latents, ids), expected)
+
+
+def test_missing_or_unexpected_keys_are_named(model: AntoniModel, weights: DemoWeights) -> None:
+    trained = load_file(weights.antoni / "model.safetensors")
+    lora_key = "llm.base_model.model.model.language_model.layers.1.mlp.down_proj.lora_B.default.weight"
+    without = {k: v for k, v in trained.items() if k != lora_key}
+    with pytest.raises(BridgeError, match=r"missing: llm\.base_model\.model\.model\.language_model\.layers\.1\.mlp"):
+        model.load_trained(without)
+    with pytest.raises(BridgeError, match=r"unexpected: projection_layer\.extra"):
+        model.load_trained(trained | {"projection_layer.extra": torch.zeros(1)})
+    model.load_trained(trained)  # and the model is whole again
+
+
+def test_revision_selects_the_hub_snapshot(
+    weights: DemoWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hugging Face cache with `main` and `pretrain` revisions, laid out as the hub library lays it out."""
+    from antoni_bridge.encoders.sources import resolve_model_dir
+
+    repo = tmp_path / "hub" / "models--SaltySander--ANTONI-Alpha"
+    for ref, commit in (("main", "a" * 40), ("pretrain", "b" * 40)):
+        shutil.copytree(weights.antoni, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_model_dir("SaltySander/ANTONI-Alpha", "weights").name == "a" * 40
+    assert resolve_model_dir("SaltySander/ANTONI-Alpha", "weights", revision="pretrain").name == "b" * 40
+
+
+def test_weights_of_another_architecture_are_refused(weights: DemoWeights, tmp_path: Path) -> None:
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(BridgeError, match="not Gemma 3"):
+        AntoniModel.load(weights.antoni, llm_source=llama)
+    with pytest.raises(BridgeError, match="not ANTONI-Alpha"):
+        AntoniModel.load(llama)
+
+
+# ------------------------------------------------------------------ generation
+
+
+def test_streamed_greedy_output_equals_the_returned_answer_and_is_deterministic(
+    model: AntoniModel, latents: torch.Tensor
+) -> None:
+    pieces: list[str] = []
+    streamed = model.answer(latents, QUESTION, GREEDY, on_text=pieces.append)
+    quiet = model.answer(latents, QUESTION, GREEDY)
+    assert "".join(pieces) == streamed.text
+    assert streamed.token_ids == quiet.token_ids and len(quiet.token_ids) == 12
+    assert streamed.stop_reason == "length"
+
+
+def test_cancellation_stops_within_one_token(model: AntoniModel, latents: torch.Tensor) -> None:
+    produced: list[str] = []
+    result = model.answer(
+        latents,
+        QUESTION,
+        GenerationOptions(max_new_tokens=50),
+        on_text=produced.append,
+        cancelled=lambda: len(produced) >= 3,
+    )
+    assert result.stop_reason == "cancelled"
+    assert len(result.token_ids) <= 4
+
+
+def test_prefix_reuse_gives_identical_tokens(model: AntoniModel, latents: torch.Tensor) -> None:
+    first = model.answer(latents, QUESTION, GREEDY, prefix_key="slide-1")
+    follow_up = [*QUESTION, {"role": "assistant", "content": first.text}, {"role": "user", "content": "Any tumour?"}]
+    reused = model.answer(latents, follow_up, GREEDY, prefix_key="slide-1")
+    model.prefixes.clear()
+    fresh = model.answer(latents, follow_up, GREEDY)
+    assert reused.reused_tokens >= 256 and fresh.reused_tokens == 0
+    assert reused.token_ids == fresh.token_ids
+
+
+def test_prefix_cache_is_per_image(model: AntoniModel, latents: torch.Tensor) -> None:
+    model.answer(latents, QUESTION, GREEDY, prefix_key="slide-1")
+    other = model.answer(latents * 2, QUESTION, GREEDY, prefix_key="slide-2")
+    assert other.reused_tokens == 0
+
+
+def test_multiple_choice_batch_equals_scoring_each_choice_alone(model: AntoniModel, latents: torch.Tensor) -> None:
+    choices = ["colon", "breast tissue with carcinoma", "lung"]
+    batched = model.score_choices(latents, "Which organ?", choices)
+    alone = [model.score_choices(latents, "Which organ?", [c]).mean_nll[0] for c in choices]
+    np.testing.assert_allclose(batched.mean_nll, alone, rtol=1e-4, atol=1e-4)
+    assert batched.best == choices[int(np.argmin(alone))]
+
+
+def test_view_mode_is_medgemma_itself_with_the_adapter_off(model: AntoniModel, weights: DemoWeights) -> None:
+    from transformers import Gemma3ForConditionalGeneration
+
+    image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    conversation = [{"role": "user", "content": "Describe this field."}]
+    ours = model.view(image, conversation, GREEDY)
+    plain = Gemma3ForConditionalGeneration.from_pretrained(weights.llm, dtype=torch.float32).eval()
+    text = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this field."}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    text = text.replace("<start_of_image>", "\n\n<start_of_image>" + "<image_soft_token>" * 16 + "<end_of_image>\n\n")
+    ids = torch.tensor([model.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    pixels = model._pixel_values(image)
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(12):
+            full = torch.cat([ids, torch.tensor([tokens], dtype=torch.long)], dim=1) if tokens else ids
+            logits = plain(input_ids=full, pixel_values=pixels, token_type_ids=(full == model.ids.image).long()).logits
+            tokens.append(int(logits[0, -1].argmax()))
+    stop = next((i for i, t in enumerate(tokens) if t in model.ids.stops), len(tokens))
+    assert ours.token_ids == tokens[:stop]
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.randn(513, 32), "have shape"),
+        (torch.randn(2, 513, 64), "have shape"),
+        (torch.zeros(513, 64, dtype=torch.long), "floating-point"),
+        (torch.full((513, 64), float("nan")), "NaN"),
+    ],
+)
+def test_bad_latents(model: AntoniModel, bad: torch.Tensor, message: str) -> None:
+    with pytest.raises(BridgeError, match=message):
+        model.answer(bad, QUESTION, GREEDY)
+
+
+@pytest.mark.parametrize(
+    ("conversation", "message"),
+    [
+        ([], "empty"),
+        ([{"role": "assistant", "content": "hi"}], "must alternate"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "must alternate"),
+        ([{"role": "user", "content": "  "}], "no text"),
+        ([{"role": "user", "content": "organ " * 3000}], "at most"),
+    ],
+)
+def test_bad_conversations(model: AntoniModel, latents: torch.Tensor, conversation: list, message: str) -> None:
+    with pytest.raises(BridgeError, match=message):
+        model.answer(latents, conversation, GREEDY)
