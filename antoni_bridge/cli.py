@@ -282,6 +282,7 @@ def _ask(args: argparse.Namespace) -> int:
     if not args.local:
         raise BridgeError("Asking through the daemon is not built yet.", "add --local to run the model in this process")
     slide, question = _slide_and_question(args)
+    choices = _parse_choices(args.choices) if args.choices else None
     if args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "")
     if slide is not None:
@@ -292,8 +293,8 @@ def _ask(args: argparse.Namespace) -> int:
         latents = torch.from_numpy(read_latents(args.features))
     model = _load_model(args)
     model.check_latents(latents)
-    if args.choices:
-        return _print_choices(args, model, latents, question)
+    if choices:
+        return _print_choices(args, model, latents, question, choices)
     return _print_answer(args, model, latents, [{"role": "user", "content": question}])
 
 
@@ -358,8 +359,8 @@ def _answer_json(result, demo: bool) -> dict[str, Any]:
     }
 
 
-def _print_choices(args: argparse.Namespace, model, latents, question: str) -> int:
-    labels, texts = _parse_choices(args.choices)
+def _print_choices(args: argparse.Namespace, model, latents, question: str, choices) -> int:
+    labels, texts = choices
     start = time.perf_counter()
     scores = model.score_choices(latents, question, texts)
     ranking = sorted(zip(labels, texts, scores.mean_nll, strict=True), key=lambda row: row[2])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def write_demo_weights(folder: Path) -> DemoWeights:
 def demo_weights() -> DemoWeights:
     folder = paths.demo_dir() / "weights"
     if not (folder / "antoni" / "config.json").is_file():
-        print(f"making the demo weights in {folder} (once)")
+        print(f"making the demo weights in {folder} (once)", file=sys.stderr)
         _build_atomically(folder, write_demo_weights)
     return DemoWeights.under(folder)
 
@@ -52,7 +53,7 @@ def demo_slide() -> Path:
 
     path = paths.demo_dir() / "demo-slide.svs"
     if not path.is_file():
-        print(f"making the demo slide {path} (once)")
+        print(f"making the demo slide {path} (once)", file=sys.stderr)
         write_demo_slide(path)  # written to a temporary name and renamed
     return path
 

@@ -137,3 +137,76 @@ def test_slide_mpp_override_makes_a_slide_without_mpp_usable(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as h5:
         assert h5.attrs["slide_mpp"] == 0.5 and len(h5["coords"]) > 0
+
+
+def test_ask_a_features_file_locally_as_json(demo_40x: tuple[Path, DemoLayout], tmp_path: Path) -> None:
+    import torch
+
+    features = tmp_path / "latents.pt"
+    torch.save(torch.randn(1, 513, 64), features)  # upstream's hand-made tensor, batch dimension included
+    result = run_cli(
+        "ask",
+        "--features",
+        str(features),
+        "--local",
+        "--demo",
+        "--greedy",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "What organ is this?",
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["demo_weights"] is True and len(answer["token_ids"]) <= 6
+    assert set(answer["timings"]) >= {"first_token_s", "total_s", "tokens_per_s", "prompt_tokens"}
+
+
+def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, DemoLayout]) -> None:
+    result = run_cli(
+        "ask",
+        str(demo_40x[0]),
+        "Is there a tumour?",
+        "--region",
+        "1500,1500,2500,2500",
+        "--local",
+        "--demo",
+        "--greedy",
+        "--max-new-tokens",
+        "5",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "demo weights: random" in result.stdout and "tokens, first after" in result.stdout
+
+
+def test_ask_multiple_choice(tmp_path: Path) -> None:
+    import torch
+
+    features = tmp_path / "latents.pt"
+    torch.save(torch.randn(513, 64), features)
+    result = run_cli(
+        "ask", "--features", str(features), "--local", "--demo", "--choices", "A=colon,B=lung,C=skin", "Which organ?"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 4 and "best: " in result.stdout
+
+
+def test_ask_bad_inputs(tmp_path: Path) -> None:
+    import torch
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.randn(513, 32), wrong)
+    nan = tmp_path / "nan.pt"
+    torch.save(torch.full((513, 64), float("nan")), nan)
+    cases = {
+        "no --local": (["--features", str(wrong), "Q"], "not built yet"),
+        "wrong shape": (["--features", str(wrong), "--local", "Q"], "have shape"),
+        "nan": (["--features", str(nan), "--local", "Q"], "NaN"),
+        "missing file": (["--features", str(tmp_path / "none.pt"), "--local", "Q"], "No features file"),
+        "bad choices": (["--features", str(nan), "--local", "--choices", "A colon", "Q"], "Cannot read the choice"),
+        "slide and features": (["--features", str(wrong), "--local", "slide.svs", "Q"], "only the question"),
+    }
+    for label, (args, message) in cases.items():
+        result = run_cli("ask", *args, "--demo")
+        assert result.returncode == 2, f"{label}: {result.stderr}"
+        assert "Traceback" not in result.stderr and message in result.stderr, f"{label}: {result.stderr}"
