@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -59,13 +60,7 @@ def _quiet_libraries() -> None:
     """Libraries log their own account of what they do; ours is the one a user should read."""
     for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    warnings.filterwarnings("ignore", module="tiffslide|peft|transformers|torch")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    warnings.simplefilter("ignore")
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -139,8 +134,7 @@ def _region_options(command: argparse.ArgumentParser) -> None:
 
 
 def _encoder_options(command: argparse.ArgumentParser) -> None:
-    from antoni_bridge.encoders.prism import PRISM_ID
-    from antoni_bridge.encoders.virchow import VIRCHOW_ID
+    from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
 
     command.add_argument("--tile-encoder", default=VIRCHOW_ID, help=f"folder or hub id (default {VIRCHOW_ID})")
     command.add_argument("--slide-encoder", default=PRISM_ID, help=f"folder or hub id (default {PRISM_ID})")
@@ -159,7 +153,10 @@ def _make_demo_slide(args: argparse.Namespace) -> int:
     from antoni_bridge.slides.demo import write_demo_slide
 
     if args.width < 1000 or args.height < 1000 or args.mpp <= 0:
-        raise BridgeError("The demo slide needs at least 1000 x 1000 pixels and a positive mpp.", "")
+        raise BridgeError(
+            "The demo slide needs at least 1000 x 1000 pixels and a positive mpp.",
+            "e.g. --width 20000 --height 15000 --mpp 0.25",
+        )
     write_demo_slide(args.out, args.width, args.height, args.mpp)
     print(f"wrote {args.out} ({args.width} x {args.height} px at {args.mpp} um/px)")
     return 0
@@ -179,14 +176,18 @@ def _make_demo_weights(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (imported lazily: --help stays fast)
-    from antoni_bridge.encoders.pipeline import SlideRequest
     from antoni_bridge.slides.grid import GridSpec
+    from antoni_bridge.slides.planning import SlideRequest
     from antoni_bridge.slides.regions import Region, read_geojson_region
 
     if args.name and not args.geojson:
         raise BridgeError("--name picks an annotation of --geojson, but no --geojson was given.", "add --geojson FILE")
-    if args.mpp <= 0 or args.size < 16 or not 0 <= args.min_tissue < 1:
-        raise BridgeError("--mpp must be positive, --size at least 16, --min-tissue in [0, 1).", "")
+    numbers = (args.mpp, args.min_tissue, args.slide_mpp if args.slide_mpp is not None else 1.0)
+    if not all(math.isfinite(n) for n in numbers) or args.mpp <= 0 or args.size < 16 or not 0 <= args.min_tissue < 1:
+        raise BridgeError(
+            "--mpp must be a positive number, --size at least 16, --min-tissue in [0, 1).",
+            "the defaults (--mpp 0.5 --size 224 --min-tissue 0) are what ANTONI-Alpha was trained on",
+        )
     region = None
     if args.region:
         region = Region.parse_rectangle(args.region)
@@ -196,17 +197,37 @@ def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (importe
     return SlideRequest(path=slide, region=region, spec=spec, slide_mpp=args.slide_mpp)
 
 
+def _check_outputs(args: argparse.Namespace, *inputs: Path | None) -> None:
+    """Outputs never replace an input (a slide, annotations) or each other, nor a file that is not ours."""
+    import h5py
+
+    outputs = [p for p in (args.out, getattr(args, "overview", None)) if p is not None]
+    given = [p.resolve() for p in inputs if p is not None]
+    for out in outputs:
+        if out.resolve() in given:
+            raise BridgeError(
+                f"The output {out} is one of the inputs; it would be overwritten.", "choose another --out"
+            )
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise BridgeError("--out and --overview name the same file.", "give them different names")
+    if args.out.is_file() and not h5py.is_hdf5(args.out):
+        raise BridgeError(
+            f"{args.out} exists and is not an HDF5 file; it will not be replaced.", "choose another --out"
+        )
+
+
 def _tiles(args: argparse.Namespace) -> int:
-    from antoni_bridge.encoders.pipeline import feature_file, plan
     from antoni_bridge.features.h5 import write_feature_file
     from antoni_bridge.slides.overview import write_overview
+    from antoni_bridge.slides.planning import feature_file, plan
 
+    _check_outputs(args, args.slide, args.geojson)
     request = _request(args, args.slide)
     planned = plan(request)
     with planned.slide as slide:
+        write_feature_file(args.out, feature_file(slide, planned.grid, request))
         if args.overview:
             write_overview(slide, planned.tissue, planned.grid, args.overview)
-        write_feature_file(args.out, feature_file(slide, planned.grid, request))
         grid = planned.grid
         print(
             f"{len(grid):,} tiles of {grid.spec.size} px at {grid.spec.mpp} um/px over "
@@ -219,6 +240,7 @@ def _tiles(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from antoni_bridge.features.h5 import write_feature_file
 
+    _check_outputs(args, args.slide, args.geojson)
     request = _request(args, args.slide)
     result = _embed_request(args, request)
     write_feature_file(args.out, result.data)
@@ -229,12 +251,28 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
-    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+    from antoni_bridge.slides.planning import plan
+
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise BridgeError("--batch-size and --threads must be at least 1.", "leave them out for the defaults")
+    planned = plan(request)  # a bad slide or region fails before torch or any model loads
+    from antoni_bridge.encoders.pipeline import embed_planned
     from antoni_bridge.features.cache import FeatureCache
 
-    device = _device(args.device)
-    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
-        raise BridgeError("--batch-size and --threads must be at least 1.", "")
+    try:
+        device = _device(args.device)
+        encoders = _load_encoders(args, device)
+    except BaseException:
+        planned.slide.close()
+        raise
+    cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
+    with _ProgressBars() as bars:
+        return embed_planned(planned, request, encoders, cache, bars.update, args.batch_size, args.threads)
+
+
+def _load_encoders(args: argparse.Namespace, device: str):  # -> Encoders
+    from antoni_bridge.encoders.pipeline import Encoders
+
     if args.demo:
         from antoni_bridge.demo_assets import demo_weights
 
@@ -242,10 +280,7 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
         tile_source, slide_source = weights.tile_encoder, weights.slide_encoder
     else:
         tile_source, slide_source = args.tile_encoder, args.slide_encoder
-    encoders = Encoders.load(str(tile_source), str(slide_source), device=device, precision=args.precision)
-    cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
-    with _ProgressBars() as bars:
-        return embed_slide(request, encoders, cache, bars.update, batch_size=args.batch_size, threads=args.threads)
+    return Encoders.load(str(tile_source), str(slide_source), device=device, precision=args.precision)
 
 
 def _embedding_line(result) -> str:  # result: EmbedResult
@@ -284,7 +319,7 @@ def _ask(args: argparse.Namespace) -> int:
     slide, question = _slide_and_question(args)
     choices = _parse_choices(args.choices) if args.choices else None
     if args.max_new_tokens < 1:
-        raise BridgeError("--max-new-tokens must be at least 1.", "")
+        raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     if slide is not None:
         latents = torch.from_numpy(_embed_request(args, _request(args, slide)).data.latents)
     else:
@@ -309,8 +344,13 @@ def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _load_model(args: argparse.Namespace):  # -> AntoniModel
+    from transformers.utils import logging as hf_logging
+
     from antoni_bridge.encoders.sources import resolve_model_dir
     from antoni_bridge.model.antoni import AntoniModel
+
+    if not args.verbose:
+        hf_logging.disable_progress_bar()
 
     if args.demo:
         from antoni_bridge.demo_assets import demo_weights
@@ -401,10 +441,11 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from antoni_bridge.demo_assets import demo_slide, demo_weights
-    from antoni_bridge.encoders.pipeline import Encoders, SlideRequest, embed_slide
+    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
     from antoni_bridge.features.cache import FeatureCache
     from antoni_bridge.model.antoni import AntoniModel
     from antoni_bridge.model.generation import GenerationOptions
+    from antoni_bridge.slides.planning import SlideRequest
     from antoni_bridge.slides.regions import Region
 
     slide, weights = demo_slide(), demo_weights()
@@ -480,11 +521,17 @@ class _ProgressBars:
             self._close()
             self.stage = progress.stage
             unit = "tile" if progress.stage == "tile-embedding" else "step"
-            self.bar = tqdm(total=progress.total, desc=progress.stage, unit=unit, leave=False, file=sys.stderr)
+            self.bar = tqdm(
+                total=progress.total,
+                initial=progress.done,
+                desc=progress.stage,
+                unit=unit,
+                leave=False,
+                file=sys.stderr,
+            )
         if self.bar is not None:
             self.bar.total = progress.total
-            self.bar.n = progress.done
-            self.bar.refresh()
+            self.bar.update(progress.done - self.bar.n)
 
     def _close(self) -> None:
         if self.bar is not None:

@@ -14,10 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-from antoni_bridge.encoders.pipeline import Encoders, SlideRequest, embed_slide
+from antoni_bridge.encoders.pipeline import Encoders, embed_slide
 from antoni_bridge.features.cache import FeatureCache
 from antoni_bridge.features.h5 import read_feature_file, write_feature_file
 from antoni_bridge.slides.demo import DemoLayout
+from antoni_bridge.slides.planning import SlideRequest
 from antoni_bridge.slides.regions import Region
 
 
@@ -86,7 +87,8 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from antoni_bridge.encoders.pipeline import Encoders, SlideRequest, embed_slide
+    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+    from antoni_bridge.slides.planning import SlideRequest
     from antoni_bridge.features.cache import FeatureCache
     slide, tile, enc, cache = sys.argv[1:5]
     encoders = Encoders.load(tile, enc)
@@ -121,7 +123,71 @@ def test_killing_a_run_leaves_no_entry_and_the_next_run_resumes_to_the_same_resu
 
     resumed = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), batch_size=16)
     assert resumed.resumed_tiles >= 80
+    assert not list(cache_dir.glob(".*.tmp")), "the final write left no temporary file"
     fresh = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(tmp_path / "fresh"), batch_size=16)
     np.testing.assert_allclose(resumed.data.features, fresh.data.features, atol=1e-5)
     np.testing.assert_allclose(resumed.data.latents, fresh.data.latents, atol=1e-5)
     assert not (cache_dir / "partial").exists() or not any((cache_dir / "partial").iterdir())
+
+
+KILLED_WRITE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+    from antoni_bridge.slides.planning import SlideRequest
+    from antoni_bridge.features import h5
+    from antoni_bridge.features.cache import FeatureCache
+    slide, tile, enc, cache = sys.argv[1:5]
+    real_replace = os.replace
+    def die_on_the_entry(src, dst):
+        if str(dst).endswith(".h5"):
+            os._exit(9)  # killed between writing the entry and renaming it into place
+        real_replace(src, dst)
+    h5.os.replace = die_on_the_entry
+    embed_slide(SlideRequest(Path(slide)), Encoders.load(tile, enc), FeatureCache(Path(cache)), batch_size=16,
+                save_every=16)
+    """
+)
+
+
+def test_killed_while_writing_the_entry_leaves_no_entry_and_resumes_from_every_saved_tile(
+    demo_40x: tuple[Path, DemoLayout], demo_encoders: tuple[Path, Path], encoders: Encoders, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    args = [sys.executable, "-c", KILLED_WRITE, str(demo_40x[0]), *map(str, demo_encoders), str(cache_dir)]
+    assert subprocess.run(args, timeout=300).returncode == 9
+    assert not list(cache_dir.glob("*.h5")), "no entry: the kill came before the rename"
+    assert list(cache_dir.glob(".*.tmp")), "the finished temporary file was left behind by the kill"
+    result = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), batch_size=16)
+    assert not result.cache_hit and result.resumed_tiles > 0
+    assert read_feature_file(next(cache_dir.glob("*.h5"))).latents.shape == (513, 64)
+
+
+def test_damaged_partial_parts_are_dropped_not_fatal(tmp_path: Path) -> None:
+    from antoni_bridge.features.cache import PartialFeatures
+
+    partial = PartialFeatures(tmp_path / "partial")
+    partial.save(0, np.ones((16, 8)))
+    partial.save(16, np.ones((16, 8)))
+    partial.save(32, np.ones((16, 8)))
+    (tmp_path / "partial" / "000000016.npy").write_bytes(b"")  # what a power cut can leave
+    assert len(partial.resume(100, 8)) == 16
+    assert sorted(p.name for p in (tmp_path / "partial").glob("*.npy")) == ["000000000.npy"]
+    assert len(partial.resume(100, 4)) == 0, "another width is not resumed"
+
+
+def test_a_cache_hit_carries_the_current_requests_names(
+    demo_40x: tuple[Path, DemoLayout], encoders: Encoders, tmp_path: Path
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    square = Region.rectangle(1500, 1500, 2500, 2500).geometry
+    copy = tmp_path / "{case 7}.svs"  # a name that looks like JSON
+    copy.write_bytes(demo_40x[0].read_bytes())
+    first = embed_slide(SlideRequest(demo_40x[0], region=Region(square, "tumour")), encoders, cache)
+    second = embed_slide(SlideRequest(copy, region=Region(square, "stroma")), encoders, cache)
+    assert second.cache_hit
+    assert (first.data.attrs["region_name"], second.data.attrs["region_name"]) == ("tumour", "stroma")
+    out = tmp_path / "out.h5"
+    write_feature_file(out, second.data)
+    assert read_feature_file(out).attrs["slide_name"] == "{case 7}.svs"

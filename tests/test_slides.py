@@ -70,8 +70,6 @@ def test_40x_and_20x_scans_give_the_same_grid_in_microns(demo_40x: tuple[Path, D
             assert grid.level0_size * slide.mpp == pytest.approx(112.0)
             assert grid.read_size == 448 if slide.mpp == 0.25 else grid.read_size == 224
             micron_sets.append({tuple(xy) for xy in np.round(grid.coords * slide.mpp).astype(int)})
-    lattice = {(x % 112, y % 112) for s in micron_sets for x, y in s}
-    assert lattice == {(0, 0)}, "both grids lie on one 112-um lattice"
     a, b = micron_sets
     assert len(a & b) / len(a | b) > 0.95, "the same tissue gives the same tiles (edges may differ by a tile)"
 
@@ -83,10 +81,12 @@ def test_level_choice_on_a_pyramid_that_is_not_powers_of_two(demo_odd_pyramid: P
         at_one = plan_grid(slide, tissue, GridSpec(mpp=1.0))
         assert (at_half.level, at_half.read_size) == (0, 448)  # level 1 (3x) would be too coarse for 2x
         assert at_one.level == 1 and at_one.read_size == round(896 / slide.level_downsamples[1])
-        batch = next(iter_tile_batches(slide, at_one, batch_size=4))
-        for pixels, (x, y) in zip(batch.pixels, at_one.coords[:4], strict=True):
-            expected = slide.read_region((int(x), int(y)), 1, (at_one.read_size, at_one.read_size))
-            np.testing.assert_array_equal(pixels, expected)
+        assert slide.level_downsamples[1] != 3.0, "the level's downsample is not a whole number"
+        size = (at_one.read_size, at_one.read_size)
+        for batch in iter_tile_batches(slide, at_one, batch_size=32):  # every tile, the edges included
+            for pixels, index in zip(batch.pixels, batch.indices, strict=True):
+                x, y = at_one.coords[index]
+                np.testing.assert_array_equal(pixels, slide.read_region((int(x), int(y)), 1, size))
 
 
 def test_polygon_region_with_hole_restricts_tiles_to_centres_inside(demo_40x: tuple[Path, DemoLayout]) -> None:

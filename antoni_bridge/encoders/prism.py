@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from antoni_bridge.encoders import PRISM_ID
 from antoni_bridge.encoders.sources import (
     describe_keys,
     read_config,
@@ -32,7 +33,6 @@ from antoni_bridge.encoders.sources import (
 )
 from antoni_bridge.errors import BridgeError
 
-PRISM_ID = "paige-ai/Prism"
 PREFIX = "image_resampler."
 IGNORED_PREFIXES = ("text_decoder.", "img_to_latents.", "text_to_latents.", "temperature")
 
@@ -56,7 +56,16 @@ class PerceiverConfig:
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> PerceiverConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+        try:
+            config = cls(**{k: v for k, v in values.items() if k in known})  # type: ignore[arg-type]
+            sizes = [getattr(config, f.name) for f in fields(cls) if f.type == "int"]
+            valid = all(isinstance(v, int) and v >= 0 for v in sizes) and config.latent_dim > 0
+            valid = valid and config.latent_dim % config.mhsa_heads == 0 and config.latent_dim % config.xattn_heads == 0
+        except (TypeError, ZeroDivisionError):
+            valid = False
+        if not valid:
+            raise BridgeError(f"The Prism perceiver config is not valid: {values}.", "download the model again")
+        return config
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -130,9 +130,9 @@ def describe_keys(keys: list[str], limit: int = 5) -> str:
 
 
 def weights_identity(folder: Path) -> str:
-    """Names, sizes and times of the weight files: changes when the weights in a folder are replaced."""
+    """Names, sizes and times of the config and weight files: changes when a folder's model is replaced."""
     digest = hashlib.sha256()
-    for file in weight_files(folder, "model"):
+    for file in [folder / "config.json", *weight_files(folder, "model")]:
         stat = file.stat()
         digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]

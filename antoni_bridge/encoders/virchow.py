@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
+from antoni_bridge.encoders import VIRCHOW_ID
 from antoni_bridge.encoders.sources import (
     describe_keys,
     read_config,
@@ -26,7 +27,6 @@ from antoni_bridge.encoders.sources import (
 )
 from antoni_bridge.errors import BridgeError
 
-VIRCHOW_ID = "paige-ai/Virchow"
 VIRCHOW_MODEL_ARGS = {  # timm arguments of the published Virchow config.json
     "img_size": 224,
     "init_values": 1e-5,
@@ -76,7 +76,14 @@ class TileEncoder:
 def build_vit(architecture: str, model_args: dict[str, object]) -> torch.nn.Module:
     """A timm ViT with Virchow's SwiGLU-packed MLP and SiLU (not JSON-serialisable, so never in configs)."""
     args = {k: v for k, v in model_args.items() if k not in ("mlp_layer", "act_layer")}
-    return timm.create_model(architecture, pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **args)
+    try:
+        return timm.create_model(
+            architecture, pretrained=False, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **args
+        )
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:  # timm's ways of refusing a config
+        raise BridgeError(
+            f"The tile encoder config ({architecture}) cannot be built ({exc}).", "download the model again"
+        ) from exc
 
 
 def tiles_to_tensor(pixels: np.ndarray, size: int, device: torch.device) -> torch.Tensor:

@@ -9,16 +9,18 @@ last saved range instead of starting over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from antoni_bridge.features.h5 import FeatureFile, read_feature_file, write_feature_file
+from antoni_bridge.features.h5 import FeatureFile, durable_replace, read_feature_file, write_feature_file
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -27,9 +29,23 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+STALE_AFTER_S = 24 * 3600  # temporary files older than this were left by killed runs
+
+
 class FeatureCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._sweep_stale_temporaries()
+
+    def _sweep_stale_temporaries(self) -> None:
+        """Remove what killed runs left (a finished slide's features can be a gigabyte)."""
+        if not self.root.is_dir():
+            return
+        cutoff = time.time() - STALE_AFTER_S
+        for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("partial/*/.*.tmp.npy")]:
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
     def entry(self, key: str) -> Path:
         return self.root / f"{key}.h5"
@@ -59,28 +75,40 @@ class PartialFeatures:
         self.folder = folder
 
     def resume(self, total: int, width: int) -> np.ndarray:
-        """The saved features of tiles 0..k-1 for the largest k with no gap (empty when none)."""
+        """The saved features of tiles 0..k-1 for the largest k with no gap (empty when none).
+
+        A damaged or foreign part (a power cut, another width) ends the usable prefix; it and every
+        later part are deleted, so the next save starts clean.
+        """
         parts, start = [], 0
         while start < total:
             file = self.folder / f"{start:09d}.npy"
+            if not file.is_file():
+                break
             try:
                 part = np.load(file, allow_pickle=False)
-            except (OSError, ValueError):
-                break
-            if part.ndim != 2 or part.shape[1] != width or len(part) == 0:
+            except Exception:  # numpy raises EOFError, ValueError, OSError... for damaged files
+                part = None
+            if part is None or part.ndim != 2 or part.shape[1] != width or not 0 < len(part) <= total - start:
+                self._drop_from(start)
                 break
             parts.append(part)
             start += len(part)
-        if start > total:
-            return np.empty((0, width), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32) if parts else np.empty((0, width), dtype=np.float32)
+
+    def _drop_from(self, start: int) -> None:
+        for file in self.folder.glob("*.npy"):
+            if file.stem.isdigit() and int(file.stem) >= start:
+                file.unlink(missing_ok=True)
 
     def save(self, start: int, features: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"{start:09d}.npy"
         tmp = self.folder / f".{start:09d}.{os.getpid()}.tmp.npy"
-        np.save(tmp, np.asarray(features, dtype=np.float32))
-        os.replace(tmp, final)
+        try:
+            np.save(tmp, np.asarray(features, dtype=np.float32))
+            durable_replace(tmp, self.folder / f"{start:09d}.npy")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -40,9 +40,9 @@ class FeatureFile:
 def write_feature_file(path: str | os.PathLike[str], data: FeatureFile) -> None:
     """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(tmp, "w") as h5:
             coords = h5.create_dataset("coords", data=np.asarray(data.coords, dtype=np.int64))
             coords.attrs.update(_attr_values(data.coords_attrs))
@@ -52,9 +52,25 @@ def write_feature_file(path: str | os.PathLike[str], data: FeatureFile) -> None:
             if data.latents is not None:
                 h5.create_dataset("latents", data=np.asarray(data.latents, dtype=np.float32))
             h5.attrs.update(_attr_values({"format_version": FORMAT_VERSION, **data.attrs}))
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
+    except OSError as exc:
+        raise BridgeError(
+            f"Cannot write {path} ({exc.strerror or exc}).", "check the folder, its permissions and free space"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def durable_replace(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place, synced first so a power cut cannot leave it empty."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
@@ -69,8 +85,8 @@ def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
             data = FeatureFile(
                 coords=h5["coords"][()],
                 contour_index=h5["contour_index"][()],
-                attrs={k: _python(v) for k, v in h5.attrs.items()},
-                coords_attrs={k: _python(v) for k, v in h5["coords"].attrs.items()},
+                attrs={k: _python(k, v) for k, v in h5.attrs.items()},
+                coords_attrs={k: _python(k, v) for k, v in h5["coords"].attrs.items()},
                 features=h5["features"][()] if "features" in h5 else None,
                 latents=h5["latents"][()] if "latents" in h5 else None,
             )
@@ -97,16 +113,27 @@ def _check_consistent(path: Path, data: FeatureFile) -> None:
         raise BridgeError(f"{path.name} is inconsistent: {'; '.join(problems)}.", "embed the slide again")
 
 
+JSON_ATTRS = ("region", "tissue_detector")  # structured attributes, stored as JSON text
+
+
 def _attr_values(attrs: dict[str, Any]) -> dict[str, Any]:
-    """HDF5 attributes hold numbers, strings and arrays; mappings and None are stored as JSON text."""
-    return {k: json.dumps(v) if v is None or isinstance(v, dict) else v for k, v in attrs.items()}
+    """HDF5 attributes hold numbers, strings and arrays; JSON_ATTRS are stored as JSON text, and strings
+    that are not valid UTF-8 (file names from foreign shares) keep their bytes as escapes."""
+    values = {}
+    for key, value in attrs.items():
+        if key in JSON_ATTRS:
+            value = json.dumps(value)
+        elif isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        values[key] = value
+    return values
 
 
-def _python(value: Any) -> Any:
-    """The inverse of `_attr_values`: plain Python values, JSON mappings decoded."""
+def _python(key: str, value: Any) -> Any:
+    """The inverse of `_attr_values`: plain Python values, JSON attributes decoded."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
-    if isinstance(value, str) and (value == "null" or value.startswith("{")):
+    if key in JSON_ATTRS and isinstance(value, str):
         return json.loads(value)
     if isinstance(value, np.ndarray):
         return value.tolist()

@@ -141,7 +141,10 @@ class AntoniModel(nn.Module):
         mask = input_ids.to(self.device) == self.ids.image
         per_row = mask.sum(dim=1)
         if not bool((per_row == image_embeds.shape[1]).all()):
-            raise BridgeError("The prompt's image block does not match the projector's output.", "")
+            raise BridgeError(
+                "The prompt's image block does not match the projector's output.",
+                "the tokenizer must be MedGemma's (or the demo's) with its image token",
+            )
         image = image_embeds.expand(input_ids.shape[0], -1, -1).reshape(-1, embeds.shape[-1])
         return embeds.masked_scatter(mask[..., None], image.to(embeds.dtype))
 
@@ -278,7 +281,9 @@ class AntoniModel(nn.Module):
 
     def _pixel_values(self, image: np.ndarray) -> torch.Tensor:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise BridgeError("The field of view must be an RGB image (height, width, 3) of bytes.", "")
+            raise BridgeError(
+                "The field of view must be an RGB image (height, width, 3) of bytes.", "send an 8-bit RGB image"
+            )
         size = self.loaded.image_size
         from PIL import Image
 

@@ -1,7 +1,7 @@
 """The tile grid: which square tiles of `size` pixels at `mpp` um/px an encoder sees, and where to read them.
 
-Tiles do not overlap. Over a whole slide the lattice starts at the slide's corner; over a region it
-starts at the region's corner, and a tile belongs to the region when its centre lies inside it (holes
+Tiles do not overlap. Over a whole slide the lattice starts at the slide's corner; over a region it is
+centred on the region's bounds, and a tile belongs to the region when its centre lies inside it (holes
 excluded), which makes the restriction exact and easy to state. Tiles are kept when the tissue
 inside them passes `min_tissue`, and are listed row by row so readers can decode each stored
 TIFF tile once.
@@ -65,6 +65,12 @@ def plan_grid(slide: Slide, tissue: TissueMask, spec: GridSpec, region: Region |
     """Lay the grid over the tissue (of the region, when given) and keep the tiles worth embedding."""
     step = spec.size * spec.mpp / slide.mpp
     xs, ys = _lattice(slide, region, step)
+    if len(xs) == 0 or len(ys) == 0:
+        raise BridgeError(
+            f"A tile of {spec.size} px at {spec.mpp} um/px ({step:.0f} level-0 px) does not fit on "
+            f"{slide.path.name} ({slide.dimensions[0]}x{slide.dimensions[1]} px).",
+            "check --mpp, --size and the slide's own mpp",
+        )
     if len(xs) * len(ys) > 50 * spec.max_tiles:
         raise _too_many(len(xs) * len(ys), spec)
     grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
@@ -110,8 +116,14 @@ def _lattice(slide: Slide, region: Region | None, step: float) -> tuple[np.ndarr
     _check_inside(slide, region, step)
     rx0, ry0, rx1, ry1 = region.bounds
     cols, rows = max(1, int(np.ceil((rx1 - rx0) / step))), max(1, int(np.ceil((ry1 - ry0) / step)))
-    x0, y0 = (rx0 + rx1 - cols * step) / 2, (ry0 + ry1 - rows * step) / 2
+    x0 = _inside((rx0 + rx1 - cols * step) / 2, cols * step, width)
+    y0 = _inside((ry0 + ry1 - rows * step) / 2, rows * step, height)
     return _axis(x0, cols, step, width), _axis(y0, rows, step, height)
+
+
+def _inside(start: float, extent: float, limit: int) -> float:
+    """Shift a centred lattice back onto the slide when the region touches its edge."""
+    return min(max(start, 0.0), max(limit - extent, 0.0))
 
 
 def _axis(start: float, count: int, step: float, limit: int) -> np.ndarray:

@@ -8,6 +8,7 @@ without a physical scale.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,18 +51,31 @@ class Slide:
         self.path = Path(path)
         _check_path(self.path)
         self._backend, self._handle = _open_backend(self.path, backend)
-        self.properties: dict[str, Any] = dict(self._handle.properties)
-        self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(d) for d in self._handle.level_dimensions)
-        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
+        try:
+            self._read_layout(mpp)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_layout(self, mpp: float | None) -> None:
+        """Metadata, scale and a check of every level; damaged files fail here, with one sentence."""
+        try:
+            self.properties: dict[str, Any] = dict(self._handle.properties)
+            self.dimensions: tuple[int, int] = tuple(self._handle.dimensions)
+            self.level_dimensions: tuple[tuple[int, int], ...] = tuple(tuple(d) for d in self._handle.level_dimensions)
+            self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
+        except Exception as exc:  # tiffslide and openslide raise many types for damaged metadata
+            hint = "the file is damaged or its metadata unusual"
+            if "encoding" in str(exc):
+                hint = f"repair the description with: python -m tiffslide.repair description-tag-encoding {self.path}"
+            raise BridgeError(f"{self.path.name}: its metadata cannot be read ({exc}).", hint) from exc
         self.mpp = mpp if mpp is not None else _mpp_from_properties(self.properties, self._backend)
         if self.mpp is None:
-            self.close()
             raise BridgeError(f"{self.path.name} has no microns-per-pixel in its metadata.", MPP_HINT)
-        if not 0.01 <= self.mpp <= 100:
-            self.close()
+        if not math.isfinite(self.mpp) or not 0.01 <= self.mpp <= 100:
             raise BridgeError(f"{self.path.name}: microns per pixel {self.mpp} is not plausible.", MPP_HINT)
         if self._backend == "tiffslide":
+            self._check_pixels()
             self._check_not_truncated()
 
     @property
@@ -129,7 +143,15 @@ class Slide:
             or (page.imagewidth, page.imagelength) != self.level_dimensions[level]
         ):
             return None
-        return NativeLevel(page, page.tilewidth, page.tilelength, page.dataoffsets, page.databytecounts)
+        native = NativeLevel(page, page.tilewidth, page.tilelength, page.dataoffsets, page.databytecounts)
+        tiles = native.tiles_across * native.tiles_down
+        if len(native.offsets) != tiles or len(native.bytecounts) != tiles:
+            raise BridgeError(
+                f"{self.path.name} is damaged: level {level} lists {len(native.offsets)} tile offsets "
+                f"and {len(native.bytecounts)} sizes for {tiles} tiles.",
+                "the file was cut or corrupted; copy it again",
+            )
+        return native
 
     def close(self) -> None:
         self._handle.close()
@@ -140,6 +162,16 @@ class Slide:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _check_pixels(self) -> None:
+        """RGB(A) or grey, 8 bits: what stains look like. Other sample types would be silently wrong."""
+        page = self._handle.ts_tifffile.series[int(self.properties.get("tiffslide.series-index", 0))].levels[0].keyframe
+        if page.dtype != np.uint8 or page.samplesperpixel not in (1, 2, 3, 4):
+            raise BridgeError(
+                f"{self.path.name} stores {page.samplesperpixel} samples of {page.dtype} per pixel; "
+                "antoni-bridge reads 8-bit RGB or grey brightfield slides.",
+                "convert it to an 8-bit RGB pyramidal TIFF (e.g. with QuPath or vips)",
+            )
+
     def _check_not_truncated(self) -> None:
         size = self.path.stat().st_size
         for level in range(self.level_count):
@@ -148,7 +180,6 @@ class Slide:
                 continue
             end = max((o + c for o, c in zip(native.offsets, native.bytecounts, strict=True) if c), default=0)
             if end > size:
-                self.close()
                 raise BridgeError(
                     f"{self.path.name} is truncated: level {level} needs {end:,} bytes but the file has {size:,}.",
                     "the copy is incomplete; copy the slide again",
@@ -175,6 +206,8 @@ def _open_backend(path: Path, backend: str) -> tuple[str, Any]:
         return "openslide", handle
     try:
         return "tiffslide", tiffslide.TiffSlide(path)
+    except PermissionError as exc:
+        raise BridgeError(f"{path.name} cannot be read: permission denied.", "check the file's permissions") from exc
     except Exception as tiff_error:  # tifffile raises several types for non-TIFF input
         handle = _try_openslide(path) if backend == "auto" else None
         if handle is not None:
@@ -207,9 +240,11 @@ def _mpp_from_properties(properties: dict[str, Any], backend: str) -> float | No
 
 
 def to_rgb(pixels: np.ndarray) -> np.ndarray:
-    """Drop alpha, compositing transparent pixels on white as scanners show empty glass."""
+    """RGB uint8: grey is repeated, alpha composited on white as scanners show empty glass."""
     if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=2).astype(np.uint8)
+        pixels = pixels[..., None]
+    if pixels.shape[2] in (1, 2):  # grey, grey + alpha
+        pixels = np.concatenate([np.repeat(pixels[..., :1], 3, axis=2), pixels[..., 1:]], axis=2)
     if pixels.shape[2] == 4:
         alpha = pixels[..., 3:4].astype(np.float32) / 255.0
         rgb = pixels[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)

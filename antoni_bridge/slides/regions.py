@@ -7,6 +7,7 @@ asked about here without conversion.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ class Region:
 
     @classmethod
     def rectangle(cls, x: float, y: float, width: float, height: float) -> Region:
+        if not all(math.isfinite(v) for v in (x, y, width, height)):
+            raise BridgeError(
+                f"The region {x},{y},{width},{height} has a value that is not a number.",
+                "give x,y,width,height as numbers",
+            )
         if width <= 0 or height <= 0:
             raise BridgeError(
                 f"The region {x},{y},{width},{height} is empty.",
@@ -77,25 +83,27 @@ def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -
     """The area annotation named `name` (or the only one) from a QuPath GeoJSON export."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise BridgeError(f"No GeoJSON file at {path}.", "check the path of the exported annotations") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BridgeError(
             f"{path.name} is not readable GeoJSON ({exc}).",
             "export the annotations again from QuPath (File > Export objects as GeoJSON)",
         ) from exc
     features = [f for f in _features(data) if isinstance(f.get("geometry"), dict)]
     areas = [f for f in features if f["geometry"].get("type") in ("Polygon", "MultiPolygon")]
+    annotations = [f for f in areas if _properties(f).get("objectType", "annotation") == "annotation"]
+    areas = annotations or areas  # exports of all objects also hold detections and cells
     if not areas:
         raise BridgeError(f"{path.name} holds no area annotation.", "draw and export an area annotation")
     if name is not None:
         matches = [f for f in areas if name in _names(f)]
         if not matches:
-            known = sorted({n for f in areas for n in _names(f)})
+            known = {n for f in areas for n in _names(f)}
             raise BridgeError(
                 f"No annotation named {name!r} in {path.name}.",
-                f"names there: {', '.join(known) or 'none (the annotations are unnamed)'}",
+                f"names there: {_listing(known) or 'none (the annotations are unnamed)'}",
             )
         if len(matches) > 1:
             raise BridgeError(
@@ -103,10 +111,10 @@ def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -
             )
         return Region.from_geojson_dict(matches[0]["geometry"], name=name)
     if len(areas) > 1:
-        known = sorted({n for f in areas for n in _names(f)})
+        known = {n for f in areas for n in _names(f)}
         raise BridgeError(
             f"{path.name} holds {len(areas)} area annotations; say which one.",
-            f"add --name NAME ({', '.join(known) or 'the annotations are unnamed: name them in QuPath'})",
+            f"add --name NAME ({_listing(known) or 'the annotations are unnamed: name them in QuPath'})",
         )
     feature = areas[0]
     names = _names(feature)
@@ -120,7 +128,8 @@ def _features(data: Any) -> list[dict[str, Any]]:
     if not isinstance(data, dict):
         return []
     if data.get("type") == "FeatureCollection":
-        return [f for f in data.get("features", []) if isinstance(f, dict)]
+        features = data.get("features")
+        return [f for f in features if isinstance(f, dict)] if isinstance(features, list) else []
     if data.get("type") == "Feature":
         return [data]
     if "coordinates" in data:
@@ -130,13 +139,25 @@ def _features(data: Any) -> list[dict[str, Any]]:
 
 def _names(feature: dict[str, Any]) -> list[str]:
     """What a user may call an annotation: its name, its class, or its id."""
-    props = feature.get("properties") or {}
+    props = _properties(feature)
     names = [props.get("name")]
     classification = props.get("classification")
     if isinstance(classification, dict):
         names.append(classification.get("name"))
     names.append(feature.get("id"))
     return [str(n) for n in names if n not in (None, "")]
+
+
+def _properties(feature: dict[str, Any]) -> dict[str, Any]:
+    props = feature.get("properties")
+    return props if isinstance(props, dict) else {}
+
+
+def _listing(names: set[str], limit: int = 12) -> str:
+    """Some of the names, for a hint; exports can hold thousands of objects."""
+    ordered = sorted(names)
+    more = f" and {len(ordered) - limit} more" if len(ordered) > limit else ""
+    return ", ".join(ordered[:limit]) + more
 
 
 def _polygonal_part(geom: shapely.Geometry) -> Polygonal | None:
