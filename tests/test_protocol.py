@@ -1,0 +1,112 @@
+"""Protocol v1 framing and signing, over real ZeroMQ sockets on loopback."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import zmq
+
+from antoni_bridge.daemon.protocol import (
+    MAX_MESSAGE_BYTES,
+    TAG,
+    ConnectionInfo,
+    ProtocolError,
+    Session,
+)
+from antoni_bridge.errors import BridgeError
+
+
+@pytest.fixture
+def sockets():
+    context = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    for socket in (router, dealer):
+        socket.linger = 0
+        socket.rcvtimeo = 5000
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    yield router, dealer
+    router.close()
+    dealer.close()
+    context.term()
+
+
+def _through(router: zmq.Socket, dealer: zmq.Socket, frames: list[bytes]) -> list[bytes]:
+    dealer.send_multipart(frames)
+    identity, *rest = router.recv_multipart()
+    assert identity
+    return rest
+
+
+def test_a_signed_message_arrives_whole(sockets) -> None:
+    router, dealer = sockets
+    client, daemon = Session(b"k" * 64), Session(b"k" * 64)
+    sent = client.message("ask", {"question": "Welche Organ? 器官", "region": [[0, 0], [1.5, 2]]})
+    received = daemon.parse(_through(router, dealer, client.frames(sent)))
+    assert received == sent
+
+
+def test_wrong_key_replay_and_foreign_frames_are_refused(sockets) -> None:
+    router, dealer = sockets
+    client, daemon = Session(b"old-key"), Session(b"new-key")
+    with pytest.raises(ProtocolError) as wrong:
+        daemon.parse(_through(router, dealer, client.frames(client.message("status", {}))))
+    assert wrong.value.code == "bad-signature" and "read the connection file again" in wrong.value.hint
+
+    daemon = Session(b"old-key")
+    frames = client.frames(client.message("status", {}))
+    daemon.parse(_through(router, dealer, frames))
+    with pytest.raises(ProtocolError) as replay:
+        daemon.parse(_through(router, dealer, frames))
+    assert replay.value.code == "replayed"
+
+    for frames in ([b"hello"], [b"antoni/2", b"sig", b"{}", b"{}"], [TAG, b"", b"", b"", b""]):
+        with pytest.raises(ProtocolError) as foreign:
+            daemon.parse(_through(router, dealer, frames))
+        assert foreign.value.code == "bad-frames"
+
+
+def test_json_rules_nan_and_malformed_content(sockets) -> None:
+    router, dealer = sockets
+    session = Session(b"k")
+    with pytest.raises(ProtocolError) as nan:
+        session.frames(session.message("ask", {"x": float("nan")}))
+    assert nan.value.code == "invalid-json" and "NaN" in nan.value.hint
+    header = json.dumps({"msg_id": "1", "type": "ask", "session": "s", "date": 1.0, "version": 1}).encode()
+    for content in (b'{"x": NaN}', b"\xff\xfe", b"[1, 2]", b'{"x": Infinity}'):
+        frames = [TAG, session.sign(header, content), header, content]
+        with pytest.raises(ProtocolError) as bad:
+            session.parse(_through(router, dealer, frames))
+        assert bad.value.code in ("invalid-json", "bad-message")
+
+
+def test_another_protocol_version_is_named() -> None:
+    session = Session(b"k")
+    header = json.dumps({"msg_id": "1", "type": "hello", "session": "s", "date": 1.0, "version": 2}).encode()
+    with pytest.raises(ProtocolError) as other:
+        session.parse([TAG, session.sign(header, b"{}"), header, b"{}"])
+    assert other.value.code == "bad-version" and "protocol 2" in other.value.message
+
+
+def test_oversize_messages_are_refused_before_parsing() -> None:
+    session = Session(b"k")
+    with pytest.raises(ProtocolError) as big:
+        session.parse([TAG, b"", b"{}", b" " * (MAX_MESSAGE_BYTES + 1)])
+    assert big.value.code == "too-large"
+
+
+def test_connection_file_is_private_atomic_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / ".antoni-bridge" / "daemon.json"
+    info = ConnectionInfo.new("tcp://127.0.0.1:5555")
+    info.write(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ConnectionInfo.read(path) == info and len(info.key) == 64
+    assert not list(path.parent.glob(".*.tmp"))
+    with pytest.raises(BridgeError, match="the daemon is not running"):
+        ConnectionInfo.read(tmp_path / "none.json")
+    path.write_text('{"address": 1')
+    with pytest.raises(BridgeError, match="damaged"):
+        ConnectionInfo.read(path)
