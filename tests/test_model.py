@@ -189,6 +189,25 @@ def test_weights_of_another_architecture_are_refused(weights: DemoWeights, tmp_p
         AntoniModel.load(llama)
 
 
+def test_four_bit_base_loads_strictly_and_answers(
+    weights: DemoWeights, model: AntoniModel, latents: torch.Tensor
+) -> None:
+    """NF4 with double quantisation, as on a GPU, through bitsandbytes' CPU backend."""
+    pytest.importorskip("bitsandbytes", reason="the gpu extra is not installed")
+    from bitsandbytes.nn import Linear4bit
+
+    quantised = AntoniModel.load(weights.antoni, quant="4bit")
+    assert quantised.loaded.quant == "4bit"
+    base = quantised.llm.base_model.model.model.language_model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(base, Linear4bit) and base.weight.quant_state.nested, "NF4 with double quantisation"
+    with torch.no_grad():
+        torch.testing.assert_close(
+            quantised.projection_layer(latents[None]), model.projection_layer(latents[None]), atol=1e-5, rtol=1e-5
+        )
+    answer = quantised.answer(latents, QUESTION, GREEDY)
+    assert len(answer.token_ids) == 12
+
+
 # ------------------------------------------------------------------ generation
 
 

@@ -33,14 +33,14 @@ class LoadedLLM:
 
 
 def choose_quant(requested: str, device: torch.device) -> str:
+    """ "auto": bf16 when the GPU has room, else 4-bit; fp32 ("none") on the CPU. An explicit choice is kept
+    (bitsandbytes also runs 4-bit on the CPU, slowly, which lets the quantised path be tested anywhere)."""
     if requested not in QUANT_CHOICES:
         raise BridgeError(f"Unknown quantisation {requested!r}.", f"use one of {', '.join(QUANT_CHOICES)}")
-    if device.type != "cuda":
-        if requested in ("4bit", "bf16"):
-            raise BridgeError(f"--quant {requested} needs a CUDA GPU.", "use --quant none on the CPU")
-        return "none"
     if requested != "auto":
         return requested
+    if device.type != "cuda":
+        return "none"
     free, _ = torch.cuda.mem_get_info(device)
     return "bf16" if free / 2**30 >= BF16_NEEDS_GIB else "4bit"
 
