@@ -256,7 +256,7 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
     if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         raise BridgeError("--batch-size and --threads must be at least 1.", "leave them out for the defaults")
     planned = plan(request)  # a bad slide or region fails before torch or any model loads
-    from antoni_bridge.encoders.pipeline import embed_planned
+    from antoni_bridge.encoders.pipeline import EmbedSettings, embed_planned
     from antoni_bridge.features.cache import FeatureCache
 
     try:
@@ -267,7 +267,8 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
         raise
     cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
     with _ProgressBars() as bars:
-        return embed_planned(planned, request, encoders, cache, bars.update, args.batch_size, args.threads)
+        settings = EmbedSettings(batch_size=args.batch_size, threads=args.threads)
+        return embed_planned(planned, request, encoders, cache, bars.update, settings)
 
 
 def _load_encoders(args: argparse.Namespace, device: str):  # -> Encoders

@@ -14,12 +14,14 @@ import h5py
 import numpy as np
 import pytest
 
-from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+from antoni_bridge.encoders.pipeline import EmbedSettings, Encoders, embed_slide
 from antoni_bridge.features.cache import FeatureCache
 from antoni_bridge.features.h5 import read_feature_file, write_feature_file
 from antoni_bridge.slides.demo import DemoLayout
 from antoni_bridge.slides.planning import SlideRequest
 from antoni_bridge.slides.regions import Region
+
+SIXTEEN = EmbedSettings(batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+    from antoni_bridge.encoders.pipeline import Encoders, EmbedSettings, embed_slide
     from antoni_bridge.slides.planning import SlideRequest
     from antoni_bridge.features.cache import FeatureCache
     slide, tile, enc, cache = sys.argv[1:5]
@@ -96,7 +98,7 @@ KILLED_RUN = textwrap.dedent(
         if progress.stage == "tile-embedding":
             print("progress", progress.done, flush=True)
             time.sleep(0.05)
-    embed_slide(SlideRequest(Path(slide)), encoders, FeatureCache(Path(cache)), slow, batch_size=16, save_every=16)
+    embed_slide(SlideRequest(Path(slide)), encoders, FeatureCache(Path(cache)), slow, EmbedSettings(16, None, 16))
     print("finished", flush=True)
     """
 )
@@ -121,10 +123,10 @@ def test_killing_a_run_leaves_no_entry_and_the_next_run_resumes_to_the_same_resu
     for part in saved:
         assert np.load(part).shape[1] == 96  # every saved part is whole
 
-    resumed = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), batch_size=16)
+    resumed = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), settings=SIXTEEN)
     assert resumed.resumed_tiles >= 80
     assert not list(cache_dir.glob(".*.tmp")), "the final write left no temporary file"
-    fresh = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(tmp_path / "fresh"), batch_size=16)
+    fresh = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(tmp_path / "fresh"), settings=SIXTEEN)
     np.testing.assert_allclose(resumed.data.features, fresh.data.features, atol=1e-5)
     np.testing.assert_allclose(resumed.data.latents, fresh.data.latents, atol=1e-5)
     assert not (cache_dir / "partial").exists() or not any((cache_dir / "partial").iterdir())
@@ -134,7 +136,7 @@ KILLED_WRITE = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
+    from antoni_bridge.encoders.pipeline import Encoders, EmbedSettings, embed_slide
     from antoni_bridge.slides.planning import SlideRequest
     from antoni_bridge.features import h5
     from antoni_bridge.features.cache import FeatureCache
@@ -145,8 +147,8 @@ KILLED_WRITE = textwrap.dedent(
             os._exit(9)  # killed between writing the entry and renaming it into place
         real_replace(src, dst)
     h5.os.replace = die_on_the_entry
-    embed_slide(SlideRequest(Path(slide)), Encoders.load(tile, enc), FeatureCache(Path(cache)), batch_size=16,
-                save_every=16)
+    embed_slide(SlideRequest(Path(slide)), Encoders.load(tile, enc), FeatureCache(Path(cache)),
+                settings=EmbedSettings(16, None, 16))
     """
 )
 
@@ -159,7 +161,7 @@ def test_killed_while_writing_the_entry_leaves_no_entry_and_resumes_from_every_s
     assert subprocess.run(args, timeout=300).returncode == 9
     assert not list(cache_dir.glob("*.h5")), "no entry: the kill came before the rename"
     assert list(cache_dir.glob(".*.tmp")), "the finished temporary file was left behind by the kill"
-    result = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), batch_size=16)
+    result = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), settings=SIXTEEN)
     assert not result.cache_hit and result.resumed_tiles > 0
     assert read_feature_file(next(cache_dir.glob("*.h5"))).latents.shape == (513, 64)
 

@@ -59,6 +59,15 @@ class Encoders:
         return cls(tile=tile, slide=slide)
 
 
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How to run the tile encoder over a slide (not what it computes: that is the request's)."""
+
+    batch_size: int = 64
+    threads: int | None = None  # tile decoding threads; default: one per core, up to 8
+    save_every: int = SAVE_EVERY_TILES  # finished tiles an interruption may lose
+
+
 @dataclass
 class EmbedResult:
     data: FeatureFile
@@ -74,13 +83,10 @@ def embed_slide(
     encoders: Encoders,
     cache: FeatureCache,
     progress: ProgressCallback = quiet,
-    batch_size: int = 64,
-    threads: int | None = None,
-    save_every: int = SAVE_EVERY_TILES,
+    settings: EmbedSettings = EmbedSettings(),
 ) -> EmbedResult:
     """Features and latents for the request, from the cache when it has them."""
-    planned = plan(request, progress)
-    return embed_planned(planned, request, encoders, cache, progress, batch_size, threads, save_every)
+    return embed_planned(plan(request, progress), request, encoders, cache, progress, settings)
 
 
 def embed_planned(
@@ -89,9 +95,7 @@ def embed_planned(
     encoders: Encoders,
     cache: FeatureCache,
     progress: ProgressCallback = quiet,
-    batch_size: int = 64,
-    threads: int | None = None,
-    save_every: int = SAVE_EVERY_TILES,
+    settings: EmbedSettings = EmbedSettings(),
 ) -> EmbedResult:
     """Embed an already planned slide (plan first, so a bad slide fails before any model loads). Closes it."""
     with planned.slide as slide:
@@ -107,9 +111,7 @@ def embed_planned(
             data = feature_file(slide, grid, request, cached.features, cached.latents, encoders)
             return EmbedResult(data, True, 0, {"plan_s": planned.seconds}, planned.tissue, grid)
         start = time.perf_counter()
-        features, resumed = embed_tiles(
-            slide, grid, encoders.tile, cache.partial(key), progress, batch_size, threads, save_every
-        )
+        features, resumed = embed_tiles(slide, grid, encoders.tile, cache.partial(key), progress, settings)
         tiles_s = time.perf_counter() - start
         progress(Progress("slide-encoding", 0, 1))
         start = time.perf_counter()
@@ -128,9 +130,7 @@ def embed_tiles(
     encoder: TileEncoder,
     partial: PartialFeatures,
     progress: ProgressCallback = quiet,
-    batch_size: int = 64,
-    threads: int | None = None,
-    save_every: int = SAVE_EVERY_TILES,
+    settings: EmbedSettings = EmbedSettings(),
 ) -> tuple[np.ndarray, int]:
     """Embeddings of every grid tile, resuming from (and saving to) `partial`; also how many were resumed."""
     total, width = len(grid), encoder.embedding_dim
@@ -140,12 +140,12 @@ def embed_tiles(
     features[:resumed] = done
     pending_from, start = resumed, time.perf_counter()
     progress(Progress("tile-embedding", resumed, total))
-    batches = iter_tile_batches(slide, grid, batch_size=batch_size, start=resumed, threads=threads)
+    batches = iter_tile_batches(slide, grid, settings.batch_size, start=resumed, threads=settings.threads)
     with contextlib.closing(batches):  # stops the reader thread at once if embedding fails
         for batch in batches:
             stop = int(batch.indices[-1]) + 1
             features[batch.indices] = encoder.embed(batch.pixels).numpy()
-            if stop - pending_from >= save_every and stop < total:
+            if stop - pending_from >= settings.save_every and stop < total:
                 partial.save(pending_from, features[pending_from:stop])
                 pending_from = stop
             rate = (stop - resumed) / max(time.perf_counter() - start, 1e-9)
