@@ -54,11 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and the next run resumes from it", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if type(exc).__name__ != "OutOfMemoryError" or args.verbose:  # torch's, imported only when needed
+            raise
+        print("error: the GPU ran out of memory.", file=sys.stderr)
+        print("hint: use --quant 4bit, fewer choices, or close other programs using the GPU", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def _quiet_libraries() -> None:
     """Libraries log their own account of what they do; ours is the one a user should read."""
-    for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub"):
+    for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.simplefilter("ignore")
 
@@ -318,7 +324,9 @@ def _ask(args: argparse.Namespace) -> int:
     if not args.local:
         raise BridgeError("Asking through the daemon is not built yet.", "add --local to run the model in this process")
     slide, question = _slide_and_question(args)
-    choices = _parse_choices(args.choices) if args.choices else None
+    choices = _parse_choices(args.choices) if args.choices is not None else None
+    if not question.strip():
+        raise BridgeError("The question is empty.", 'ask something, e.g. "What organ is this tissue from?"')
     if args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     if slide is not None:

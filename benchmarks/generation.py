@@ -37,7 +37,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as scratch:  # a random MedGemma-shaped model is about 9 GB
+        run(Path(scratch), args)
+
+
+def run(folder: Path, args: argparse.Namespace) -> None:
     weights = write_demo_weights(folder)
     if not args.medgemma_shape:
         measure(AntoniModel.load(weights.antoni), 64, "demo weights, CPU", args)
@@ -53,7 +57,7 @@ def main() -> None:
         config = AntoniConfig(projector_input_dim=1280)
         model = AntoniModel(config, load_llm(llm_folder, torch.device("cuda"), quant))
         measure(model, 1280, f"MedGemma-4B shape, {quant}, {torch.cuda.get_device_name()}", args)
-        print(f"  peak GPU memory {gpu_memory()['peak_mib'] / 1024:.2f} GiB")
+        print(f"  peak GPU memory {gpu_memory()['peak_mib'] * 2**20 / 1e9:.2f} GB (allocated by torch)")
         del model
         release_unused()
         print(f"  after unloading: {gpu_memory()['allocated_mib'] - baseline:.1f} MiB above the baseline")

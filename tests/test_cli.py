@@ -211,6 +211,31 @@ def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, De
     assert "demo weights: random" in result.stdout and "tokens, first after" in result.stdout
 
 
+def test_ask_reads_big_endian_and_gradient_carrying_latents(tmp_path: Path) -> None:
+    import torch
+
+    big_endian = tmp_path / "java.h5"
+    with h5py.File(big_endian, "w") as h5:
+        h5["features"] = np.random.default_rng(0).normal(size=(513, 64)).astype(">f4")
+    gradients = tmp_path / "grad.pt"
+    torch.save(torch.randn(513, 64, requires_grad=True), gradients)
+    for features in (big_endian, gradients):
+        result = run_cli(
+            "ask",
+            "--features",
+            str(features),
+            "--local",
+            "--demo",
+            "--greedy",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "Organ?",
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["demo_weights"] is True
+
+
 def test_ask_multiple_choice(tmp_path: Path) -> None:
     import torch
 
@@ -230,6 +255,11 @@ def test_ask_bad_inputs(tmp_path: Path) -> None:
     torch.save(torch.randn(513, 32), wrong)
     nan = tmp_path / "nan.pt"
     torch.save(torch.full((513, 64), float("nan")), nan)
+    ints = tmp_path / "ints.pt"
+    torch.save(torch.ones(513, 64, dtype=torch.long), ints)
+    strings = tmp_path / "strings.h5"
+    with h5py.File(strings, "w") as h5:
+        h5["features"] = np.array([b"not numbers"] * 513)
     cases = {
         "no --local": (["--features", str(wrong), "Q"], "not built yet"),
         "wrong shape": (["--features", str(wrong), "--local", "Q"], "have shape"),
@@ -237,6 +267,10 @@ def test_ask_bad_inputs(tmp_path: Path) -> None:
         "missing file": (["--features", str(tmp_path / "none.pt"), "--local", "Q"], "No features file"),
         "bad choices": (["--features", str(nan), "--local", "--choices", "A colon", "Q"], "Cannot read the choice"),
         "slide and features": (["--features", str(wrong), "--local", "slide.svs", "Q"], "only the question"),
+        "integer latents": (["--features", str(ints), "--local", "Q"], "not floating-point"),
+        "string dataset": (["--features", str(strings), "--local", "Q"], "not floating-point"),
+        "empty question": (["--features", str(wrong), "--local", "  "], "question is empty"),
+        "empty choices": (["--features", str(wrong), "--local", "--choices", "", "Q"], "Cannot read the choice"),
     }
     for label, (args, message) in cases.items():
         result = run_cli("ask", *args, "--demo")

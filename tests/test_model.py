@@ -152,6 +152,27 @@ def test_full_bin_and_sharded_checkpoints_load_the_same(
             torch.testing.assert_close(AntoniModel.load(folder)(latents, ids), expected)
 
 
+def test_transformers_4_key_names_and_full_4bit_checkpoints_load(
+    model: AntoniModel, weights: DemoWeights, latents: torch.Tensor
+) -> None:
+    """The release was saved with transformers 4.56 (SigLIP one level deeper) and with the 4-bit base."""
+    pytest.importorskip("bitsandbytes", reason="the gpu extra is not installed")
+    trained = load_file(weights.antoni / "model.safetensors")
+    old_names = {k.replace(".vision_tower.", ".vision_tower.vision_model."): v for k, v in trained.items()}
+    assert old_names.keys() != trained.keys()
+    ids = model.prompt_ids(QUESTION)[None]
+    with torch.no_grad():
+        expected = model(latents, ids)
+        model.load_trained(old_names)
+        torch.testing.assert_close(model(latents, ids), expected)
+    full_four_bit = AntoniModel.load(weights.antoni, quant="4bit").state_dict()
+    assert any(k.endswith(".weight.absmax") for k in full_four_bit)
+    model.load_trained({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in full_four_bit.items()})
+    with pytest.raises(BridgeError, match=r"unexpected: projection_layer\.nested_gate"):
+        model.load_trained(trained | {"projection_layer.nested_gate.weight": torch.zeros(1)})
+    model.load_trained(trained)
+
+
 def test_missing_or_unexpected_keys_are_named(model: AntoniModel, weights: DemoWeights) -> None:
     trained = load_file(weights.antoni / "model.safetensors")
     lora_key = "llm.base_model.model.model.language_model.layers.1.mlp.down_proj.lora_B.default.weight"
@@ -200,12 +221,13 @@ def test_four_bit_base_loads_strictly_and_answers(
     assert quantised.loaded.quant == "4bit"
     base = quantised.llm.base_model.model.model.language_model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(base, Linear4bit) and base.weight.quant_state.nested, "NF4 with double quantisation"
+    assert quantised.projection_layer.query_tokens.dtype == torch.bfloat16, "bf16 around the 4-bit base, as published"
+    ids = model.prompt_ids(QUESTION)[None]
     with torch.no_grad():
-        torch.testing.assert_close(
-            quantised.projection_layer(latents[None]), model.projection_layer(latents[None]), atol=1e-5, rtol=1e-5
-        )
-    answer = quantised.answer(latents, QUESTION, GREEDY)
-    assert len(answer.token_ids) == 12
+        exact, approximate = model(latents, ids)[0, -50:].float(), quantised(latents, ids)[0, -50:].float()
+    correlation = torch.corrcoef(torch.stack([exact.flatten(), approximate.flatten()]))[0, 1]
+    assert correlation > 0.9, "4-bit logits follow the fp32 model's (they would not with missing trained parts)"
+    assert len(quantised.answer(latents, QUESTION, GREEDY).token_ids) == 12
 
 
 # ------------------------------------------------------------------ generation
@@ -246,17 +268,51 @@ def test_prefix_reuse_gives_identical_tokens(model: AntoniModel, latents: torch.
 
 
 def test_prefix_cache_is_per_image(model: AntoniModel, latents: torch.Tensor) -> None:
-    model.answer(latents, QUESTION, GREEDY, prefix_key="slide-1")
-    other = model.answer(latents * 2, QUESTION, GREEDY, prefix_key="slide-2")
+    first = model.answer(latents, QUESTION, GREEDY, prefix_key="slide-1")
+    follow_up = [*QUESTION, {"role": "assistant", "content": first.text}, {"role": "user", "content": "Any tumour?"}]
+    other = model.answer(latents * 2, follow_up, GREEDY, prefix_key="slide-1")  # same key, other latents
+    model.prefixes.clear()
     assert other.reused_tokens == 0
+    assert other.token_ids == model.answer(latents * 2, follow_up, GREEDY).token_ids
 
 
-def test_multiple_choice_batch_equals_scoring_each_choice_alone(model: AntoniModel, latents: torch.Tensor) -> None:
-    choices = ["colon", "breast tissue with carcinoma", "lung"]
+def test_cached_decoding_equals_recomputing_every_step(model: AntoniModel, latents: torch.Tensor) -> None:
+    ours = model.answer(latents, QUESTION, GREEDY).token_ids
+    ids = model.prompt_ids(QUESTION)[None]
+    naive: list[int] = []
+    with torch.no_grad():
+        for _ in range(len(ours)):
+            full = torch.cat([ids, torch.tensor([naive], dtype=torch.long)], dim=1) if naive else ids
+            naive.append(int(model(latents, full)[0, -1].argmax()))
+    assert ours == naive
+
+
+def test_answers_never_run_past_the_context(model: AntoniModel, latents: torch.Tensor) -> None:
+    fitted = model._fit(GenerationOptions(max_new_tokens=10**6), prompt_tokens=300)
+    assert fitted.max_new_tokens == model.context_length - 300
+
+
+def test_multiple_choice_equals_an_independent_per_token_likelihood(model: AntoniModel, latents: torch.Tensor) -> None:
+    from antoni_bridge.model import prompt
+
+    choices = ["colon", "breast tissue with carcinoma", "lung", "model"]  # "model" also ends the template
     batched = model.score_choices(latents, "Which organ?", choices)
-    alone = [model.score_choices(latents, "Which organ?", [c]).mean_nll[0] for c in choices]
-    np.testing.assert_allclose(batched.mean_nll, alone, rtol=1e-4, atol=1e-4)
-    assert batched.best == choices[int(np.argmin(alone))]
+    start = len(model.prompt_ids([{"role": "user", "content": "Which organ?"}]))
+    expected = []
+    for choice in choices:
+        row = prompt.encode(
+            model.tokenizer,
+            [{"role": "user", "content": "Which organ?"}, {"role": "assistant", "content": choice}],
+            256,
+            False,
+        )
+        answer = model.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        assert row[start : start + len(answer)].tolist() == answer
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(latents, row[None])[0].float(), dim=-1)
+        expected.append(-float(np.mean([log_probs[start + i - 1, t] for i, t in enumerate(answer)])))
+    np.testing.assert_allclose(batched.mean_nll, expected, rtol=1e-4, atol=1e-4)
+    assert batched.best == choices[int(np.argmin(expected))]
 
 
 def test_view_mode_is_medgemma_itself_with_the_adapter_off(model: AntoniModel, weights: DemoWeights) -> None:
@@ -291,6 +347,8 @@ def test_view_mode_is_medgemma_itself_with_the_adapter_off(model: AntoniModel, w
     ("bad", "message"),
     [
         (torch.randn(513, 32), "have shape"),
+        (torch.randn(600, 64), "have shape"),
+        (torch.full((513, 64), 1e30), "overflow"),
         (torch.randn(2, 513, 64), "have shape"),
         (torch.zeros(513, 64, dtype=torch.long), "floating-point"),
         (torch.full((513, 64), float("nan")), "NaN"),
@@ -309,6 +367,7 @@ def test_bad_latents(model: AntoniModel, bad: torch.Tensor, message: str) -> Non
         ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "must alternate"),
         ([{"role": "user", "content": "  "}], "no text"),
         ([{"role": "user", "content": "organ " * 3000}], "at most"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "ends with an answer"),
     ],
 )
 def test_bad_conversations(model: AntoniModel, latents: torch.Tensor, conversation: list, message: str) -> None:

@@ -155,7 +155,7 @@ def read_latents(path: str | os.PathLike[str]) -> np.ndarray:
             name = "latents" if "latents" in h5 else "features"
             if name not in h5:
                 raise BridgeError(f"{path.name} holds neither `latents` nor `features`.", "embed the slide again")
-            latents = np.asarray(h5[name][()])
+            latents = _numbers(path, np.asarray(h5[name][()]))
     except BridgeError:
         raise
     except Exception as exc:  # h5py raises OSError, KeyError and more for damaged or foreign files
@@ -176,5 +176,16 @@ def _latents_from_torch(path: Path) -> np.ndarray:
         value = value.get("latents", value.get("features"))
     if not isinstance(value, torch.Tensor):
         raise BridgeError(f"{path.name} does not hold a tensor.", "save the [513, 1280] tensor with torch.save")
-    latents = value.float().numpy()
+    value = value.detach().to_dense() if value.is_sparse else value.detach()
+    latents = _numbers(path, value.cpu().numpy() if value.dtype != torch.bfloat16 else value.float().numpy())
     return np.squeeze(latents, axis=0) if latents.ndim == 3 and latents.shape[0] == 1 else latents
+
+
+def _numbers(path: Path, values: np.ndarray) -> np.ndarray:
+    """Real floating-point latents as native float32 (other byte orders are common from Java or MATLAB)."""
+    if values.dtype.kind != "f":
+        raise BridgeError(
+            f"{path.name} holds {values.dtype} values, not floating-point latents.",
+            "give the [513, 1280] float tensor of the slide",
+        )
+    return np.asarray(values, dtype=np.float32)

@@ -13,7 +13,10 @@ off, on the weights already loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from antoni_bridge.model.llm import LoadedLLM, load_llm
 from antoni_bridge.model.projector import AttentionPoolingProjector
 
 TRAINED_MARKERS = (".lora_A.", ".lora_B.", ".modules_to_save.")
+LATENT_ROWS = 513  # Prism: the slide embedding, then 512 image latents
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,18 @@ class AntoniModel(nn.Module):
         return model
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        """Load the trained parts strictly; the frozen base weights in a full checkpoint are accepted and skipped."""
+        """Load the trained parts strictly; the frozen base weights in a full checkpoint are accepted and skipped.
+
+        Keys are first brought to transformers 5's names: the release was saved with transformers 4.56,
+        whose SigLIP tower sits one level deeper (`vision_tower.vision_model.`).
+        """
+        if set(state) == {"model_state_dict"}:  # training checkpoints wrap the weights
+            state = state["model_state_dict"]
+        state = {k.replace(".vision_tower.vision_model.", ".vision_tower."): v for k, v in state.items()}
         own = self.state_dict()
         required = {k for k in own if k.startswith("projection_layer.") or any(m in k for m in TRAINED_MARKERS)}
         missing = sorted(required - state.keys())
-        unexpected = sorted(k for k in state.keys() - own.keys() if not _is_quantisation_state(k))
+        unexpected = sorted(k for k in state.keys() - own.keys() if not _is_quantisation_state(k, own))
         wrong = sorted(k for k in required & state.keys() if state[k].shape != own[k].shape)
         if missing or unexpected or wrong:
             raise BridgeError(
@@ -107,6 +118,16 @@ class AntoniModel(nn.Module):
                 "use weights made for this language model (MedGemma-4B-IT for the published ones)",
             )
         self.load_state_dict({k: state[k] for k in required}, strict=False)
+        self.prefixes.clear()
+        if self.loaded.quant != "none":
+            self._to_bf16()
+
+    def _to_bf16(self) -> None:
+        """The published code runs the projector, LoRA and the trained copies in bf16 on the GPU; so do we,
+        for the same answers (quantised 4-bit weights keep their own storage)."""
+        for parameter in self.parameters():
+            if parameter.dtype == torch.float32:
+                parameter.data = parameter.data.to(torch.bfloat16)
 
     @property
     def device(self) -> torch.device:
@@ -120,19 +141,22 @@ class AntoniModel(nn.Module):
             raise BridgeError("Slide latents must be a floating-point tensor.", "embed the slide with antoni-bridge")
         if latents.ndim == 3 and latents.shape[0] == 1:
             latents = latents[0]
-        if latents.ndim != 2 or latents.shape[1] != self.config.projector_input_dim or latents.shape[0] < 1:
+        if latents.ndim != 2 or tuple(latents.shape) != (LATENT_ROWS, self.config.projector_input_dim):
             raise BridgeError(
                 f"Slide latents have shape {tuple(latents.shape)}; this model takes "
-                f"(513, {self.config.projector_input_dim}).",
+                f"({LATENT_ROWS}, {self.config.projector_input_dim}) (a Prism slide embedding and 512 latents).",
                 "embed the slide with the encoders these weights were trained with (Virchow + Prism; demo with --demo)",
             )
+        latents = latents.float()
         if not torch.isfinite(latents).all():
             raise BridgeError("The slide latents contain NaN or infinite values.", "embed the slide again")
         return latents
 
     def image_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = self.check_latents(latents).to(self.device, torch.float32)
+        latents = self.check_latents(latents).to(self.device, self.projection_layer.query_tokens.dtype)
         embeds = self.projection_layer(latents[None])
+        if not bool(torch.isfinite(embeds).all()):
+            raise BridgeError("The slide latents overflow the projector (values far out of range).", "embed again")
         return embeds.to(self._embedding_dtype())
 
     def input_embeddings(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -154,9 +178,15 @@ class AntoniModel(nn.Module):
         mask = attention_mask if attention_mask is not None else input_ids != self.ids.pad
         return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long()).logits
 
-    def prompt_ids(self, conversation: prompt.Conversation) -> torch.Tensor:
-        ids = prompt.encode(self.tokenizer, conversation, self.config.projector_num_output_tokens)
-        limit = self.llm.config.get_text_config().max_position_embeddings
+    @property
+    def context_length(self) -> int:
+        return int(self.llm.config.get_text_config().max_position_embeddings)
+
+    def prompt_ids(self, conversation: prompt.Conversation, add_generation_prompt: bool = True) -> torch.Tensor:
+        ids = prompt.encode(
+            self.tokenizer, conversation, self.config.projector_num_output_tokens, add_generation_prompt
+        )
+        limit = self.context_length
         if len(ids) >= limit:
             raise BridgeError(
                 f"The conversation is {len(ids):,} tokens long; the model reads at most {limit:,}.",
@@ -175,14 +205,17 @@ class AntoniModel(nn.Module):
         prefix_key: str | None = None,
     ) -> Generated:
         """The model's next turn. With `prefix_key` (the latents' identity), a follow-up reuses the KV cache."""
-        options = options or GenerationOptions()
+        prompt.check_asks(conversation)
         ids = self.prompt_ids(conversation).tolist()
-        entry = self.prefixes.take(prefix_key, ids) if prefix_key else None
+        options = self._fit(options or GenerationOptions(), len(ids))
+        image = _digest(self.check_latents(latents))
+        entry = self.prefixes.take(prefix_key, ids, image) if prefix_key else None
         reused = len(entry.ids) if entry else 0
         if entry is None:
             from transformers import DynamicCache
 
-            entry = CachedPrefix(prefix_key or "", [], DynamicCache(config=self.llm.config.get_text_config()))
+            cache = DynamicCache(config=self.llm.config.get_text_config())
+            entry = CachedPrefix(prefix_key or "", [], cache, image)
 
         def prefill() -> torch.Tensor:
             new = torch.tensor([ids[reused:]])
@@ -190,9 +223,9 @@ class AntoniModel(nn.Module):
                 embeds = self.input_embeddings(new, self.image_embeddings(latents))
             else:
                 embeds = self.llm.get_input_embeddings()(new.to(self.device))
-            logits = self.llm(inputs_embeds=embeds, past_key_values=entry.cache, use_cache=True).logits
+            out = self.llm(inputs_embeds=embeds, past_key_values=entry.cache, use_cache=True, logits_to_keep=1)
             entry.ids.extend(ids[reused:])
-            return logits[0, -1]
+            return out.logits[0, -1]
 
         def step(token: torch.Tensor) -> torch.Tensor:
             out = self.llm(input_ids=token.to(self.device), past_key_values=entry.cache, use_cache=True)
@@ -210,32 +243,43 @@ class AntoniModel(nn.Module):
         """Mean log-likelihood ranking of answers, as published, all choices in one batched forward pass."""
         if not choices or any(not c.strip() for c in choices):
             raise BridgeError("Multiple choice needs at least one non-empty choice.", 'e.g. --choices "A=...,B=..."')
-        rows = [
-            self.prompt_ids([{"role": "user", "content": question}, {"role": "assistant", "content": c}])
-            for c in choices
-        ]
+        turns = [[{"role": "user", "content": question}, {"role": "assistant", "content": c}] for c in choices]
+        rows = [self.prompt_ids(t, add_generation_prompt=False) for t in turns]  # as published
         answer_start = len(self.prompt_ids([{"role": "user", "content": question}]))
         spans = [self._choice_span(row, choice, answer_start) for row, choice in zip(rows, choices, strict=True)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.ids.pad, dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
-        logits = self.forward(latents, ids, ids != self.ids.pad).float()
-        log_probs = F.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(log_probs.device)
+        # Logits only where a choice token is predicted: a full (choices, length, vocabulary) tensor is
+        # gigabytes with MedGemma's 262k vocabulary.
+        first = min(start for start, _ in spans) - 1
+        window = torch.arange(first, max(stop for _, stop in spans) - 1, device=self.device)
+        embeds = self.input_embeddings(ids, self.image_embeddings(latents))
+        mask = (ids != self.ids.pad).to(self.device).long()
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=window).logits.float()
+        log_probs = F.log_softmax(logits, dim=-1)
+        targets = ids[:, first + 1 : first + 1 + len(window)].to(log_probs.device)
         token_lp = log_probs.gather(-1, targets[..., None])[..., 0]
-        scores = [float(-token_lp[i, start - 1 : stop - 1].mean()) for i, (start, stop) in enumerate(spans)]
+        scores = [
+            float(-token_lp[i, start - 1 - first : stop - 1 - first].mean()) for i, (start, stop) in enumerate(spans)
+        ]
         return ChoiceScores(list(choices), scores)
+
+    def _fit(self, options: GenerationOptions, prompt_tokens: int) -> GenerationOptions:
+        """No answer runs past the model's context."""
+        room = self.context_length - prompt_tokens
+        return options if options.max_new_tokens <= room else dataclasses.replace(options, max_new_tokens=room)
 
     def _choice_span(self, row: torch.Tensor, choice: str, answer_start: int) -> tuple[int, int]:
         """Positions of the choice's tokens: their last occurrence, as published; else the whole answer turn
         (a choice can tokenize differently inside the turn than alone)."""
         tokens = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
         values = row.tolist()
-        for start in range(len(values) - len(tokens), answer_start - 1, -1):
+        end = len(values) - 1 - values[::-1].index(self.ids.end_of_turn)  # the answer turn's end
+        for start in range(end - len(tokens), answer_start - 1, -1):
             if values[start : start + len(tokens)] == tokens:
                 return start, start + len(tokens)
-        end = len(values) - 1 - values[::-1].index(self.ids.end_of_turn)
         return answer_start, end
 
     # ------------------------------------------------------------------ view mode
@@ -250,11 +294,12 @@ class AntoniModel(nn.Module):
         cancelled: Callable[[], bool] | None = None,
     ) -> Generated:
         """MedGemma's own answer about an RGB image (H, W, 3 uint8), adapter off, same loaded weights."""
-        options = options or GenerationOptions()
+        prompt.check_asks(conversation)
         pixels = self._pixel_values(image)
         tokens = self.llm.config.mm_tokens_per_image
         text = prompt.render(self.tokenizer, conversation, tokens, add_generation_prompt=True)
         ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        options = self._fit(options or GenerationOptions(), ids.shape[1])
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.llm.config.get_text_config())
@@ -268,6 +313,7 @@ class AntoniModel(nn.Module):
                 token_type_ids=token_types.to(self.device),
                 past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=1,
             )
             return out.logits[0, -1]
 
@@ -287,7 +333,8 @@ class AntoniModel(nn.Module):
         size = self.loaded.image_size
         from PIL import Image
 
-        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+        resample = Image.Resampling(self.loaded.image_resample)
+        resized = np.asarray(Image.fromarray(image).resize((size, size), resample), dtype=np.float32)
         mean, std = np.array(self.loaded.image_mean), np.array(self.loaded.image_std)
         normalised = (resized / 255.0 - mean) / std
         tensor = torch.from_numpy(normalised.transpose(2, 0, 1).copy())[None]
@@ -299,15 +346,25 @@ class AntoniModel(nn.Module):
         return self.llm.get_input_embeddings().weight.dtype
 
 
+def _digest(latents: torch.Tensor) -> str:
+    return hashlib.sha256(latents.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def _relative_or_id(weights: Path, llm_id: str) -> str:
     """The config's LLM id; a relative folder next to the weights (as the demo writes) is used as such."""
     local = weights / llm_id
     return str(local) if not os.path.isabs(llm_id) and local.is_dir() else llm_id
 
 
-def _is_quantisation_state(key: str) -> bool:
-    """bitsandbytes stores its quantisation state next to 4-bit weights; it belongs to the base model."""
-    return any(part in key for part in (".absmax", ".quant_map", ".quant_state", ".nested_"))
+QUANT_STATE = re.compile(
+    r"^(?P<weight>.+\.weight)\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\.bitsandbytes__(nf4|fp4))$"
+)
+
+
+def _is_quantisation_state(key: str, own: dict[str, torch.Tensor]) -> bool:
+    """bitsandbytes' state stored next to a 4-bit base weight of ours (a full 4-bit checkpoint has it)."""
+    match = QUANT_STATE.match(key)
+    return match is not None and match.group("weight") in own
 
 
 def answer_kind(config: AntoniConfig) -> str:

@@ -151,7 +151,9 @@ def write_demo_antoni(folder: Path, llm_folder: Path, latent_dim: int, seed: int
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("projection_layer.") or any(m in key for m in TRAINED_MARKERS):
-            trained = value + 0.02 * torch.randn_like(value) if ".lora_B." in key else value.clone()
+            trained = value.clone()
+            if ".lora_B." in key or ".modules_to_save." in key:  # trained parts differ from the base
+                trained = value + 0.02 * torch.randn_like(value)
             if key.endswith("lm_head.modules_to_save.default.weight"):
                 trained[blank] *= 0.1  # random heads favour whitespace; let the demo show words
             state[key] = trained.detach().contiguous()

@@ -58,6 +58,7 @@ class CachedPrefix:
     key: str
     ids: list[int]
     cache: Any  # transformers DynamicCache
+    image: str = ""  # digest of the latents the image block was made from
 
 
 @dataclass
@@ -67,10 +68,11 @@ class PrefixCache:
     capacity: int = 2
     entries: OrderedDict[str, CachedPrefix] = field(default_factory=OrderedDict)
 
-    def take(self, key: str, ids: list[int]) -> CachedPrefix | None:
-        """The cached prefix of `ids` for `key`, trimmed to the longest common prefix (None when unusable)."""
+    def take(self, key: str, ids: list[int], image: str) -> CachedPrefix | None:
+        """The cached prefix of `ids` for `key` and these latents, trimmed to the longest common prefix
+        (None when unusable)."""
         entry = self.entries.pop(key, None)
-        if entry is None:
+        if entry is None or entry.image != image:
             return None
         common = 0
         for a, b in zip(entry.ids, ids, strict=False):
@@ -102,9 +104,12 @@ Step = Callable[[torch.Tensor], torch.Tensor]  # next token id (1, 1) -> logits 
 
 
 def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:
+    """The next token from CPU float logits (one small copy per token; seeded runs agree on every device)."""
+    if not bool(torch.isfinite(logits).any()):
+        raise BridgeError("The model produced no finite scores (NaN).", "check the latents; embed the slide again")
     if options.greedy:
         return int(logits.argmax())
-    logits = logits.float() / options.temperature
+    logits = logits / options.temperature
     if options.top_k:
         kth = torch.topk(logits, min(options.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -117,6 +122,24 @@ def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Ge
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
+class TextStream:
+    """Turns a growing list of token ids into text deltas without re-decoding everything each time, and
+    without emitting half of a multi-byte character (byte-level tokens can split one)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def delta(self, tokens: list[int]) -> str:
+        done = self.tokenizer.decode(tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        grown = self.tokenizer.decode(tokens[self.prefix_offset :], skip_special_tokens=True)
+        if len(grown) <= len(done) or grown.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(tokens)
+        return grown[len(done) :]
+
+
 def decode(
     first_logits: torch.Tensor,
     step: Step,
@@ -126,30 +149,28 @@ def decode(
     fed: list[int],
     on_text: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> tuple[list[int], str, str]:
+) -> tuple[list[int], str]:
     """Sample until a stop token, the length limit or cancellation, streaming text as it grows.
 
     `fed` is extended with every token fed back to the model, so the caller knows what the cache holds.
-    Returns (generated ids, text, stop reason).
+    Returns (generated ids, stop reason).
     """
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
     tokens: list[int] = []
-    text = ""
+    stream = TextStream(tokenizer)
     logits = first_logits
     while True:
         if cancelled is not None and cancelled():
-            return tokens, text, "cancelled"
+            return tokens, "cancelled"
         token = sample(logits, options, generator)
         if token in stops:
-            return tokens, text, "stop"
+            return tokens, "stop"
         tokens.append(token)
-        new_text = tokenizer.decode(tokens, skip_special_tokens=True)
-        if on_text is not None and len(new_text) > len(text) and not new_text.endswith("\ufffd"):
-            on_text(new_text[len(text) :])
-            text = new_text
+        if on_text is not None and (text := stream.delta(tokens)):
+            on_text(text)
         if len(tokens) >= options.max_new_tokens:
-            return tokens, tokenizer.decode(tokens, skip_special_tokens=True), "length"
-        logits = step(torch.tensor([[token]]))
+            return tokens, "length"
+        logits = step(torch.tensor([[token]])).float().cpu()
         fed.append(token)
 
 
@@ -165,11 +186,12 @@ def timed_decode(
     on_text: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Generated:
-    """Prefill, then `decode`, measuring the time to the first token and the whole answer."""
+    """Prefill, then `decode`, measuring the time to the first token (logits on the host, so a GPU has
+    finished) and to the whole answer."""
     options.check()
     start = time.perf_counter()
-    first_logits = prefill()
+    first_logits = prefill().float().cpu()
     first_token_s = time.perf_counter() - start
-    tokens, text, reason = decode(first_logits, step, tokenizer, stops, options, fed, on_text, cancelled)
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    tokens, reason = decode(first_logits, step, tokenizer, stops, options, fed, on_text, cancelled)
+    text = tokenizer.decode(tokens, skip_special_tokens=True).removesuffix("\ufffd")  # as streamed
     return Generated(tokens, text, reason, prompt_tokens, reused, first_token_s, time.perf_counter() - start)

@@ -30,6 +30,7 @@ class LoadedLLM:
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    image_resample: int = 2  # PIL's BILINEAR, as Gemma 3's image processor
 
 
 def choose_quant(requested: str, device: torch.device) -> str:
@@ -66,10 +67,12 @@ def load_llm(source: str | os.PathLike[str], device: torch.device, quant: str = 
             folder, device_map={"": str(device)}, attn_implementation="sdpa", **kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
+    except BridgeError:
+        raise
+    except Exception as exc:  # transformers, safetensors and tokenizers raise many types for damaged files
         raise BridgeError(f"The language model in {folder} cannot be loaded ({exc}).", "download it again") from exc
-    size, mean, std = _image_preprocessing(folder, config)
-    return LoadedLLM(model.eval(), tokenizer, folder, quant, size, mean, std)
+    size, mean, std, resample = _image_preprocessing(folder, config)
+    return LoadedLLM(model.eval(), tokenizer, folder, quant, size, mean, std, resample)
 
 
 def _four_bit() -> Any:
@@ -91,13 +94,14 @@ def _four_bit() -> Any:
     )
 
 
-def _image_preprocessing(folder: Path, config: dict[str, Any]) -> tuple[int, tuple, tuple]:
-    """Input size and normalisation of the SigLIP tower, from preprocessor_config.json when present."""
+def _image_preprocessing(folder: Path, config: dict[str, Any]) -> tuple[int, tuple, tuple, int]:
+    """Input size, normalisation and resampling of the SigLIP tower, from preprocessor_config.json."""
     size = int(config.get("vision_config", {}).get("image_size", 896))
-    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    mean, std, resample = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2
     path = folder / "preprocessor_config.json"
     if path.is_file():
         values = read_json(path)
         mean = tuple(values.get("image_mean", mean))
         std = tuple(values.get("image_std", std))
-    return size, mean, std
+        resample = int(values.get("resample", resample))
+    return size, mean, std, resample

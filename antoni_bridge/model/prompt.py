@@ -63,6 +63,13 @@ def check_conversation(conversation: Conversation) -> None:
             raise BridgeError(f"Turn {index + 1} of the conversation has no text.", "give every question some text")
 
 
+def check_asks(conversation: Conversation) -> None:
+    """A conversation that asks for an answer: it ends with a question."""
+    check_conversation(conversation)
+    if conversation[-1]["role"] != "user":
+        raise BridgeError("The conversation ends with an answer; there is nothing to reply to.", "add a question")
+
+
 def render(tokenizer: Any, conversation: Conversation, image_tokens: int, add_generation_prompt: bool) -> str:
     """The prompt text: chat template with the image block in the first user turn."""
     check_conversation(conversation)
@@ -75,7 +82,12 @@ def render(tokenizer: Any, conversation: Conversation, image_tokens: int, add_ge
         }
         for index, turn in enumerate(conversation)
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # jinja and the tokenizer raise several types for broken templates
+        raise BridgeError(
+            f"The tokenizer's chat template failed ({exc}).", "use MedGemma's own tokenizer files"
+        ) from exc
     image_block = f"\n\n{BOI_TOKEN}{IMAGE_TOKEN * image_tokens}{EOI_TOKEN}\n\n"
     return text.replace(BOI_TOKEN, image_block, 1)
 
