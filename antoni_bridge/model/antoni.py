@@ -365,7 +365,3 @@ def _is_quantisation_state(key: str, own: dict[str, torch.Tensor]) -> bool:
     """bitsandbytes' state stored next to a 4-bit base weight of ours (a full 4-bit checkpoint has it)."""
     match = QUANT_STATE.match(key)
     return match is not None and match.group("weight") in own
-
-
-def answer_kind(config: AntoniConfig) -> str:
-    return "demo weights (random: answers mean nothing)" if config.demo else "ANTONI-Alpha weights"
