@@ -335,8 +335,12 @@ def _ask(args: argparse.Namespace) -> int:
         from antoni_bridge.features.h5 import read_latents
 
         latents = torch.from_numpy(read_latents(args.features))
-    model = _load_model(args)
-    model.check_latents(latents)
+    from antoni_bridge.model.antoni import check_latents
+    from antoni_bridge.model.config import AntoniConfig
+
+    weights = _weights_folder(args)
+    check_latents(latents, AntoniConfig.read(weights))  # before MedGemma takes a minute to load
+    model = _load_model(args, weights)
     if choices:
         return _print_choices(args, model, latents, question, choices)
     return _print_answer(args, model, latents, [{"role": "user", "content": question}])
@@ -352,21 +356,23 @@ def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
     return Path(args.words[0]), args.words[1]
 
 
-def _load_model(args: argparse.Namespace):  # -> AntoniModel
+def _weights_folder(args: argparse.Namespace) -> Path:
+    if args.demo:
+        from antoni_bridge.demo_assets import demo_weights
+
+        return demo_weights().antoni
+    from antoni_bridge.encoders.sources import resolve_model_dir
+
+    return resolve_model_dir(args.weights, "ANTONI-Alpha weights", args.revision)
+
+
+def _load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
     from transformers.utils import logging as hf_logging
 
-    from antoni_bridge.encoders.sources import resolve_model_dir
     from antoni_bridge.model.antoni import AntoniModel
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
-
-    if args.demo:
-        from antoni_bridge.demo_assets import demo_weights
-
-        weights = demo_weights().antoni
-    else:
-        weights = resolve_model_dir(args.weights, "ANTONI-Alpha weights", args.revision)
     return AntoniModel.load(weights, args.llm, device=_device(args.device), quant=args.quant)
 
 

@@ -171,3 +171,15 @@ def test_openslide_reader_gives_the_same_slide_and_tiles(demo_40x: tuple[Path, D
         ours = next(iter_tile_batches(tiff, grid, batch_size=8))
         theirs = next(iter_tile_batches(other, grid, batch_size=8))
     assert np.abs(ours.pixels.astype(int) - theirs.pixels.astype(int)).mean() < 2, "same pixels up to JPEG decoders"
+
+
+def test_a_slide_replaced_after_opening_is_not_misread(demo_40x: tuple[Path, DemoLayout], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.svs"
+    copy.write_bytes(demo_40x[0].read_bytes())
+    with Slide(copy) as slide:
+        grid = plan_grid(slide, ThresholdTissueDetector().detect(slide), GridSpec())
+        replacement = tmp_path / "other.svs"
+        replacement.write_bytes(demo_40x[0].read_bytes()[:-10])
+        replacement.replace(copy)
+        with pytest.raises(BridgeError, match="changed on disk"):
+            next(iter_tile_batches(slide, grid))

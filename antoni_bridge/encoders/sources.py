@@ -106,7 +106,8 @@ def weight_files(folder: Path, what: str) -> list[Path]:
 
 
 def read_state_dict(folder: Path, what: str) -> dict[str, torch.Tensor]:
-    """All tensors in `folder`: safetensors preferred, PyTorch .bin accepted (tensors only, no pickled code)."""
+    """All tensors in `folder`: safetensors preferred, PyTorch .bin accepted (tensors only, no pickled code;
+    memory-mapped, so a full 7 GB checkpoint is not read into RAM to take the parts we need)."""
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(folder, what):
         try:
@@ -115,7 +116,7 @@ def read_state_dict(folder: Path, what: str) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(file))
             else:
-                state.update(torch.load(file, map_location="cpu", weights_only=True))
+                state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
         except Exception as exc:  # truncated or foreign files raise many types
             raise BridgeError(f"The {what} weights {file} cannot be read ({exc}).", "download them again") from exc
     return state

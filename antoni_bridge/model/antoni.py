@@ -136,21 +136,7 @@ class AntoniModel(nn.Module):
     # ------------------------------------------------------------------ slide mode
 
     def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(rows, dim) or (1, rows, dim) float latents, finite, of the width the projector takes."""
-        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            raise BridgeError("Slide latents must be a floating-point tensor.", "embed the slide with antoni-bridge")
-        if latents.ndim == 3 and latents.shape[0] == 1:
-            latents = latents[0]
-        if latents.ndim != 2 or tuple(latents.shape) != (LATENT_ROWS, self.config.projector_input_dim):
-            raise BridgeError(
-                f"Slide latents have shape {tuple(latents.shape)}; this model takes "
-                f"({LATENT_ROWS}, {self.config.projector_input_dim}) (a Prism slide embedding and 512 latents).",
-                "embed the slide with the encoders these weights were trained with (Virchow + Prism; demo with --demo)",
-            )
-        latents = latents.float()
-        if not torch.isfinite(latents).all():
-            raise BridgeError("The slide latents contain NaN or infinite values.", "embed the slide again")
-        return latents
+        return check_latents(latents, self.config)
 
     def image_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
         latents = self.check_latents(latents).to(self.device, self.projection_layer.query_tokens.dtype)
@@ -344,6 +330,25 @@ class AntoniModel(nn.Module):
 
     def _embedding_dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
+
+
+def check_latents(latents: torch.Tensor, config: AntoniConfig) -> torch.Tensor:
+    """(513, dim) or (1, 513, dim) finite float latents of the width the projector takes (checkable before
+    the model loads: the width is in the weights' config)."""
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+        raise BridgeError("Slide latents must be a floating-point tensor.", "embed the slide with antoni-bridge")
+    if latents.ndim == 3 and latents.shape[0] == 1:
+        latents = latents[0]
+    if latents.ndim != 2 or tuple(latents.shape) != (LATENT_ROWS, config.projector_input_dim):
+        raise BridgeError(
+            f"Slide latents have shape {tuple(latents.shape)}; this model takes "
+            f"({LATENT_ROWS}, {config.projector_input_dim}) (a Prism slide embedding and 512 latents).",
+            "embed the slide with the encoders these weights were trained with (Virchow + Prism; demo with --demo)",
+        )
+    latents = latents.float()
+    if not torch.isfinite(latents).all():
+        raise BridgeError("The slide latents contain NaN or infinite values.", "embed the slide again")
+    return latents
 
 
 def _digest(latents: torch.Tensor) -> str:

@@ -51,6 +51,7 @@ class Slide:
         self.path = Path(path)
         _check_path(self.path)
         self._backend, self._handle = _open_backend(self.path, backend)
+        self.file_identity = _identity(os.stat(self.path))  # the native reader checks it reads this file
         try:
             self._read_layout(mpp)
         except BaseException:
@@ -184,6 +185,15 @@ class Slide:
                     f"{self.path.name} is truncated: level {level} needs {end:,} bytes but the file has {size:,}.",
                     "the copy is incomplete; copy the slide again",
                 )
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def same_file(slide: Slide, fd: int) -> bool:
+    """Whether an open descriptor is still the file the slide's metadata came from."""
+    return _identity(os.fstat(fd)) == slide.file_identity
 
 
 def _check_path(path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.grid import TileGrid
-from antoni_bridge.slides.reader import NativeLevel, Slide, to_rgb
+from antoni_bridge.slides.reader import NativeLevel, Slide, same_file, to_rgb
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,11 @@ class _NativeReader:
     def __init__(self, slide: Slide, grid: TileGrid, native: NativeLevel, pool: ThreadPoolExecutor) -> None:
         self.slide, self.grid, self.native, self.pool = slide, grid, native, pool
         self.fd = os.open(slide.path, os.O_RDONLY)
+        if not same_file(slide, self.fd):  # offsets come from the file opened earlier
+            os.close(self.fd)
+            raise BridgeError(
+                f"{slide.path.name} changed on disk after it was opened.", "wait until the copy is complete"
+            )
         self.decoded: dict[tuple[int, int], np.ndarray] = {}
         self.level_xy = np.floor(grid.coords / grid.level_downsample).astype(np.int64)
         self.width, self.height = slide.level_dimensions[grid.level]
