@@ -373,3 +373,43 @@ def test_bad_latents(model: AntoniModel, bad: torch.Tensor, message: str) -> Non
 def test_bad_conversations(model: AntoniModel, latents: torch.Tensor, conversation: list, message: str) -> None:
     with pytest.raises(BridgeError, match=message):
         model.answer(latents, conversation, GREEDY)
+
+
+def test_follow_up_after_the_sliding_window_reuses_the_image_block(tmp_path: Path, latents: torch.Tensor) -> None:
+    """With a 32-token window, rolling the cache back past an answer must still give the right tokens: by
+    transformers' own crop where it keeps past states, else from the first prefill's snapshot."""
+    from antoni_bridge.model.demo import write_demo_antoni, write_demo_llm
+
+    write_demo_llm(tmp_path / "llm", sliding_window=32)
+    narrow = AntoniModel.load(write_demo_antoni(tmp_path / "antoni", tmp_path / "llm", 64))
+    first = narrow.answer(latents, QUESTION, GREEDY, prefix_key="slide")
+    edited = [
+        *QUESTION,
+        {"role": "assistant", "content": "Edited: " + first.text},
+        {"role": "user", "content": "Why?"},
+    ]
+    reused = narrow.answer(latents, edited, GREEDY, prefix_key="slide")
+    assert reused.reused_tokens >= first.prompt_tokens, "the image block and first question are reused"
+    narrow.prefixes.clear()
+    assert reused.token_ids == narrow.answer(latents, edited, GREEDY).token_ids
+
+
+def test_prefix_falls_back_to_the_snapshot_when_the_cache_cannot_roll_back(
+    model: AntoniModel, latents: torch.Tensor
+) -> None:
+    first = model.answer(latents, QUESTION, GREEDY, prefix_key="slide")
+    entry = model.prefixes.entries["slide"]
+
+    def refuse(_: int) -> None:
+        raise RuntimeError("past the sliding window")  # what transformers raises when it cannot roll back
+
+    entry.cache.crop = refuse
+    edited = [
+        *QUESTION,
+        {"role": "assistant", "content": "Edited: " + first.text},
+        {"role": "user", "content": "Why?"},
+    ]
+    reused = model.answer(latents, edited, GREEDY, prefix_key="slide")
+    assert reused.reused_tokens == first.prompt_tokens
+    model.prefixes.clear()
+    assert reused.token_ids == model.answer(latents, edited, GREEDY).token_ids

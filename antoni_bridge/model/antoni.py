@@ -211,6 +211,8 @@ class AntoniModel(nn.Module):
                 embeds = self.llm.get_input_embeddings()(new.to(self.device))
             out = self.llm(inputs_embeds=embeds, past_key_values=entry.cache, use_cache=True, logits_to_keep=1)
             entry.ids.extend(ids[reused:])
+            if prefix_key and entry.snapshot is None:
+                entry.keep_snapshot()
             return out.logits[0, -1]
 
         def step(token: torch.Tensor) -> torch.Tensor:

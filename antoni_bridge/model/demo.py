@@ -88,7 +88,7 @@ def write_demo_tokenizer(folder: Path, seed: int = 0) -> object:
     return wrapped
 
 
-def write_demo_llm(folder: Path, seed: int = 0) -> Path:
+def write_demo_llm(folder: Path, seed: int = 0, sliding_window: int = 1024) -> Path:
     """A Gemma 3 image-text-to-text model at width 64, saved like MedGemma (config, weights, tokenizer)."""
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
@@ -104,7 +104,7 @@ def write_demo_llm(folder: Path, seed: int = 0) -> Path:
         num_key_value_heads=1,
         head_dim=32,
         max_position_embeddings=2048,
-        sliding_window=1024,
+        sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"],
         pad_token_id=ids["<pad>"],
         bos_token_id=ids["<bos>"],

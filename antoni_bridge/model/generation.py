@@ -7,6 +7,7 @@ KV cache of a conversation so a follow-up feeds only its new tokens.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -59,6 +60,19 @@ class CachedPrefix:
     ids: list[int]
     cache: Any  # transformers DynamicCache
     image: str = ""  # digest of the latents the image block was made from
+    snapshot: tuple[list[int], Any] | None = None  # ids and a copy of the cache after the first prefill
+
+    def keep_snapshot(self) -> None:
+        """Remember the cache as it is now (image block and first question): sliding-window layers cannot
+        be cropped once a long answer has passed their window, but a copy from before can be resumed."""
+        self.snapshot = (list(self.ids), copy.deepcopy(self.cache))
+
+    def restore_snapshot(self) -> bool:
+        if self.snapshot is None:
+            return False
+        ids, cache = self.snapshot
+        self.ids, self.cache = list(ids), copy.deepcopy(cache)
+        return True
 
 
 @dataclass
@@ -85,9 +99,12 @@ class PrefixCache:
         if common < len(entry.ids):
             try:
                 entry.cache.crop(common - len(entry.ids))  # transformers 5 takes how many tokens to drop, negative
+                entry.ids = entry.ids[:common]
             except (RuntimeError, ValueError):  # sliding-window layers past their window cannot roll back
-                return None
-            entry.ids = entry.ids[:common]
+                snapshot_ids = entry.snapshot[0] if entry.snapshot else None
+                if snapshot_ids is None or ids[: len(snapshot_ids)] != snapshot_ids or len(snapshot_ids) >= len(ids):
+                    return None
+                entry.restore_snapshot()
         return entry
 
     def put(self, entry: CachedPrefix) -> None:
