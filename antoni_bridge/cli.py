@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="ask ANTONI-Alpha about a slide, a region or a features file")
     ask.add_argument("words", nargs="+", metavar="[SLIDE] QUESTION", help="a slide and a question, or a question")
     ask.add_argument("--features", type=Path, help="a features file (.h5 or .pt) instead of a slide")
-    ask.add_argument("--local", action="store_true", help="run the model in this process (no daemon)")
+    ask.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
     ask.add_argument("--weights", default=ANTONI_ID, help=f"folder or hub id (default {ANTONI_ID})")
     ask.add_argument("--revision", help="hub revision of the weights (e.g. pretrain)")
     ask.add_argument("--llm", help="folder or hub id of MedGemma (default: as the weights' config says)")
@@ -117,6 +117,25 @@ def _parser() -> argparse.ArgumentParser:
     _region_options(ask)
     _encoder_options(ask)
     ask.set_defaults(run=_ask)
+
+    serve = commands.add_parser("serve", help="run the daemon that hosts the models (front ends talk to it)")
+    serve.add_argument("--address", default="tcp://127.0.0.1:5555", help="where to listen (loopback by default)")
+    serve.add_argument("--weights", default=ANTONI_ID)
+    serve.add_argument("--revision")
+    serve.add_argument("--llm")
+    serve.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    serve.add_argument("--queue", type=int, default=16, help="jobs that may wait before `busy`")
+    _encoder_options(serve)
+    serve.set_defaults(run=_serve)
+    for name, helptext, run in (
+        ("status", "the daemon's queue and GPU memory", _status),
+        ("stop", "stop the daemon", _stop),
+    ):
+        command = commands.add_parser(name, help=helptext)
+        command.set_defaults(run=run)
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job")
+    cancel.set_defaults(run=_cancel)
 
     demo = commands.add_parser("demo", help="the main job on the demo slide with the demo weights (offline)")
     demo.set_defaults(run=_demo)
@@ -321,14 +340,14 @@ def _write_overview_for(request, result, out: Path) -> None:
 def _ask(args: argparse.Namespace) -> int:
     import torch
 
-    if not args.local:
-        raise BridgeError("Asking through the daemon is not built yet.", "add --local to run the model in this process")
     slide, question = _slide_and_question(args)
     choices = _parse_choices(args.choices) if args.choices is not None else None
     if not question.strip():
         raise BridgeError("The question is empty.", 'ask something, e.g. "What organ is this tissue from?"')
     if args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
+    if not args.local:
+        return _ask_daemon(args, slide, question)
     if slide is not None:
         latents = torch.from_numpy(_embed_request(args, _request(args, slide)).data.latents)
     else:
@@ -344,6 +363,111 @@ def _ask(args: argparse.Namespace) -> int:
     if choices:
         return _print_choices(args, model, latents, question, choices)
     return _print_answer(args, model, latents, [{"role": "user", "content": question}])
+
+
+def _ask_daemon(args: argparse.Namespace, slide: Path | None, question: str) -> int:
+    """Through the running daemon: stream progress and tokens, end on its one terminal message."""
+    from antoni_bridge.client import Client
+
+    if args.choices is not None:
+        raise BridgeError("Multiple choice runs only in-process for now.", "add --local")
+    content: dict[str, Any] = {"conversation": [{"role": "user", "content": question}]}
+    content["options"] = {"max_new_tokens": args.max_new_tokens, "greedy": args.greedy}
+    if slide is not None:
+        content["slide"] = str(slide.resolve())
+        region = _request(args, slide).region
+        if region is not None:
+            content["region"] = region.to_geojson()
+    else:
+        content["features"] = str(args.features.resolve())
+    with Client() as client, _ProgressBars() as bars:
+        for event in client.events("ask", content):
+            if event.type == "progress":
+                bars.update(_progress_of(event.content))
+            elif event.type == "token" and not args.json:
+                print(event.content["text"], end="", flush=True)
+            elif event.type == "done":
+                return _print_done(args, event.content)
+            elif event.type in ("error", "busy", "cancelled"):
+                raise BridgeError(
+                    event.content.get("message", f"The job ended: {event.type}."), event.content.get("hint", "")
+                )
+    return EXIT_USER_ERROR
+
+
+def _progress_of(content: dict[str, Any]):  # -> planning.Progress
+    from antoni_bridge.slides.planning import Progress
+
+    return Progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
+
+
+def _print_done(args: argparse.Namespace, done: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(done, ensure_ascii=False))
+        return 0
+    timings = done["timings"]
+    print(
+        f"\n[{len(done['token_ids'])} tokens, first after {timings['first_token_s'] * 1000:.0f} ms, "
+        f"{'features from the cache, ' if done['cache_hit'] else ''}{timings['total_s']:.1f} s in all]"
+        + (f" {DEMO_NOTE}" if done["demo"] else "")
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from antoni_bridge.daemon.server import Daemon, ModelSources, Runtime
+
+    if not args.verbose:
+        hf_logging.disable_progress_bar()
+    if args.queue < 1:
+        raise BridgeError("--queue must be at least 1.", "leave it out for the default of 16")
+    if not args.address.startswith(("tcp://127.", "tcp://localhost", "ipc://")):
+        raise BridgeError(f"{args.address} is not a loopback address.", "remote access is not built yet; use 127.0.0.1")
+    weights = _weights_folder(args)
+    if args.demo:
+        from antoni_bridge.demo_assets import demo_weights
+
+        demo = demo_weights()
+        tile, slide_encoder = str(demo.tile_encoder), str(demo.slide_encoder)
+    else:
+        tile, slide_encoder = args.tile_encoder, args.slide_encoder
+    sources = ModelSources(tile, slide_encoder, weights, args.llm, _device(args.device), args.quant, args.demo)
+    runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir())
+    print(
+        f"antoni-bridge daemon on {args.address} ({'demo' if args.demo else 'real'} weights); stop with "
+        "`antoni-bridge stop`",
+        flush=True,
+    )
+    Daemon(args.address, runtime, paths.connection_file(), args.queue).serve()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from antoni_bridge.client import Client
+
+    with Client() as client:
+        print(json.dumps(client.request("status").content, indent=2))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from antoni_bridge.client import Client
+
+    with Client() as client:
+        client.request("shutdown")
+    print("the daemon is stopping")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from antoni_bridge.client import Client
+
+    with Client() as client:
+        client.request("cancel", {"job_id": args.job})
+    print(f"cancelled {args.job}")
+    return 0
 
 
 def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:

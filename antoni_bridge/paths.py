@@ -16,3 +16,8 @@ def feature_cache_dir() -> Path:
 
 def demo_dir() -> Path:
     return home() / "demo"
+
+
+def connection_file() -> Path:
+    """Where the running daemon says how to reach it (`ANTONI_BRIDGE_CONNECTION_FILE` overrides)."""
+    return Path(os.environ.get("ANTONI_BRIDGE_CONNECTION_FILE") or Path.home() / ".antoni-bridge" / "daemon.json")

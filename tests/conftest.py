@@ -18,7 +18,9 @@ SMALL = (8000, 6000)  # level-0 pixels of the test slides at 0.25 um/px
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test touches the user's cache or the network."""
-    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(tmp_path_factory.mktemp("home")))
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(home))
+    monkeypatch.setenv("ANTONI_BRIDGE_CONNECTION_FILE", str(home / "daemon.json"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -261,7 +261,7 @@ def test_ask_bad_inputs(tmp_path: Path) -> None:
     with h5py.File(strings, "w") as h5:
         h5["features"] = np.array([b"not numbers"] * 513)
     cases = {
-        "no --local": (["--features", str(wrong), "Q"], "not built yet"),
+        "no daemon": (["--features", str(wrong), "Q"], "the daemon is not running"),
         "wrong shape": (["--features", str(wrong), "--local", "Q"], "have shape"),
         "nan": (["--features", str(nan), "--local", "Q"], "NaN"),
         "missing file": (["--features", str(tmp_path / "none.pt"), "--local", "Q"], "No features file"),

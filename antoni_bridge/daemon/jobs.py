@@ -1,0 +1,96 @@
+"""Jobs and their queue: what the socket loop hands to the one GPU worker.
+
+The socket loop only validates, enqueues and answers; the worker takes jobs in order. A job's cancel
+flag is checked between tile batches and between tokens, so a cancel takes effect within one step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Busy(Exception):
+    """The queue is full; the request is answered with `busy`."""
+
+
+class Cancelled(Exception):
+    """Raised inside a running job when its cancel flag is seen."""
+
+
+@dataclass
+class Job:
+    kind: str  # ask
+    client: bytes  # ROUTER routing id of the client that asked
+    request_id: str  # msg_id of the request, the parent of every event
+    content: dict[str, Any]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stage: str = "queued"
+    done: int = 0
+    total: int = 0
+    created: float = field(default_factory=time.time)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled
+
+    def summary(self) -> dict[str, Any]:
+        return {"job_id": self.id, "kind": self.kind, "stage": self.stage, "done": self.done, "total": self.total}
+
+
+class JobQueue:
+    """Waiting jobs in order, bounded; the running one is kept aside for `status` and `cancel`."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self.waiting: deque[Job] = deque()
+        self.running: Job | None = None
+        self.lock = threading.Condition()
+
+    def submit(self, job: Job) -> int:
+        """Enqueue; returns the job's position (0: it runs next)."""
+        with self.lock:
+            if len(self.waiting) >= self.capacity:
+                raise Busy
+            self.waiting.append(job)
+            self.lock.notify()
+            return len(self.waiting) - 1 + (self.running is not None)
+
+    def take(self, timeout: float) -> Job | None:
+        with self.lock:
+            if not self.waiting:
+                self.lock.wait(timeout)
+            if not self.waiting:
+                return None
+            self.running = self.waiting.popleft()
+            return self.running
+
+    def finish(self) -> None:
+        with self.lock:
+            self.running = None
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Flag a job (running or waiting); a waiting one is dropped from the queue."""
+        with self.lock:
+            if self.running is not None and self.running.id == job_id:
+                self.running.cancel.set()
+                return self.running
+            for job in self.waiting:
+                if job.id == job_id:
+                    job.cancel.set()
+                    self.waiting.remove(job)
+                    return job
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "running": self.running.summary() if self.running else None,
+                "waiting": [{**job.summary(), "position": i + 1} for i, job in enumerate(self.waiting)],
+                "capacity": self.capacity,
+            }
