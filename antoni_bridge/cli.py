@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--llm")
     serve.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
     serve.add_argument("--queue", type=int, default=16, help="jobs that may wait before `busy`")
+    serve.add_argument("--client-timeout", type=float, default=3.0, help="cancel the jobs of clients silent this long")
     _encoder_options(serve)
     serve.set_defaults(run=_serve)
     for name, helptext, run in (
@@ -421,8 +422,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
-    if args.queue < 1:
-        raise BridgeError("--queue must be at least 1.", "leave it out for the default of 16")
+    if args.queue < 1 or not args.client_timeout > 0:
+        raise BridgeError(
+            "--queue must be at least 1 and --client-timeout positive.", "leave them out for the defaults"
+        )
     if not args.address.startswith(("tcp://127.", "tcp://localhost", "ipc://")):
         raise BridgeError(f"{args.address} is not a loopback address.", "remote access is not built yet; use 127.0.0.1")
     weights = _weights_folder(args)
@@ -440,7 +443,7 @@ def _serve(args: argparse.Namespace) -> int:
         "`antoni-bridge stop`",
         flush=True,
     )
-    Daemon(args.address, runtime, paths.connection_file(), args.queue).serve()
+    Daemon(args.address, runtime, paths.connection_file(), args.queue, args.client_timeout).serve()
     return 0
 
 

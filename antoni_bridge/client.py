@@ -19,6 +19,7 @@ from antoni_bridge.errors import BridgeError
 
 TERMINAL = ("done", "error", "cancelled", "busy")
 DEAD_AFTER_S = 5.0
+HEARTBEAT_S = 0.25  # while waiting for a job's events; the daemon cancels the jobs of silent clients
 
 
 class Client:
@@ -31,6 +32,7 @@ class Client:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.connect(self.info.address)
+        self.last_sent = time.monotonic()
 
     def close(self) -> None:
         self.socket.close()
@@ -45,6 +47,7 @@ class Client:
     def send(self, type_: str, content: dict[str, Any]) -> Message:
         message = self.session.message(type_, content)
         self.socket.send_multipart(self.session.frames(message))
+        self.last_sent = time.monotonic()
         return message
 
     def receive(self, timeout_s: float | None = None) -> Message:
@@ -79,8 +82,17 @@ class Client:
                 return
 
     def _answer_to(self, sent: Message, timeout_s: float) -> Message:
+        """The next message answering `sent`, heartbeating while the daemon works."""
         deadline = time.monotonic() + timeout_s
         while True:
-            message = self.receive(max(0.01, deadline - time.monotonic()))
+            now = time.monotonic()
+            if now - self.last_sent >= HEARTBEAT_S:  # also while events stream in: silence means death
+                self.send("heartbeat", {})
+            left = deadline - now
+            if left <= 0:
+                self.receive(0.001)  # raises the "did not answer" error
+            if not self.socket.poll(int(min(HEARTBEAT_S, left) * 1000), zmq.POLLIN):
+                continue
+            message = self.receive(0.001)
             if message.parent_id == sent.msg_id or message.parent_id is None:
                 return message

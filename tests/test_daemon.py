@@ -28,7 +28,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     connection = home / "daemon.json"
     env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "antoni_bridge.cli", "serve", "--demo", "--address", "tcp://127.0.0.1:*"],
+        [
+            sys.executable,
+            "-m",
+            "antoni_bridge.cli",
+            "serve",
+            "--demo",
+            "--address",
+            "tcp://127.0.0.1:*",
+            "--client-timeout",
+            "0.75",
+        ],  # short, so a killed client's job is cancelled before it could finish
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -98,6 +108,50 @@ def test_cancel_during_generation_ends_the_job_and_frees_the_worker(daemon: Path
         last = list(events)[-1]
         assert last.type == "cancelled" and time.monotonic() - start < 1.0
         assert client.request("status").content["queue"]["running"] is None
+
+
+CLIENT_THAT_DIES = """
+import sys, time
+from pathlib import Path
+from antoni_bridge.client import Client
+client = Client(Path(sys.argv[1]), timeout_s=30)
+events = client.events("ask", {"features": sys.argv[2], "conversation": [{"role": "user", "content": "Q"}],
+                               "options": {"max_new_tokens": 1700, "greedy": True}})
+print(next(events).content["job_id"], flush=True)
+next(e for e in events if e.type == "token")
+print("generating", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_client_killed_mid_job_has_its_job_cancelled(daemon: Path, tmp_path: Path) -> None:
+    latents = tmp_path / "latents.pt"
+    torch.save(torch.randn(513, 64), latents)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_THAT_DIES, str(daemon), str(latents)], stdout=subprocess.PIPE, text=True
+    )
+    job_id = child.stdout.readline().strip()
+    assert child.stdout.readline().strip() == "generating"
+    child.kill()
+    child.wait()
+    with _client(daemon) as client:
+        deadline = time.monotonic() + 10
+        while not any(r["job_id"] == job_id for r in client.request("status").content["queue"]["recent"]):
+            assert time.monotonic() < deadline, "the dead client's job kept running"
+            time.sleep(0.1)
+        ended = next(r for r in client.request("status").content["queue"]["recent"] if r["job_id"] == job_id)
+    assert ended["end"] == "cancelled", "without heartbeats the job would have run to its end"
+
+
+def test_a_long_stream_of_events_is_not_mistaken_for_a_dead_client(daemon: Path, tmp_path: Path) -> None:
+    latents = tmp_path / "latents.pt"
+    torch.save(torch.randn(513, 64), latents)
+    long = {**ASK, "features": str(latents), "options": {"max_new_tokens": 1700, "greedy": True}}
+    start = time.monotonic()
+    with _client(daemon) as client:
+        last = list(client.events("ask", long))[-1]
+    assert time.monotonic() - start > 0.75, "the job outlasted the daemon's client timeout"
+    assert last.type == "done"
 
 
 def test_bad_messages_get_error_replies_and_the_daemon_keeps_serving(daemon: Path) -> None:

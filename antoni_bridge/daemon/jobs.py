@@ -50,6 +50,7 @@ class JobQueue:
         self.capacity = capacity
         self.waiting: deque[Job] = deque()
         self.running: Job | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=20)  # how the last jobs ended, for `status`
         self.lock = threading.Condition()
 
     def submit(self, job: Job) -> int:
@@ -70,9 +71,12 @@ class JobQueue:
             self.running = self.waiting.popleft()
             return self.running
 
-    def finish(self) -> None:
+    def finish(self, job: Job, end: str) -> None:
+        """Record how a job ended (done, cancelled, error) and free the worker's slot."""
         with self.lock:
-            self.running = None
+            self.recent.append({"job_id": job.id, "end": end, "seconds": round(time.time() - job.created, 3)})
+            if self.running is job:
+                self.running = None
 
     def cancel(self, job_id: str) -> Job | None:
         """Flag a job (running or waiting); a waiting one is dropped from the queue."""
@@ -87,10 +91,16 @@ class JobQueue:
                     return job
         return None
 
+    def jobs(self) -> list[Job]:
+        """The running job, then the waiting ones."""
+        with self.lock:
+            return ([self.running] if self.running else []) + list(self.waiting)
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "running": self.running.summary() if self.running else None,
                 "waiting": [{**job.summary(), "position": i + 1} for i, job in enumerate(self.waiting)],
                 "capacity": self.capacity,
+                "recent": list(self.recent),
             }

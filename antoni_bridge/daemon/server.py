@@ -25,7 +25,7 @@ from antoni_bridge.errors import BridgeError
 
 log = logging.getLogger("antoni_bridge.daemon")
 POLL_MS = 10
-TERMINAL = ("done", "error", "cancelled")
+CLIENT_DEAD_S = 3.0  # a client silent this long (no request, no heartbeat) has its jobs cancelled
 
 
 @dataclass
@@ -63,13 +63,22 @@ class Runtime:
 
 
 class Daemon:
-    def __init__(self, address: str, runtime: Runtime, connection_file: Path, capacity: int = 16) -> None:
+    def __init__(
+        self,
+        address: str,
+        runtime: Runtime,
+        connection_file: Path,
+        capacity: int = 16,
+        client_dead_s: float = CLIENT_DEAD_S,
+    ) -> None:
         self.address, self.runtime, self.connection_file = address, runtime, connection_file
+        self.client_dead_s = client_dead_s
         self.jobs = JobQueue(capacity)
         self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self.stopping = threading.Event()
         self.info: ConnectionInfo | None = None
         self.session: Session | None = None
+        self.last_seen: dict[bytes, float] = {}
 
     # ------------------------------------------------------------------ socket loop
 
@@ -95,6 +104,7 @@ class Daemon:
                 if socket.poll(POLL_MS, zmq.POLLIN):
                     self._receive(socket)
                 self._drain(socket)
+                self._cancel_jobs_of_silent_clients()
         finally:
             self._drain(socket)
             self.connection_file.unlink(missing_ok=True)
@@ -107,6 +117,7 @@ class Daemon:
                 identity, *frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.last_seen[identity] = time.monotonic()
             try:
                 self._handle(identity, self.session.parse(frames))
             except ProtocolError as exc:
@@ -129,6 +140,14 @@ class Daemon:
 
     def _send_error(self, identity: bytes, parent: Message | None, code: str, message: str, hint: str = "") -> None:
         self._reply(identity, parent, "error", {"code": code, "message": message, "hint": hint})
+
+    def _cancel_jobs_of_silent_clients(self) -> None:
+        """A client that stopped heartbeating is gone: its jobs would only keep the GPU busy."""
+        now = time.monotonic()
+        for job in self.jobs.jobs():
+            if now - self.last_seen.get(job.client, now) > self.client_dead_s and not job.cancel.is_set():
+                log.info("client of job %s is silent; cancelling", job.id)
+                self.jobs.cancel(job.id)
 
     # ------------------------------------------------------------------ requests
 
@@ -161,7 +180,9 @@ class Daemon:
                 "protocol": VERSION,
                 "server": f"antoni-bridge {__version__}",
                 "demo": self.runtime.sources.demo,
-                "capabilities": ["ask", "status", "cancel", "shutdown"],
+                "capabilities": ["ask", "status", "cancel", "shutdown", "heartbeat"],
+                "heartbeat_s": 1.0,
+                "client_dead_s": CLIENT_DEAD_S,
             },
         )
 
@@ -203,23 +224,24 @@ class Daemon:
     def _work(self) -> None:
         while not self.stopping.is_set():
             job = self.jobs.take(timeout=0.1)
-            if job is None:
-                continue
-            try:
-                self._run(job)
-            except Cancelled:
-                self._event(job, "cancelled", {})
-            except BridgeError as exc:
-                self._event(job, "error", {"code": "bad-input", "message": exc.message, "hint": exc.hint})
-            except Exception as exc:  # a bug must end the job, not the daemon
-                log.exception("job %s failed", job.id)
-                self._event(
-                    job,
-                    "error",
-                    {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "hint": "see the daemon's log"},
-                )
-            finally:
-                self.jobs.finish()
+            if job is not None:
+                self.jobs.finish(job, self._run_to_one_end(job))
+
+    def _run_to_one_end(self, job: Job) -> str:
+        """Run a job and send exactly one terminal message; return how it ended."""
+        try:
+            self._run(job)
+            return "done"
+        except Cancelled:
+            self._event(job, "cancelled", {})
+            return "cancelled"
+        except BridgeError as exc:
+            self._event(job, "error", {"code": "bad-input", "message": exc.message, "hint": exc.hint})
+        except Exception as exc:  # a bug must end the job, not the daemon
+            log.exception("job %s failed", job.id)
+            message = f"{type(exc).__name__}: {exc}"
+            self._event(job, "error", {"code": "internal", "message": message, "hint": "see the daemon's log"})
+        return "error"
 
     def _event(self, job: Job, type_: str, content: dict[str, Any]) -> None:
         parent = Message("ask", {}, job.request_id, "")
