@@ -413,3 +413,20 @@ def test_prefix_falls_back_to_the_snapshot_when_the_cache_cannot_roll_back(
     assert reused.reused_tokens == first.prompt_tokens
     model.prefixes.clear()
     assert reused.token_ids == model.answer(latents, edited, GREEDY).token_ids
+
+
+def test_streamed_text_is_the_answer_even_when_a_character_is_cut(model: AntoniModel) -> None:
+    """Byte-level tokens split multi-byte characters; the stream never shows half of one, and the
+    answer is exactly what was streamed, wherever generation stops."""
+    from antoni_bridge.model.generation import TextStream
+
+    ids = model.tokenizer("a中文b 器官", add_special_tokens=False)["input_ids"]
+    assert len(ids) > len("a中文b 器官".encode()) // 2, "the demo tokenizer splits these characters"
+    for stop in range(1, len(ids) + 1):
+        stream, pieces = TextStream(model.tokenizer), []
+        for k in range(1, stop + 1):
+            pieces.append(stream.delta(ids[:k]))
+        pieces.append(stream.flush(ids[:stop]))
+        assert "".join(pieces) == stream.text
+        assert "\ufffd" not in stream.text
+        assert stream.text == model.tokenizer.decode(ids[:stop]).rstrip("\ufffd")

@@ -147,6 +147,7 @@ class TextStream:
         self.tokenizer = tokenizer
         self.prefix_offset = 0
         self.read_offset = 0
+        self.text = ""  # everything emitted so far: the answer is exactly this
 
     def delta(self, tokens: list[int]) -> str:
         done = self.tokenizer.decode(tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
@@ -154,7 +155,16 @@ class TextStream:
         if len(grown) <= len(done) or grown.endswith("\ufffd"):
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(tokens)
+        self.text += grown[len(done) :]
         return grown[len(done) :]
+
+    def flush(self, tokens: list[int]) -> str:
+        """At the end: what is still held back, less an unfinished character."""
+        tail = self.tokenizer.decode(tokens[self.prefix_offset :], skip_special_tokens=True)
+        done = self.tokenizer.decode(tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        rest = tail[len(done) :].rstrip("\ufffd") if tail.startswith(done) else ""
+        self.text += rest
+        return rest
 
 
 def decode(
@@ -166,16 +176,31 @@ def decode(
     fed: list[int],
     on_text: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
-) -> tuple[list[int], str]:
+) -> tuple[list[int], str, str]:
     """Sample until a stop token, the length limit or cancellation, streaming text as it grows.
 
     `fed` is extended with every token fed back to the model, so the caller knows what the cache holds.
-    Returns (generated ids, stop reason).
+    Returns (generated ids, the text exactly as streamed, stop reason).
     """
+    stream = TextStream(tokenizer)
+    tokens, reason = _sample_until_done(first_logits, step, stream, stops, options, fed, on_text, cancelled)
+    if (rest := stream.flush(tokens)) and on_text is not None:
+        on_text(rest)
+    return tokens, stream.text, reason
+
+
+def _sample_until_done(
+    logits: torch.Tensor,
+    step: Step,
+    stream: TextStream,
+    stops: tuple[int, ...],
+    options: GenerationOptions,
+    fed: list[int],
+    on_text: Callable[[str], None] | None,
+    cancelled: Callable[[], bool] | None,
+) -> tuple[list[int], str]:
     generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
     tokens: list[int] = []
-    stream = TextStream(tokenizer)
-    logits = first_logits
     while True:
         if cancelled is not None and cancelled():
             return tokens, "cancelled"
@@ -183,7 +208,8 @@ def decode(
         if token in stops:
             return tokens, "stop"
         tokens.append(token)
-        if on_text is not None and (text := stream.delta(tokens)):
+        text = stream.delta(tokens)
+        if text and on_text is not None:
             on_text(text)
         if len(tokens) >= options.max_new_tokens:
             return tokens, "length"
@@ -209,6 +235,5 @@ def timed_decode(
     start = time.perf_counter()
     first_logits = prefill().float().cpu()
     first_token_s = time.perf_counter() - start
-    tokens, reason = decode(first_logits, step, tokenizer, stops, options, fed, on_text, cancelled)
-    text = tokenizer.decode(tokens, skip_special_tokens=True).removesuffix("\ufffd")  # as streamed
+    tokens, text, reason = decode(first_logits, step, tokenizer, stops, options, fed, on_text, cancelled)
     return Generated(tokens, text, reason, prompt_tokens, reused, first_token_s, time.perf_counter() - start)
