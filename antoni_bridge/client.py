@@ -6,6 +6,7 @@ progress, tokens and exactly one terminal message per job.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,20 @@ class Client:
             if message.type in TERMINAL:
                 return
 
+    def _check_daemon_alive(self) -> None:
+        """A local daemon that died mid-job never sends its terminal message: notice it at once."""
+        try:
+            os.kill(self.info.pid, 0)
+            alive = ConnectionInfo.read(self.connection_file).key == self.info.key
+        except (ProcessLookupError, BridgeError):
+            alive = False
+        except PermissionError:  # another user's process: it exists
+            alive = True
+        if not alive:
+            raise BridgeError(
+                "The daemon stopped before answering.", "see its log, then start it again with `antoni-bridge serve`"
+            )
+
     def _answer_to(self, sent: Message, timeout_s: float) -> Message:
         """The next message answering `sent`, heartbeating while the daemon works."""
         deadline = time.monotonic() + timeout_s
@@ -92,6 +107,7 @@ class Client:
             if left <= 0:
                 self.receive(0.001)  # raises the "did not answer" error
             if not self.socket.poll(int(min(HEARTBEAT_S, left) * 1000), zmq.POLLIN):
+                self._check_daemon_alive()
                 continue
             message = self.receive(0.001)
             if message.parent_id == sent.msg_id or message.parent_id is None:

@@ -164,13 +164,14 @@ def test_bad_messages_get_error_replies_and_the_daemon_keeps_serving(daemon: Pat
         "invalid-json": [TAG, right.sign(header, b"{"), header, b"{"],
         "unknown-type": right.frames(right.message("launch-missiles", {})),
         "bad-request": right.frames(right.message("ask", {"features": "x.pt"})),
+        "bad-request ": right.frames(right.message("ask", {**ASK, "features": "x.pt", "options": {"top_k": "64"}})),
     }
     replayed = right.frames(right.message("status", {}))
     try:
         for code, frames in cases.items():
             socket.send_multipart(frames)
             reply = right.parse(socket.recv_multipart())
-            assert reply.type == "error" and reply.content["code"] == code, (code, reply.content)
+            assert reply.type == "error" and reply.content["code"] == code.strip(), (code, reply.content)
         socket.send_multipart(replayed)
         right.parse(socket.recv_multipart())
         socket.send_multipart(replayed)
@@ -186,6 +187,36 @@ def test_a_missing_slide_is_an_error_event(daemon: Path, tmp_path: Path) -> None
     with _client(daemon) as client:
         last = list(client.events("ask", {**ASK, "slide": str(tmp_path / "nowhere.svs")}))[-1]
     assert last.type == "error" and "No slide at" in last.content["message"] and last.content["hint"]
+
+
+def test_a_daemon_that_dies_mid_job_is_noticed_at_once(tmp_path: Path) -> None:
+    connection = tmp_path / "daemon.json"
+    env = {**os.environ, "ANTONI_BRIDGE_HOME": str(tmp_path), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "antoni_bridge.cli", "serve", "--demo", "--address", "tcp://127.0.0.1:*"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not connection.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.1)
+        latents = tmp_path / "latents.pt"
+        torch.save(torch.randn(513, 64, generator=torch.Generator().manual_seed(7)), latents)
+        with _client(connection) as client:
+            events = client.events("ask", {**ASK, "features": str(latents)})
+            next(events)  # accepted
+            process.kill()
+            process.wait()  # reaped, as a daemon started from a shell is (a zombie would still look alive)
+            start = time.monotonic()
+            with pytest.raises(BridgeError, match="daemon stopped before answering"):
+                list(events)
+            assert time.monotonic() - start < 3
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_no_daemon_is_one_clear_sentence(tmp_path: Path) -> None:

@@ -334,6 +334,11 @@ def _check_ask(content: dict[str, Any]) -> str | None:
     allowed = {"max_new_tokens", "greedy", "temperature", "top_p", "top_k", "seed"}
     if not isinstance(options, dict) or not set(options) <= allowed:
         return f"Generation options must be an object with keys among {sorted(allowed)}."
+    numbers = {k: v for k, v in options.items() if k not in ("greedy", "seed")}
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in numbers.values()):
+        return "Generation options max_new_tokens, temperature, top_p and top_k must be numbers."
+    if not isinstance(options.get("greedy", True), bool) or not isinstance(options.get("seed", 0), int | None):
+        return "Generation option greedy must be true or false, and seed an integer or null."
     if content.get("region") is not None and not isinstance(content["region"], dict):
         return "'region' must be a GeoJSON geometry object in level-0 pixels."
     return None
