@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=1024)
     ask.add_argument("--choices", help='multiple choice instead: "A=first answer,B=second answer"')
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, token ids, timings)")
+    ask.add_argument("--follow-up", action="store_true", help="continue the last conversation about this slide")
     _region_options(ask)
     _encoder_options(ask)
     ask.set_defaults(run=_ask)
@@ -126,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
     serve.add_argument("--queue", type=int, default=16, help="jobs that may wait before `busy`")
     serve.add_argument("--client-timeout", type=float, default=3.0, help="cancel the jobs of clients silent this long")
+    serve.add_argument(
+        "--slide-root", type=Path, action="append", default=[], help="read slides only under this folder (repeatable)"
+    )
+    serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address (CURVE-encrypted)")
+    serve.add_argument("--authorized-keys", type=Path, help="with --allow-remote: folder of client public keys")
+    serve.add_argument("--log-file", type=Path, help="rotating log (default in ~/.cache/antoni-bridge/logs)")
     _encoder_options(serve)
     serve.set_defaults(run=_serve)
     for name, helptext, run in (
@@ -339,61 +346,135 @@ def _write_overview_for(request, result, out: Path) -> None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    import torch
-
     slide, question = _slide_and_question(args)
     choices = _parse_choices(args.choices) if args.choices is not None else None
     if not question.strip():
         raise BridgeError("The question is empty.", 'ask something, e.g. "What organ is this tissue from?"')
     if args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
-    if not args.local:
-        return _ask_daemon(args, slide, question)
-    if slide is not None:
-        latents = torch.from_numpy(_embed_request(args, _request(args, slide)).data.latents)
+    if choices and args.follow_up:
+        raise BridgeError("Multiple choice scores one question; it does not follow up.", "leave out --follow-up")
+    request = _request(args, slide) if slide is not None else None
+    if choices:
+        return (
+            _ask_choices_local(args, request, question, choices)
+            if args.local
+            else _ask_choices(args, request, question, choices)
+        )
+    from antoni_bridge import conversations
+
+    key = conversations.conversation_key(
+        slide or args.features, request.region.key() if request and request.region else ""
+    )
+    conversation = (conversations.load(key) if args.follow_up else []) + [{"role": "user", "content": question}]
+    answer = _answer_local(args, request, conversation) if args.local else _answer_daemon(args, request, conversation)
+    conversations.save(key, [*conversation, {"role": "assistant", "content": answer}])
+    return 0
+
+
+def _local_latents(args: argparse.Namespace, request):  # request: SlideRequest | None -> (latents, weights)
+    """Latents of the slide or features file, checked against the weights before MedGemma loads."""
+    import torch
+
+    from antoni_bridge.model.antoni import check_latents
+    from antoni_bridge.model.config import AntoniConfig
+
+    if request is not None:
+        latents = torch.from_numpy(_embed_request(args, request).data.latents)
     else:
         from antoni_bridge.features.h5 import read_latents
 
         latents = torch.from_numpy(read_latents(args.features))
-    from antoni_bridge.model.antoni import check_latents
-    from antoni_bridge.model.config import AntoniConfig
-
     weights = _weights_folder(args)
     check_latents(latents, AntoniConfig.read(weights))  # before MedGemma takes a minute to load
+    return latents, weights
+
+
+def _answer_local(args: argparse.Namespace, request, conversation: list[dict[str, str]]) -> str:
+    from antoni_bridge.model.generation import GenerationOptions
+
+    latents, weights = _local_latents(args, request)
     model = _load_model(args, weights)
-    if choices:
-        return _print_choices(args, model, latents, question, choices)
-    return _print_answer(args, model, latents, [{"role": "user", "content": question}])
+    stream = None if args.json else (lambda text: print(text, end="", flush=True))
+    result = model.answer(latents, conversation, GenerationOptions(**_options(args)), on_text=stream)
+    demo = bool(model.config.demo)
+    if args.json:
+        print(json.dumps(_answer_json(result, demo), ensure_ascii=False))
+        return result.text
+    print()
+    print(
+        f"[{len(result.token_ids)} tokens, first after {result.first_token_s * 1000:.0f} ms, "
+        f"{result.tokens_per_s:.1f} tokens/s, stop: {result.stop_reason}]" + (f" {DEMO_NOTE}" if demo else "")
+    )
+    return result.text
 
 
-def _ask_daemon(args: argparse.Namespace, slide: Path | None, question: str) -> int:
-    """Through the running daemon: stream progress and tokens, end on its one terminal message."""
+def _job_content(args: argparse.Namespace, request) -> dict[str, Any]:
+    """What names the latents in a daemon request: the slide (and region), or the features file."""
+    if request is None:
+        return {"features": str(args.features.resolve())}
+    from antoni_bridge.slides.grid import GridSpec
+
+    if request.spec != GridSpec():
+        raise BridgeError(
+            "The daemon tiles at the trained scale only.", "leave out --mpp, --size and --min-tissue, or add --local"
+        )
+    content: dict[str, Any] = {"slide": str(request.path.resolve())}
+    if request.region is not None:
+        content["region"] = request.region.to_geojson()
+    if request.slide_mpp is not None:
+        content["slide_mpp"] = request.slide_mpp
+    return content
+
+
+def _run_job(type_: str, content: dict[str, Any], on_token=None) -> dict[str, Any]:
+    """One job through the running daemon, with progress bars; the content of its `done`."""
     from antoni_bridge.client import Client
 
-    if args.choices is not None:
-        raise BridgeError("Multiple choice runs only in-process for now.", "add --local")
-    content: dict[str, Any] = {"conversation": [{"role": "user", "content": question}]}
-    content["options"] = {"max_new_tokens": args.max_new_tokens, "greedy": args.greedy}
-    if slide is not None:
-        content["slide"] = str(slide.resolve())
-        region = _request(args, slide).region
-        if region is not None:
-            content["region"] = region.to_geojson()
-    else:
-        content["features"] = str(args.features.resolve())
     with Client() as client, _ProgressBars() as bars:
-        for event in client.events("ask", content):
+        for event in client.events(type_, content):
             if event.type == "progress":
                 bars.update(_progress_of(event.content))
-            elif event.type == "token" and not args.json:
-                print(event.content["text"], end="", flush=True)
+            elif event.type == "token" and on_token is not None:
+                bars.close()
+                on_token(event.content["text"])
             elif event.type == "done":
-                return _print_done(args, event.content)
+                return event.content
             elif event.type in ("error", "busy", "cancelled"):
-                raise BridgeError(
-                    event.content.get("message", f"The job ended: {event.type}."), event.content.get("hint", "")
-                )
-    return EXIT_USER_ERROR
+                message = event.content.get("message", f"The job was {event.type}.")
+                raise BridgeError(message, event.content.get("hint", ""))
+    raise BridgeError("The daemon ended the job without an answer.", "see its log")
+
+
+def _answer_daemon(args: argparse.Namespace, request, conversation: list[dict[str, str]]) -> str:
+    """Through the running daemon: stream progress and tokens, end on its one terminal message."""
+    content = {**_job_content(args, request), "conversation": conversation, "options": _options(args)}
+    stream = None if args.json else (lambda text: print(text, end="", flush=True))
+    done = _run_job("ask", content, stream)
+    if args.json:
+        print(json.dumps(done, ensure_ascii=False))
+        return done["answer"]
+    timings = done["timings"]
+    print(
+        f"\n[{len(done['token_ids'])} tokens, first after {timings['first_token_s'] * 1000:.0f} ms, "
+        f"latents from {done['latents_from']}, {timings['total_s']:.1f} s in all]"
+        + (f" {DEMO_NOTE}" if done["demo"] else "")
+    )
+    return done["answer"]
+
+
+def _ask_choices_local(args: argparse.Namespace, request, question: str, choices) -> int:
+    latents, weights = _local_latents(args, request)
+    model = _load_model(args, weights)
+    start = time.perf_counter()
+    scores = model.score_choices(latents, question, choices[1])
+    return _print_choices(args, choices, scores.mean_nll, bool(model.config.demo), time.perf_counter() - start)
+
+
+def _ask_choices(args: argparse.Namespace, request, question: str, choices) -> int:
+    content = {**_job_content(args, request), "question": question, "choices": choices[1]}
+    done = _run_job("score", content)
+    return _print_choices(args, choices, done["mean_nll"], done["demo"], done["timings"]["total_s"])
 
 
 def _progress_of(content: dict[str, Any]):  # -> planning.Progress
@@ -402,23 +483,12 @@ def _progress_of(content: dict[str, Any]):  # -> planning.Progress
     return Progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
 
 
-def _print_done(args: argparse.Namespace, done: dict[str, Any]) -> int:
-    if args.json:
-        print(json.dumps(done, ensure_ascii=False))
-        return 0
-    timings = done["timings"]
-    print(
-        f"\n[{len(done['token_ids'])} tokens, first after {timings['first_token_s'] * 1000:.0f} ms, "
-        f"{'features from the cache, ' if done['cache_hit'] else ''}{timings['total_s']:.1f} s in all]"
-        + (f" {DEMO_NOTE}" if done["demo"] else "")
-    )
-    return 0
-
-
 def _serve(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from antoni_bridge.daemon.server import Daemon, ModelSources, Runtime
+    from antoni_bridge.daemon.logs import setup_logging
+    from antoni_bridge.daemon.runtime import ModelSources, Runtime
+    from antoni_bridge.daemon.server import Daemon
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
@@ -426,8 +496,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise BridgeError(
             "--queue must be at least 1 and --client-timeout positive.", "leave them out for the defaults"
         )
-    if not args.address.startswith(("tcp://127.", "tcp://localhost", "ipc://")):
-        raise BridgeError(f"{args.address} is not a loopback address.", "remote access is not built yet; use 127.0.0.1")
+    curve = _curve(args)
+    missing = [str(root) for root in args.slide_root if not root.is_dir()]
+    if missing:
+        raise BridgeError(f"--slide-root {missing[0]} is not a folder.", "give folders that hold your slides")
     weights = _weights_folder(args)
     if args.demo:
         from antoni_bridge.demo_assets import demo_weights
@@ -437,14 +509,39 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         tile, slide_encoder = args.tile_encoder, args.slide_encoder
     sources = ModelSources(tile, slide_encoder, weights, args.llm, _device(args.device), args.quant, args.demo)
-    runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir())
+    runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir(), args.slide_root)
+    log_file = args.log_file or paths.log_file()
+    setup_logging(log_file, args.verbose)
     print(
-        f"antoni-bridge daemon on {args.address} ({'demo' if args.demo else 'real'} weights); stop with "
-        "`antoni-bridge stop`",
+        f"antoni-bridge daemon on {args.address} ({'demo' if args.demo else 'real'} weights"
+        f"{', CURVE' if curve else ''}); log in {log_file}; stop with `antoni-bridge stop`",
         flush=True,
     )
-    Daemon(args.address, runtime, paths.connection_file(), args.queue, args.client_timeout).serve()
+    Daemon(args.address, runtime, paths.connection_file(), args.queue, args.client_timeout, curve).serve()
     return 0
+
+
+def _curve(args: argparse.Namespace):  # -> server.Curve | None
+    """CURVE keys when the daemon may be reached from other machines; refuse a remote address without."""
+    import zmq
+
+    from antoni_bridge.daemon.server import Curve
+
+    loopback = args.address.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]", "ipc://"))
+    if not args.allow_remote:
+        if not loopback:
+            raise BridgeError(
+                f"{args.address} is not a loopback address.",
+                "add --allow-remote to accept other machines (encrypted with CURVE), or use 127.0.0.1",
+            )
+        if args.authorized_keys:
+            raise BridgeError("--authorized-keys needs --allow-remote.", "add --allow-remote")
+        return None
+    if not zmq.has("curve"):
+        raise BridgeError("This pyzmq build has no CURVE support.", "install pyzmq from PyPI (it bundles libsodium)")
+    if args.authorized_keys and not args.authorized_keys.is_dir():
+        raise BridgeError(f"--authorized-keys {args.authorized_keys} is not a folder.", "a folder of *.key files")
+    return Curve.new(args.authorized_keys)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -503,27 +600,11 @@ def _load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
     return AntoniModel.load(weights, args.llm, device=_device(args.device), quant=args.quant)
 
 
-def _options(args: argparse.Namespace):  # -> GenerationOptions
-    from antoni_bridge.model.generation import GenerationOptions
-
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Generation options as the protocol spells them (GenerationOptions takes the same names)."""
     if args.greedy:
-        return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=True)
-    return GenerationOptions(max_new_tokens=args.max_new_tokens, greedy=False, top_k=64, top_p=0.95, seed=args.seed)
-
-
-def _print_answer(args: argparse.Namespace, model, latents, conversation: list[dict[str, str]]) -> int:
-    stream = None if args.json else (lambda text: print(text, end="", flush=True))
-    result = model.answer(latents, conversation, _options(args), on_text=stream)
-    demo = bool(model.config.demo)
-    if args.json:
-        print(json.dumps(_answer_json(result, demo), ensure_ascii=False))
-        return 0
-    print()
-    print(
-        f"[{len(result.token_ids)} tokens, first after {result.first_token_s * 1000:.0f} ms, "
-        f"{result.tokens_per_s:.1f} tokens/s, stop: {result.stop_reason}]" + (f" {DEMO_NOTE}" if demo else "")
-    )
-    return 0
+        return {"max_new_tokens": args.max_new_tokens, "greedy": True}
+    return {"max_new_tokens": args.max_new_tokens, "greedy": False, "top_k": 64, "top_p": 0.95, "seed": args.seed}
 
 
 def _answer_json(result, demo: bool) -> dict[str, Any]:
@@ -541,20 +622,13 @@ def _answer_json(result, demo: bool) -> dict[str, Any]:
     }
 
 
-def _print_choices(args: argparse.Namespace, model, latents, question: str, choices) -> int:
+def _print_choices(args: argparse.Namespace, choices, mean_nll: list[float], demo: bool, seconds: float) -> int:
     labels, texts = choices
-    start = time.perf_counter()
-    scores = model.score_choices(latents, question, texts)
-    ranking = sorted(zip(labels, texts, scores.mean_nll, strict=True), key=lambda row: row[2])
-    demo = bool(model.config.demo)
+    ranking = sorted(zip(labels, texts, mean_nll, strict=True), key=lambda row: row[2])
     if args.json:
         rows = [{"label": label, "choice": text, "mean_nll": nll} for label, text, nll in ranking]
-        print(
-            json.dumps(
-                {"best": ranking[0][0], "ranking": rows, "demo_weights": demo, "seconds": time.perf_counter() - start},
-                ensure_ascii=False,
-            )
-        )
+        result = {"best": ranking[0][0], "ranking": rows, "demo_weights": demo, "seconds": seconds}
+        print(json.dumps(result, ensure_ascii=False))
         return 0
     for label, text, nll in ranking:
         print(f"{label}  {nll:7.3f}  {text}")
@@ -660,7 +734,7 @@ class _ProgressBars:
         if progress.total <= 1:  # one-step stages finish too fast for a bar
             return
         if progress.stage != self.stage:
-            self._close()
+            self.close()
             self.stage = progress.stage
             unit = "tile" if progress.stage == "tile-embedding" else "step"
             self.bar = tqdm(
@@ -675,7 +749,7 @@ class _ProgressBars:
             self.bar.total = progress.total
             self.bar.update(progress.done - self.bar.n)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -684,7 +758,7 @@ class _ProgressBars:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._close()
+        self.close()
 
 
 if __name__ == "__main__":

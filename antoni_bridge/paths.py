@@ -21,3 +21,11 @@ def demo_dir() -> Path:
 def connection_file() -> Path:
     """Where the running daemon says how to reach it (`ANTONI_BRIDGE_CONNECTION_FILE` overrides)."""
     return Path(os.environ.get("ANTONI_BRIDGE_CONNECTION_FILE") or Path.home() / ".antoni-bridge" / "daemon.json")
+
+
+def log_file() -> Path:
+    return home() / "logs" / "daemon.log"
+
+
+def conversations_dir() -> Path:
+    return home() / "conversations"

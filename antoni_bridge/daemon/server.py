@@ -1,9 +1,10 @@
 """The daemon: one process that owns the models and answers front ends over ZeroMQ (protocol v1).
 
 The socket loop (main thread) never runs model code: it checks each message, answers `hello`,
-`status`, `cancel` and `shutdown` at once, and queues `ask` jobs for the single worker thread. The
-worker's events (progress, tokens, one terminal message per job) go through an outbox that the loop
-drains between polls, because ZeroMQ sockets must stay on one thread.
+`status`, `cancel`, `heartbeat` and `shutdown` at once, and queues jobs (`ask`, `score`, `view`,
+`embed`, `forget`, `load`, `unload`) for the single worker thread. The worker's events (progress,
+tokens, one terminal message per job) go through an outbox that the loop drains between polls, because
+ZeroMQ sockets must stay on one thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import zmq
 from antoni_bridge import __version__
 from antoni_bridge.daemon.jobs import Busy, Cancelled, Job, JobQueue
 from antoni_bridge.daemon.protocol import MAX_MESSAGE_BYTES, VERSION, ConnectionInfo, Message, ProtocolError, Session
+from antoni_bridge.daemon.requests import JOB_CHECKS
+from antoni_bridge.daemon.runtime import Runtime
+from antoni_bridge.daemon.worker import RUNNERS
 from antoni_bridge.errors import BridgeError
 
 log = logging.getLogger("antoni_bridge.daemon")
@@ -28,38 +32,18 @@ POLL_MS = 10
 CLIENT_DEAD_S = 3.0  # a client silent this long (no request, no heartbeat) has its jobs cancelled
 
 
-@dataclass
-class ModelSources:
-    """Where the daemon's models come from (demo or real), loaded by the worker on first use."""
+@dataclass(frozen=True)
+class Curve:
+    """CURVE encryption for a daemon reachable from other machines (ZAP checks the clients' keys)."""
 
-    tile_encoder: str
-    slide_encoder: str
-    weights: Path
-    llm: str | None = None
-    device: str = "cpu"
-    quant: str = "auto"
-    demo: bool = False
+    public_key: bytes
+    secret_key: bytes
+    authorized_keys: Path | None = None  # a folder of client public-key certificates; None: any client
 
-
-class Runtime:
-    """The loaded models and the feature cache; touched only by the worker thread."""
-
-    def __init__(self, sources: ModelSources, cache_dir: Path) -> None:
-        self.sources, self.cache_dir = sources, cache_dir
-        self.encoders: Any = None
-        self.model: Any = None
-
-    def ensure_loaded(self) -> None:
-        from antoni_bridge.encoders.pipeline import Encoders
-        from antoni_bridge.model.antoni import AntoniModel
-
-        if self.encoders is None:
-            s = self.sources
-            self.encoders = Encoders.load(s.tile_encoder, s.slide_encoder, device=s.device)
-        if self.model is None:
-            self.model = AntoniModel.load(
-                self.sources.weights, self.sources.llm, self.sources.device, self.sources.quant
-            )
+    @classmethod
+    def new(cls, authorized_keys: Path | None = None) -> Curve:
+        public, secret = zmq.curve_keypair()
+        return cls(public, secret, authorized_keys)
 
 
 class Daemon:
@@ -70,35 +54,30 @@ class Daemon:
         connection_file: Path,
         capacity: int = 16,
         client_dead_s: float = CLIENT_DEAD_S,
+        curve: Curve | None = None,
     ) -> None:
         self.address, self.runtime, self.connection_file = address, runtime, connection_file
-        self.client_dead_s = client_dead_s
+        self.client_dead_s, self.curve = client_dead_s, curve
         self.jobs = JobQueue(capacity)
         self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
         self.stopping = threading.Event()
         self.info: ConnectionInfo | None = None
         self.session: Session | None = None
         self.last_seen: dict[bytes, float] = {}
+        self.cache_summary: dict[str, Any] = {}  # refreshed by the worker: `status` must not touch the disk
 
     # ------------------------------------------------------------------ socket loop
 
     def serve(self) -> None:
         context = zmq.Context()
-        socket = context.socket(zmq.ROUTER)
-        socket.linger = 0
-        socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        try:
-            socket.bind(self.address)
-        except zmq.ZMQError as exc:
-            raise BridgeError(f"Cannot listen on {self.address} ({exc}).", "another daemon may be running") from exc
+        socket = self._bind(context)
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.info = ConnectionInfo.new(endpoint)
+        self.info = ConnectionInfo.new(endpoint, self.curve.public_key.decode("ascii") if self.curve else None)
         self.session = Session(self.info.key_bytes)
         self.info.write(self.connection_file)
         worker = threading.Thread(target=self._work, name="gpu-worker", daemon=True)
         worker.start()
-        log.info("listening on %s (protocol %s)", endpoint, VERSION)
+        log.info("listening on %s (protocol %s%s)", endpoint, VERSION, ", CURVE" if self.curve else "")
         try:
             while not self.stopping.is_set():
                 if socket.poll(POLL_MS, zmq.POLLIN):
@@ -110,6 +89,33 @@ class Daemon:
             self.connection_file.unlink(missing_ok=True)
             socket.close()
             context.term()
+            log.info("stopped")
+
+    def _bind(self, context: zmq.Context) -> zmq.Socket:
+        socket = context.socket(zmq.ROUTER)
+        socket.linger = 0
+        # A frame past twice the limit drops the connection (libzmq); between the two, it gets an error reply.
+        socket.setsockopt(zmq.MAXMSGSIZE, 2 * MAX_MESSAGE_BYTES)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self.curve:
+            self._start_authenticator(context)
+            socket.curve_secretkey, socket.curve_publickey = self.curve.secret_key, self.curve.public_key
+            socket.curve_server = True
+        try:
+            socket.bind(self.address)
+        except zmq.ZMQError as exc:
+            socket.close()
+            raise BridgeError(f"Cannot listen on {self.address} ({exc}).", "another daemon may be running") from exc
+        return socket
+
+    def _start_authenticator(self, context: zmq.Context) -> None:
+        from zmq.auth import CURVE_ALLOW_ANY
+        from zmq.auth.thread import ThreadAuthenticator
+
+        authenticator = ThreadAuthenticator(context, log=logging.getLogger("antoni_bridge.daemon.zap"))
+        authenticator.start()
+        keys = self.curve.authorized_keys
+        authenticator.configure_curve(domain="*", location=str(keys) if keys else CURVE_ALLOW_ANY)
 
     def _receive(self, socket: zmq.Socket) -> None:
         while True:
@@ -121,7 +127,7 @@ class Daemon:
             try:
                 self._handle(identity, self.session.parse(frames))
             except ProtocolError as exc:
-                log.warning("refused a message: %s", exc.message)
+                log.warning("refused a message from client %s: %s", identity.hex(), exc.message)
                 self._send_error(identity, None, exc.code, exc.message, exc.hint)
 
     def _drain(self, socket: zmq.Socket) -> None:
@@ -133,7 +139,7 @@ class Daemon:
             try:
                 socket.send_multipart([identity, *self.session.frames(message)])
             except zmq.ZMQError:  # the client is gone (ROUTER_MANDATORY): its job's events are dropped
-                log.info("client went away; dropping %s", message.type)
+                log.debug("client went away; dropping %s", message.type)
 
     def _reply(self, identity: bytes, parent: Message | None, type_: str, content: dict[str, Any]) -> None:
         self.outbox.put((identity, self.session.message(type_, content, parent)))
@@ -147,7 +153,7 @@ class Daemon:
         for job in self.jobs.jobs():
             if now - self.last_seen.get(job.client, now) > self.client_dead_s and not job.cancel.is_set():
                 log.info("client of job %s is silent; cancelling", job.id)
-                self.jobs.cancel(job.id)
+                self._cancel_job(job.id)
 
     # ------------------------------------------------------------------ requests
 
@@ -155,21 +161,18 @@ class Daemon:
         handlers = {
             "hello": self._hello,
             "status": self._status,
-            "ask": self._ask,
             "cancel": self._cancel,
+            "heartbeat": self._heartbeat,
             "shutdown": self._shutdown,
         }
-        handler = handlers.get(message.type)
-        if handler is None:
-            self._send_error(
-                identity,
-                message,
-                "unknown-type",
-                f"Unknown request type {message.type!r}.",
-                f"known types: {', '.join(handlers)}",
-            )
-            return
-        handler(identity, message)
+        if message.type in JOB_CHECKS:
+            self._submit(identity, message)
+        elif message.type in handlers:
+            handlers[message.type](identity, message)
+        else:
+            known = ", ".join([*handlers, *JOB_CHECKS])
+            hint = f"known types: {known}"
+            self._send_error(identity, message, "unknown-type", f"Unknown request type {message.type!r}.", hint)
 
     def _hello(self, identity: bytes, message: Message) -> None:
         self._reply(
@@ -180,40 +183,53 @@ class Daemon:
                 "protocol": VERSION,
                 "server": f"antoni-bridge {__version__}",
                 "demo": self.runtime.sources.demo,
-                "capabilities": ["ask", "status", "cancel", "shutdown", "heartbeat"],
+                "capabilities": ["hello", "status", "cancel", "heartbeat", "shutdown", *JOB_CHECKS],
+                "loaded": self.runtime.loaded(),
                 "heartbeat_s": 1.0,
-                "client_dead_s": CLIENT_DEAD_S,
+                "client_dead_s": self.client_dead_s,
             },
         )
 
     def _status(self, identity: bytes, message: Message) -> None:
         from antoni_bridge.gpu import gpu_memory
 
-        self._reply(identity, message, "status", {"queue": self.jobs.snapshot(), "gpu": gpu_memory()})
+        content = {"queue": self.jobs.snapshot(), "gpu": gpu_memory(), "loaded": self.runtime.loaded()}
+        self._reply(identity, message, "status", {**content, "cache": self.cache_summary})
 
-    def _ask(self, identity: bytes, message: Message) -> None:
-        problem = _check_ask(message.content)
+    def _submit(self, identity: bytes, message: Message) -> None:
+        problem = JOB_CHECKS[message.type](message.content)
         if problem:
+            log.info("refused a %s request: %s", message.type, problem)
             self._send_error(identity, message, "bad-request", problem, "see docs/protocol.md")
             return
-        job = Job("ask", identity, message.msg_id, message.content)
+        job = Job(message.type, identity, message.msg_id, message.content)
         try:
             position = self.jobs.submit(job)
         except Busy:
             self._reply(identity, message, "busy", {"message": "The queue is full.", "capacity": self.jobs.capacity})
             return
+        log.info("job %s: %s from client %s, position %d", job.id, job.kind, identity.hex(), position)
         self._reply(identity, message, "accepted", {"job_id": job.id, "position": position})
 
     def _cancel(self, identity: bytes, message: Message) -> None:
-        job = self.jobs.cancel(str(message.content.get("job_id", "")))
+        job = self._cancel_job(str(message.content.get("job_id", "")))
         if job is None:
             self._send_error(identity, message, "unknown-job", "No such job is queued or running.", "check the id")
             return
-        if job is not self.jobs.running:  # a waiting job never starts: it ends here
-            self._event(job, "cancelled", {})
         self._reply(identity, message, "cancel", {"job_id": job.id})
 
+    def _cancel_job(self, job_id: str) -> Job | None:
+        job = self.jobs.cancel(job_id)
+        if job is not None and job is not self.jobs.running:  # a waiting job never starts: it ends here
+            self._event(job, "cancelled", {})
+        return job
+
+    def _heartbeat(self, identity: bytes, message: Message) -> None:
+        """Answered, so a client on another machine can tell a busy daemon from a dead one."""
+        self._reply(identity, message, "heartbeat", {})
+
     def _shutdown(self, identity: bytes, message: Message) -> None:
+        log.info("shutdown requested")
         self._reply(identity, message, "shutdown", {})
         if self.jobs.running:
             self.jobs.running.cancel.set()
@@ -222,15 +238,20 @@ class Daemon:
     # ------------------------------------------------------------------ the worker
 
     def _work(self) -> None:
+        self.cache_summary = self.runtime.cache_summary()
         while not self.stopping.is_set():
             job = self.jobs.take(timeout=0.1)
             if job is not None:
-                self.jobs.finish(job, self._run_to_one_end(job))
+                end = self._run_to_one_end(job)
+                log.info("job %s: %s", job.id, end)
+                self.jobs.finish(job, end)
+                self.cache_summary = self.runtime.cache_summary()
 
     def _run_to_one_end(self, job: Job) -> str:
         """Run a job and send exactly one terminal message; return how it ended."""
         try:
-            self._run(job)
+            done = RUNNERS[job.kind](job, self.runtime, lambda type_, content: self._event(job, type_, content))
+            self._event(job, "done", done)
             return "done"
         except Cancelled:
             self._event(job, "cancelled", {})
@@ -244,101 +265,5 @@ class Daemon:
         return "error"
 
     def _event(self, job: Job, type_: str, content: dict[str, Any]) -> None:
-        parent = Message("ask", {}, job.request_id, "")
+        parent = Message(job.kind, {}, job.request_id, "")
         self._reply(job.client, parent, type_, {"job_id": job.id, **content})
-
-    def _run(self, job: Job) -> None:
-        import torch
-
-        from antoni_bridge.features.h5 import read_latents
-        from antoni_bridge.model.generation import GenerationOptions
-
-        start = time.perf_counter()
-        self._progress(job, "loading", 0, 1)
-        self.runtime.ensure_loaded()
-        content = job.content
-        cache_hit, key = False, None
-        if "features" in content:
-            latents = torch.from_numpy(read_latents(content["features"]))
-            key = f"features:{content['features']}"
-        else:
-            latents, cache_hit, key = self._embed(job)
-        job.check()
-        self._progress(job, "generating", 0, 1)
-        options = GenerationOptions(**content.get("options", {}))
-        result = self.runtime.model.answer(
-            latents,
-            content["conversation"],
-            options,
-            on_text=lambda text: self._event(job, "token", {"text": text}),
-            cancelled=job.cancel.is_set,
-            prefix_key=key,
-        )
-        if result.stop_reason == "cancelled":
-            raise Cancelled
-        self._event(
-            job,
-            "done",
-            {
-                "answer": result.text,
-                "stop_reason": result.stop_reason,
-                "cache_hit": cache_hit,
-                "demo": self.runtime.sources.demo,
-                "token_ids": result.token_ids,
-                "timings": {
-                    "first_token_s": result.first_token_s,
-                    "generation_s": result.total_s,
-                    "tokens_per_s": result.tokens_per_s,
-                    "total_s": time.perf_counter() - start,
-                    "reused_tokens": result.reused_tokens,
-                },
-            },
-        )
-
-    def _embed(self, job: Job) -> tuple[Any, bool, str]:
-        import torch
-
-        from antoni_bridge.encoders.pipeline import embed_slide
-        from antoni_bridge.features.cache import FeatureCache
-        from antoni_bridge.slides.planning import SlideRequest
-        from antoni_bridge.slides.regions import Region
-
-        content = job.content
-        region = Region.from_geojson_dict(content["region"]) if content.get("region") else None
-        request = SlideRequest(Path(content["slide"]), region=region, slide_mpp=content.get("slide_mpp"))
-
-        def progress(p) -> None:  # p: planning.Progress; also the place a cancel is seen between batches
-            job.check()
-            self._progress(job, p.stage, p.done, p.total, p.rate)
-
-        result = embed_slide(request, self.runtime.encoders, FeatureCache(self.runtime.cache_dir), progress)
-        key = f"{result.data.attrs['slide_fingerprint']}:{region.key() if region else ''}"
-        return torch.from_numpy(result.data.latents), result.cache_hit, key
-
-    def _progress(self, job: Job, stage: str, done: int, total: int, rate: float = 0.0) -> None:
-        job.stage, job.done, job.total = stage, done, total
-        self._event(job, "progress", {"stage": stage, "done": done, "total": total, "rate": rate})
-
-
-def _check_ask(content: dict[str, Any]) -> str | None:
-    """A quick shape check in the socket loop; the worker checks the rest (files, geometry, latents)."""
-    if ("slide" in content) == ("features" in content):
-        return "An ask names either a slide or a features file."
-    for name in ("slide", "features"):
-        if name in content and not isinstance(content[name], str):
-            return f"'{name}' must be a path string."
-    conversation = content.get("conversation")
-    if not isinstance(conversation, list) or not conversation:
-        return "An ask carries a non-empty conversation (a list of {role, content} turns)."
-    options = content.get("options", {})
-    allowed = {"max_new_tokens", "greedy", "temperature", "top_p", "top_k", "seed"}
-    if not isinstance(options, dict) or not set(options) <= allowed:
-        return f"Generation options must be an object with keys among {sorted(allowed)}."
-    numbers = {k: v for k, v in options.items() if k not in ("greedy", "seed")}
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in numbers.values()):
-        return "Generation options max_new_tokens, temperature, top_p and top_k must be numbers."
-    if not isinstance(options.get("greedy", True), bool) or not isinstance(options.get("seed", 0), int | None):
-        return "Generation option greedy must be true or false, and seed an integer or null."
-    if content.get("region") is not None and not isinstance(content["region"], dict):
-        return "'region' must be a GeoJSON geometry object in level-0 pixels."
-    return None

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from antoni_bridge.features.h5 import FeatureFile, durable_replace, read_feature_file, write_feature_file
@@ -66,6 +67,33 @@ class FeatureCache:
 
     def partial(self, key: str) -> PartialFeatures:
         return PartialFeatures(self.root / "partial" / key)
+
+    def usage(self) -> tuple[int, int]:
+        """How many finished entries the cache holds, and their bytes."""
+        sizes = [file.stat().st_size for file in self.root.glob("*.h5")] if self.root.is_dir() else []
+        return len(sizes), sum(sizes)
+
+    def forget(self, fingerprint: str | None) -> int:
+        """Delete the entries of one slide (by content fingerprint), or all entries and partial work when
+        `fingerprint` is None; returns how many finished entries went."""
+        removed = 0
+        for file in self.root.glob("*.h5") if self.root.is_dir() else []:
+            if fingerprint is None or _fingerprint_of(file) == fingerprint:
+                file.unlink(missing_ok=True)
+                self.partial(file.stem).clear()
+                removed += 1
+        if fingerprint is None:
+            shutil.rmtree(self.root / "partial", ignore_errors=True)
+        return removed
+
+
+def _fingerprint_of(file: Path) -> str | None:
+    """The slide fingerprint a cache entry records (None for a damaged entry)."""
+    try:
+        with h5py.File(file, "r") as h5:
+            return str(h5.attrs.get("slide_fingerprint", ""))
+    except Exception:  # h5py raises OSError and more for damaged files
+        return None
 
 
 class PartialFeatures:
