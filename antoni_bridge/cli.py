@@ -20,12 +20,12 @@ from typing import Any
 from tqdm import tqdm
 
 from antoni_bridge import paths
+from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.errors import BridgeError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 ANTONI_ID = "SaltySander/ANTONI-Alpha"
-DEMO_NOTE = "[demo weights: random, the answer means nothing]"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -653,57 +653,15 @@ def _parse_choices(text: str) -> tuple[list[str], list[str]]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The main job, offline: demo slide + demo weights -> whole slide, region, follow-up from the cache."""
-    import torch
+    """The main job, offline: demo slide + demo weights -> a daemon -> whole slide, region, follow-up."""
+    from transformers.utils import logging as hf_logging
 
-    from antoni_bridge.demo_assets import demo_slide, demo_weights
-    from antoni_bridge.encoders.pipeline import Encoders, embed_slide
-    from antoni_bridge.features.cache import FeatureCache
-    from antoni_bridge.model.antoni import AntoniModel
-    from antoni_bridge.model.generation import GenerationOptions
-    from antoni_bridge.slides.planning import SlideRequest
-    from antoni_bridge.slides.regions import Region
+    from antoni_bridge.demo import run_demo
 
-    slide, weights = demo_slide(), demo_weights()
-    encoders = Encoders.load(str(weights.tile_encoder), str(weights.slide_encoder))
-    model = AntoniModel.load(weights.antoni)
-    cache = FeatureCache(paths.feature_cache_dir())
-    options = GenerationOptions(max_new_tokens=40, greedy=False, top_k=64, top_p=0.95, seed=0)
-    steps = [
-        ("the whole slide", SlideRequest(slide), "What organ is this tissue from?"),
-        (
-            "a region (6000,4000 4000x3000)",
-            SlideRequest(slide, region=Region.rectangle(6000, 4000, 4000, 3000)),
-            "Is there a neoplasm in this region?",
-        ),
-        ("the whole slide again (follow-up)", SlideRequest(slide), "What is the most likely diagnosis?"),
-    ]
-    conversations: dict[str, list[dict[str, str]]] = {}
-    for label, request, question in steps:
-        print(f"\n== {label}: {question}")
-        start = time.perf_counter()
-        with _ProgressBars() as bars:
-            result = embed_slide(request, encoders, cache, bars.update)
-        print("   " + _embedding_line(result))
-        key = str(result.data.attrs["slide_fingerprint"]) + str(request.region and request.region.key())
-        conversation = conversations.setdefault(key, [])
-        conversation.append({"role": "user", "content": question})
-        print("   answer: ", end="", flush=True)
-        answer = model.answer(
-            torch.from_numpy(result.data.latents),
-            conversation,
-            options,
-            on_text=lambda text: print(text, end="", flush=True),
-            prefix_key=key,
-        )
-        conversation.append({"role": "assistant", "content": answer.text})
-        print(
-            f"\n   [{len(answer.token_ids)} tokens; first after {answer.first_token_s * 1000:.0f} ms; "
-            f"{answer.reused_tokens} prompt tokens reused; {time.perf_counter() - start:.2f} s in all] {DEMO_NOTE}"
-        )
-    overview = paths.demo_dir() / "demo-overview.png"
-    _write_overview_for(steps[0][1], result, overview)
-    print(f"\noverview with tissue and tiles: {overview}")
+    if not args.verbose:
+        hf_logging.disable_progress_bar()
+    with _ProgressBars() as bars:
+        run_demo(lambda content: bars.update(_progress_of(content)), bars.close)
     return 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from antoni_bridge import paths
 
+DEMO_NOTE = "[demo weights: random, the answer means nothing]"
+
 
 @dataclass(frozen=True)
 class DemoWeights:

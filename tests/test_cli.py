@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from antoni_bridge import paths
 from antoni_bridge.slides.demo import DemoLayout
 from tests.conftest import run_cli
 
@@ -67,8 +68,10 @@ def test_embed_with_demo_encoders_and_a_geojson_region(demo_40x: tuple[Path, Dem
 def test_demo_command_runs_offline(tmp_path: Path) -> None:
     result = run_cli("demo", timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("latents (513, 64)") == 3
-    assert "from the cache" in result.stdout
+    assert result.stdout.count("latents (513, 64)") == 3 and result.stdout.count("answer: ") == 3
+    follow_up = result.stdout.split("== ")[-1]
+    assert "from the daemon's memory" in follow_up and " 0 prompt tokens reused" not in follow_up
+    assert not (paths.home() / "demo-daemon.json").exists()  # the demo's daemon stopped
 
 
 def _slide_without_mpp(path: Path) -> Path:

@@ -18,6 +18,7 @@ from antoni_bridge.client import Client
 from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Session
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.demo import DemoLayout
+from tests.conftest import run_cli
 
 ASK = {"conversation": [{"role": "user", "content": "What organ is this?"}], "options": {"max_new_tokens": 6}}
 
@@ -214,6 +215,166 @@ def test_a_daemon_that_dies_mid_job_is_noticed_at_once(tmp_path: Path) -> None:
             with pytest.raises(BridgeError, match="daemon stopped before answering"):
                 list(events)
             assert time.monotonic() - start < 3
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _seeded_latents(path: Path) -> Path:
+    """Latents whose demo answer runs to any length limit (random ones may stop at once)."""
+    torch.save(torch.randn(513, 64, generator=torch.Generator().manual_seed(7)), path)
+    return path
+
+
+def _done(client: Client, type_: str, content: dict) -> dict:
+    events = list(client.events(type_, content))
+    assert [e.type for e in events].count("accepted") == 1 and events[-1].type == "done", events[-1].content
+    return events[-1].content
+
+
+def test_embed_then_ask_reads_the_latents_from_memory_and_forget_drops_them(daemon: Path, demo_20x: Path) -> None:
+    slide = str(demo_20x)
+    with _client(daemon) as client:
+        embedded = _done(client, "embed", {"slide": slide})
+        assert embedded["latents_from"] in ("computed", "disk") and embedded["tiles"] > 10
+        asked = _done(client, "ask", {**ASK, "slide": slide})
+        assert asked["latents_from"] == "memory" and asked["latents_shape"] == [513, 64]
+        before = client.request("status").content["cache"]
+        removed = _done(client, "forget", {"slide": slide})["removed"]
+        assert removed == {"memory": 1, "disk": 1}
+        after = client.request("status").content["cache"]
+        assert after["memory_entries"] == before["memory_entries"] - 1
+        assert after["disk_entries"] == before["disk_entries"] - 1
+        assert _done(client, "embed", {"slide": slide})["latents_from"] == "computed"
+
+
+def test_score_ranks_choices_through_the_daemon(daemon: Path, tmp_path: Path) -> None:
+    content = {"features": str(_seeded_latents(tmp_path / "l.pt")), "question": "Organ?", "choices": ["lung", "skin"]}
+    with _client(daemon) as client:
+        done = _done(client, "score", content)
+    assert done["choices"] == ["lung", "skin"] and len(done["mean_nll"]) == 2
+    assert done["best"] == ["lung", "skin"][done["mean_nll"].index(min(done["mean_nll"]))]
+
+
+def test_view_answers_about_a_slide_region_and_an_uploaded_image(daemon: Path, demo_20x: Path, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    region = {"type": "Polygon", "coordinates": [[[100, 100], [900, 100], [900, 500], [100, 500], [100, 100]]]}
+    png = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 120, 160)).save(png, format="PNG")
+    with _client(daemon) as client:
+        from_slide = _done(client, "view", {**ASK, "slide": str(demo_20x), "region": region})
+        uploaded = _done(client, "view", {**ASK, "image": base64.b64encode(png.getvalue()).decode()})
+        broken = list(client.events("view", {**ASK, "image": base64.b64encode(b"not a picture").decode()}))[-1]
+    assert from_slide["image_size"] == [896, 896] and uploaded["image_size"] == [200, 300]
+    assert broken.type == "error" and "cannot be decoded" in broken.content["message"]
+
+
+def test_unload_and_load_change_what_hello_reports(daemon: Path) -> None:
+    with _client(daemon) as client:
+        assert _done(client, "unload", {"models": ["model"]})["loaded"] in ([], ["encoders"])
+        assert "model" not in client.request("hello").content["loaded"]
+        assert _done(client, "load", {})["loaded"] == ["encoders", "model"]
+        assert client.request("status").content["loaded"] == ["encoders", "model"]
+
+
+def test_twenty_clients_asking_at_once_each_get_one_answer(daemon: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    latents = str(_seeded_latents(tmp_path / "l.pt"))
+
+    def ask(i: int) -> list[str]:
+        """As a front end does: a `busy` queue (16 places for 20 clients) is asked again a moment later."""
+        with _client(daemon) as client:
+            content = {**ASK, "features": latents, "options": {"max_new_tokens": 3, "seed": i}}
+            while (kinds := [e.type for e in client.events("ask", content)]) == ["busy"]:
+                time.sleep(0.2)
+            return kinds
+
+    with ThreadPoolExecutor(20) as pool:
+        runs = list(pool.map(ask, range(20)))
+    assert all(r[0] == "accepted" and r[-1] == "done" and r.count("done") == 1 for r in runs), runs
+
+
+def test_a_full_queue_answers_busy(daemon: Path, tmp_path: Path) -> None:
+    long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
+    with _client(daemon) as client:
+        capacity = client.request("status").content["queue"]["capacity"]
+        sent = [client.send("ask", long) for _ in range(capacity + 3)]  # one runs, `capacity` wait, the rest...
+        replies = {}
+        while len(replies) < len(sent):
+            message = client.session.parse(client.socket.recv_multipart())
+            if message.type in ("accepted", "busy"):
+                replies[message.parent_id] = message
+        busy = [m for m in replies.values() if m.type == "busy"]
+        assert len(busy) >= 2 and busy[0].content["capacity"] == capacity
+        for accepted in (m for m in replies.values() if m.type == "accepted"):
+            client.request("cancel", {"job_id": accepted.content["job_id"]})
+
+
+def test_an_oversize_message_is_refused_and_the_daemon_keeps_serving(daemon: Path) -> None:
+    from antoni_bridge.daemon.protocol import MAX_MESSAGE_BYTES
+
+    with _client(daemon) as client:
+        client.send("ask", {**ASK, "features": "x" * (MAX_MESSAGE_BYTES + 1)})
+        reply = client.session.parse(client.socket.recv_multipart())
+        assert reply.type == "error" and reply.content["code"] == "too-large"
+        assert client.request("status").content["queue"]["running"] is None
+
+
+def test_the_client_reconnects_to_a_restarted_daemon(daemon: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from antoni_bridge.daemon.launch import start_daemon
+
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(daemon.parent))  # the module daemon's home: demo weights exist
+    connection = daemon.parent / "restarting.json"
+    first = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+    try:
+        with _client(connection) as client:
+            assert client.request("hello").content["protocol"] == 1
+            client.request("shutdown")
+            first.wait(30)
+            second = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+            try:
+                assert client.request("status").content["queue"]["running"] is None
+                assert client.info.pid == second.pid  # the new key and port were picked up
+            finally:
+                second.kill()
+                second.wait()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_remote_daemon_needs_curve_and_keeps_to_its_slide_roots(
+    daemon: Path, tmp_path: Path, demo_20x: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from antoni_bridge.daemon.launch import start_daemon
+
+    refused = run_cli("serve", "--demo", "--address", "tcp://0.0.0.0:5999")
+    assert refused.returncode == 2 and "not a loopback address" in refused.stderr and "--allow-remote" in refused.stderr
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(daemon.parent))
+    connection = tmp_path / "remote.json"
+    args = ["--demo", "--address", "tcp://127.0.0.1:*", "--allow-remote", "--slide-root", str(tmp_path)]
+    process = start_daemon(args, connection)
+    try:
+        info = ConnectionInfo.read(connection)
+        assert info.curve_server_key
+        with _client(connection) as client:  # takes the server key from the connection file
+            assert client.request("hello").content["protocol"] == 1
+            outside = list(client.events("embed", {"slide": str(demo_20x)}))[-1]
+            assert outside.type == "error" and "outside the daemon's slide folders" in outside.content["message"]
+        context = zmq.Context()
+        plain = context.socket(zmq.DEALER)  # no CURVE: the handshake fails and nothing comes back
+        plain.linger = 0
+        plain.connect(info.address)
+        session = Session(info.key_bytes)
+        plain.send_multipart(session.frames(session.message("hello", {})))
+        assert not plain.poll(1000)
+        plain.close()
+        context.term()
     finally:
         process.kill()
         process.wait()

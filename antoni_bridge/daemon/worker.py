@@ -86,6 +86,8 @@ def run_ask(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
         **_generated(job, runtime, result, start),
         "cache_hit": latents.source != "computed",
         "latents_from": latents.source,
+        "latents_shape": list(latents.values.shape),
+        "tiles": latents.tiles,
     }
 
 

@@ -20,7 +20,7 @@ FIELD_SIZE = 896  # MedGemma's image size
 def read_field_of_view(slide: Slide, region: Region | None, size: int = FIELD_SIZE) -> np.ndarray:
     """The (size, size, 3) RGB field of view of `region`, or of the whole slide."""
     width, height = slide.dimensions
-    x0, y0, x1, y1 = region.bounds() if region else (0, 0, width, height)
+    x0, y0, x1, y1 = region.bounds if region else (0, 0, width, height)
     side = max(x1 - x0, y1 - y0, 1.0)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     left, top = int(max(0, min(cx - side / 2, width - side))), int(max(0, min(cy - side / 2, height - side)))

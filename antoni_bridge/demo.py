@@ -1,0 +1,118 @@
+"""`antoni-bridge demo`: the main job as a user meets it, offline, on the demo slide and demo weights.
+
+It starts a daemon of its own (on a free loopback port, with its own connection file, so a daemon the
+user already runs is left alone), asks about the whole slide, then about a region, then follows up on
+the whole slide (answered from the daemon's memory, the prompt's KV cache reused), and stops the daemon.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from antoni_bridge import paths
+from antoni_bridge.client import Client
+from antoni_bridge.demo_assets import DEMO_NOTE
+from antoni_bridge.errors import BridgeError
+
+REGION = (6000, 4000, 4000, 3000)
+OPTIONS = {"max_new_tokens": 40, "greedy": False, "top_k": 64, "top_p": 0.95, "seed": 0}
+SOURCES = {"computed": "computed", "disk": "from the disk cache", "memory": "from the daemon's memory"}
+
+
+def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Callable[[], None]) -> None:
+    """Run the three questions, printing answers as they stream; progress events go to `on_progress`."""
+    from antoni_bridge.daemon.launch import start_daemon
+    from antoni_bridge.demo_assets import demo_slide, demo_weights
+    from antoni_bridge.slides.regions import Region
+
+    slide = demo_slide()
+    demo_weights()  # built before the daemon starts, so its start is quick
+    connection = paths.home() / "demo-daemon.json"
+    print("starting a daemon with the demo weights", flush=True)
+    process = start_daemon(
+        ["--demo", "--address", "tcp://127.0.0.1:*", "--log-file", str(paths.home() / "logs" / "demo-daemon.log")],
+        connection_file=connection,
+    )
+    region = Region.rectangle(*REGION).to_geojson()
+    steps = [
+        ("the whole slide", {"slide": str(slide)}, "What organ is this tissue from?", "slide"),
+        (f"a region ({REGION[0]},{REGION[1]} {REGION[2]}x{REGION[3]})", {"slide": str(slide), "region": region},
+         "Is there a neoplasm in this region?", "region"),
+        ("the whole slide again (follow-up)", {"slide": str(slide)}, "What is the most likely diagnosis?", "slide"),
+    ]  # fmt: skip
+    conversations: dict[str, list[dict[str, str]]] = {}
+    stopping = False
+    try:
+        with Client(connection, timeout_s=30) as client:
+            for label, target, question, conversation_key in steps:
+                print(f"\n== {label}: {question}", flush=True)
+                conversation = conversations.setdefault(conversation_key, [])
+                conversation.append({"role": "user", "content": question})
+                content = {**target, "conversation": conversation, "options": OPTIONS}
+                done = _ask(client, content, on_progress, close_progress)
+                conversation.append({"role": "assistant", "content": done["answer"]})
+            client.request("shutdown")
+            stopping = True
+        _write_overview(slide)
+    finally:
+        _stop(process, connection, 30 if stopping else 0)
+
+
+def _ask(
+    client: Client,
+    content: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None],
+    close_progress: Callable[[], None],
+) -> dict[str, Any]:
+    started, answering = time.perf_counter(), False
+    for event in client.events("ask", content):
+        if event.type == "progress":
+            on_progress(event.content)
+        elif event.type == "token":
+            if not answering:
+                close_progress()
+                print("   answer: ", end="")
+                answering = True
+            print(event.content["text"], end="", flush=True)
+        elif event.type == "done":
+            _print_summary(event.content, time.perf_counter() - started)
+            return event.content
+        elif event.type in ("error", "busy", "cancelled"):
+            raise BridgeError(event.content.get("message", f"The demo's job was {event.type}."), "see the log")
+    raise BridgeError("The daemon ended a job without an answer.", "see the demo daemon's log")
+
+
+def _print_summary(done: dict[str, Any], seconds: float) -> None:
+    timings = done["timings"]
+    print(
+        f"\n   [latents {tuple(done['latents_shape'])} of {done['tiles']} tiles {SOURCES[done['latents_from']]}; "
+        f"{len(done['token_ids'])} tokens, first after {timings['first_token_s'] * 1000:.0f} ms; "
+        f"{timings['reused_tokens']} prompt tokens reused; {seconds:.2f} s in all] {DEMO_NOTE}",
+        flush=True,
+    )
+
+
+def _write_overview(slide: Path) -> None:
+    """The tissue and tile grid of the demo slide, for the user to look at (planning only, no model)."""
+    from antoni_bridge.slides.overview import write_overview
+    from antoni_bridge.slides.planning import SlideRequest, plan
+
+    planned = plan(SlideRequest(slide))
+    out = paths.demo_dir() / "demo-overview.png"
+    with planned.slide as opened:
+        write_overview(opened, planned.tissue, planned.grid, out)
+    print(f"\noverview with tissue and tiles: {out}")
+
+
+def _stop(process: subprocess.Popen[bytes], connection: Path, grace_s: float) -> None:
+    """Wait for the daemon to finish stopping; end it when it was not asked to or does not."""
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
+        connection.unlink(missing_ok=True)
