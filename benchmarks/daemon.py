@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from antoni_bridge.client import Client
+from antoni_bridge.daemon.launch import start_daemon
 from antoni_bridge.demo_assets import demo_slide
 
 
@@ -30,14 +29,8 @@ def main() -> None:
         os.environ["ANTONI_BRIDGE_HOME"] = str(home)
         os.environ["ANTONI_BRIDGE_CONNECTION_FILE"] = str(home / "daemon.json")
         slide = demo_slide()
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "antoni_bridge.cli", "serve", "--demo", "--address", "tcp://127.0.0.1:*"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], home / "daemon.json")
         try:
-            while not (home / "daemon.json").exists():
-                time.sleep(0.1)
             measure(home / "daemon.json", slide, args.round_trips)
             with Client(home / "daemon.json") as client:
                 client.request("shutdown")
@@ -90,7 +83,7 @@ def measure(connection: Path, slide: Path, round_trips: int) -> None:
         follow_first, follow_done = first_token(client, {**ask, "conversation": follow_up})
     print(
         f"ask about the whole demo slide: first token after {cold_first:.2f} s cold (embedding included), "
-        f"{follow_first * 1000:.0f} ms for a follow-up (features from the cache: {follow_done['cache_hit']}; "
+        f"{follow_first * 1000:.0f} ms for a follow-up (latents from {follow_done['latents_from']}; "
         f"{follow_done['timings']['reused_tokens']} prompt tokens reused) = {cold_first / follow_first:.0f}x"
     )
 

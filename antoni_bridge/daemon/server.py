@@ -203,13 +203,15 @@ class Daemon:
             self._send_error(identity, message, "bad-request", problem, "see docs/protocol.md")
             return
         job = Job(message.type, identity, message.msg_id, message.content)
-        try:
-            position = self.jobs.submit(job)
-        except Busy:
-            self._reply(identity, message, "busy", {"message": "The queue is full.", "capacity": self.jobs.capacity})
-            return
+        with self.jobs.lock:  # `accepted` is queued before the worker can take the job and send progress
+            try:
+                position = self.jobs.submit(job)
+            except Busy:
+                busy = {"message": "The queue is full.", "capacity": self.jobs.capacity}
+                self._reply(identity, message, "busy", busy)
+                return
+            self._reply(identity, message, "accepted", {"job_id": job.id, "position": position})
         log.info("job %s: %s from client %s, position %d", job.id, job.kind, identity.hex(), position)
-        self._reply(identity, message, "accepted", {"job_id": job.id, "position": position})
 
     def _cancel(self, identity: bytes, message: Message) -> None:
         job = self._cancel_job(str(message.content.get("job_id", "")))
@@ -259,6 +261,15 @@ class Daemon:
         except BridgeError as exc:
             self._event(job, "error", {"code": "bad-input", "message": exc.message, "hint": exc.hint})
         except Exception as exc:  # a bug must end the job, not the daemon
+            if type(exc).__name__ == "OutOfMemoryError":  # torch's; imported only by the worker
+                from antoni_bridge.gpu import release_unused
+
+                release_unused()
+                hint = "use --quant 4bit, a smaller region, or close other programs using the GPU"
+                self._event(
+                    job, "error", {"code": "out-of-memory", "message": "The GPU ran out of memory.", "hint": hint}
+                )
+                return "error"
             log.exception("job %s failed", job.id)
             message = f"{type(exc).__name__}: {exc}"
             self._event(job, "error", {"code": "internal", "message": message, "hint": "see the daemon's log"})
