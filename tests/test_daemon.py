@@ -182,6 +182,23 @@ def test_bad_messages_get_error_replies_and_the_daemon_keeps_serving(daemon: Pat
         context.term()
     with _client(daemon) as client:
         assert client.request("hello").content["protocol"] == 1
+    log = (daemon.parent / "logs" / "daemon.log").read_text()
+    assert "refused a message" in log and "signature does not match" in log
+
+
+def test_ask_follow_up_and_choices_from_the_command_line(daemon: Path, demo_40x: tuple[Path, DemoLayout]) -> None:
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    slide, region = str(demo_40x[0]), ["--region", "1500,1500,2500,2500"]
+    first = run_cli("ask", slide, "What organ?", *region, "--max-new-tokens", "5", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("ask", slide, "And the grade?", *region, "--follow-up", "--max-new-tokens", "5", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    first_done, again_done = json.loads(first.stdout), json.loads(again.stdout)
+    assert again_done["latents_from"] == "memory"
+    assert again_done["timings"]["reused_tokens"] > 0  # the first question and answer were not fed again
+    choices = run_cli("ask", slide, "Organ?", *region, "--choices", "A=lung,B=skin", "--json", env=env)
+    assert choices.returncode == 0, choices.stderr
+    assert json.loads(choices.stdout)["best"] in ("A", "B") and first_done["demo"] is True
 
 
 def test_a_missing_slide_is_an_error_event(daemon: Path, tmp_path: Path) -> None:

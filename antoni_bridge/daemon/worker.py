@@ -18,6 +18,7 @@ from antoni_bridge.daemon.runtime import MODEL_PARTS, Latents, Runtime
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.planning import Progress
 
+MAX_IMAGE_PIXELS = 64 * 2**20  # decoded, 192 MB of RGB; a small PNG can claim gigapixels
 Emit = Callable[[str, dict[str, Any]], None]
 Runner = Callable[[Job, Runtime, Emit], dict[str, Any]]
 
@@ -131,6 +132,11 @@ def _field_of_view(content: dict[str, Any], runtime: Runtime):  # -> np.ndarray
         try:
             data = base64.b64decode(content["image"], validate=True)
             with Image.open(io.BytesIO(data)) as opened:
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                    raise BridgeError(
+                        f"The image is {opened.width} x {opened.height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.",
+                        "send a field of view of a few thousand pixels at most: the model sees 896 x 896",
+                    )
                 return np.asarray(opened.convert("RGB"))
         except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
