@@ -122,6 +122,22 @@ class AntoniModel(nn.Module):
         if self.loaded.quant != "none":
             self._to_bf16()
 
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds, under the published key names: projector, LoRA matrices, trained copies."""
+        return {
+            key: value.detach().contiguous()
+            for key, value in self.state_dict().items()
+            if key.startswith("projection_layer.") or any(marker in key for marker in TRAINED_MARKERS)
+        }
+
+    def save(self, folder: Path) -> None:
+        """A weights folder in the published layout (`config.json` + `model.safetensors`)."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.trained_state(), str(folder / "model.safetensors"))
+        self.config.write(folder)
+
     def _to_bf16(self) -> None:
         """The published code runs the projector, LoRA and the trained copies in bf16 on the GPU; so do we,
         for the same answers (quantised 4-bit weights keep their own storage)."""

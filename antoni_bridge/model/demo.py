@@ -137,7 +137,7 @@ def write_demo_llm(folder: Path, seed: int = 0, sliding_window: int = 1024) -> P
 
 def write_demo_antoni(folder: Path, llm_folder: Path, latent_dim: int, seed: int = 0) -> Path:
     """An ANTONI-Alpha checkpoint for the demo LLM: projector, LoRA and copies, as published, random."""
-    from antoni_bridge.model.antoni import TRAINED_MARKERS, AntoniModel
+    from antoni_bridge.model.antoni import AntoniModel
     from antoni_bridge.model.llm import load_llm
 
     config = AntoniConfig(
@@ -149,14 +149,13 @@ def write_demo_antoni(folder: Path, llm_folder: Path, latent_dim: int, seed: int
     model = AntoniModel(config, load_llm(llm_folder, torch.device("cpu"), "none"))
     blank = [i for i in range(len(model.tokenizer)) if not model.tokenizer.decode([i]).strip()]
     state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("projection_layer.") or any(m in key for m in TRAINED_MARKERS):
-            trained = value.clone()
-            if ".lora_B." in key or ".modules_to_save." in key:  # trained parts differ from the base
-                trained = value + 0.02 * torch.randn_like(value)
-            if key.endswith("lm_head.modules_to_save.default.weight"):
-                trained[blank] *= 0.1  # random heads favour whitespace; let the demo show words
-            state[key] = trained.detach().contiguous()
+    for key, value in model.trained_state().items():
+        trained = value.clone()
+        if ".lora_B." in key or ".modules_to_save." in key:  # trained parts differ from the base
+            trained = value + 0.02 * torch.randn_like(value)
+        if key.endswith("lm_head.modules_to_save.default.weight"):
+            trained[blank] *= 0.1  # random heads favour whitespace; let the demo show words
+        state[key] = trained.contiguous()
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "model.safetensors"))
     config.write(folder)
