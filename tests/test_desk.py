@@ -92,7 +92,9 @@ def test_open_draw_ask_stream_cancel_and_reopen(
     window.chat.max_tokens.setValue(1500)  # the demo model's greedy answer runs to this limit
     ask(qtbot, window, "What organ is this?")
     exchange = window.job_exchange
-    qtbot.waitUntil(lambda: len(exchange.answer) > 0 and exchange.answer[:20] in window.chat.transcript.toPlainText())
+    qtbot.waitUntil(
+        lambda: len(exchange.answer) > 0 and exchange.answer[:20] in window.chat.transcript.toPlainText(), timeout=WAIT_MS
+    )
     assert window.job is not None, "streamed text was on screen before the answer ended"
     qtbot.mouseClick(window.chat.cancel_button, Qt.MouseButton.LeftButton)
     wait_for_the_end(qtbot, window)
@@ -229,3 +231,34 @@ def test_wheel_zooms_drag_pans_keys_fit(qtbot: QtBot, open_window, demo_40x: tup
     qtbot.keyClick(view, Qt.Key.Key_F)
     assert view.zoom() == pytest.approx(fitted)
     assert window.region_list.count() == 1, "panning drew nothing"
+
+
+def _annotation(name: str | None, box: tuple[int, int, int, int], object_type: str = "annotation") -> dict:
+    x0, y0, x1, y1 = box
+    properties: dict = {"objectType": object_type}
+    if name:
+        properties["classification"] = {"name": name}
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
+
+
+def test_qupath_annotations_are_imported_to_pick_from(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    export = tmp_path / "annotations.geojson"
+    features = [
+        _annotation("Tumor", OVER_TISSUE),
+        _annotation("Stroma", (5000, 1000, 6500, 2500)),
+        _annotation(None, (100, 100, 200, 200), object_type="detection"),  # cells are not regions to ask about
+    ]
+    export.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    window = open_window()
+    window.open_slide(demo_40x[0], None, export)  # as `antoni-bridge desk SLIDE --geojson FILE` does
+    qtbot.waitUntil(lambda: window.region_list.count() == 3, timeout=WAIT_MS)
+    assert [r.name for r in window.region_list.regions] == ["Tumor", "Stroma"]
+    window.region_list.setCurrentRow(2)
+    assert window.region.name == "Stroma" and "region Stroma" in window.chat.title.text()
+
+    (tmp_path / "broken.geojson").write_text("{ not json")
+    window.import_annotations(tmp_path / "broken.geojson")
+    assert "is not readable GeoJSON" in window.messages.text and window.region_list.count() == 3
