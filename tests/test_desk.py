@@ -92,9 +92,8 @@ def test_open_draw_ask_stream_cancel_and_reopen(
     window.chat.max_tokens.setValue(1500)  # the demo model's greedy answer runs to this limit
     ask(qtbot, window, "What organ is this?")
     exchange = window.job_exchange
-    qtbot.waitUntil(
-        lambda: len(exchange.answer) > 0 and exchange.answer[:20] in window.chat.transcript.toPlainText(), timeout=WAIT_MS
-    )
+    on_screen = window.chat.transcript.toPlainText
+    qtbot.waitUntil(lambda: len(exchange.answer) > 0 and exchange.answer[:20] in on_screen(), timeout=WAIT_MS)
     assert window.job is not None, "streamed text was on screen before the answer ended"
     qtbot.mouseClick(window.chat.cancel_button, Qt.MouseButton.LeftButton)
     wait_for_the_end(qtbot, window)

@@ -126,7 +126,7 @@ class TileLoader(QObject):
         with slide:
             while (key := self._next()) is not None:
                 try:
-                    self.loaded.emit(key, _read_tile(slide, key))
+                    self.loaded.emit(key, read_tile(slide, key))
                 except BridgeError as exc:
                     self._fail(exc.message, exc.hint)
                 finally:
@@ -141,7 +141,7 @@ class TileLoader(QObject):
             self.failed.emit(message, hint)
 
 
-def _read_tile(slide: Slide, key: TileKey) -> QImage:
+def read_tile(slide: Slide, key: TileKey) -> QImage:
     level, column, row = key
     downsample = slide.level_downsamples[level]
     level_size = slide.level_dimensions[level]

@@ -24,7 +24,15 @@ from PyQt6.QtWidgets import QGraphicsPathItem, QGraphicsScene, QGraphicsView, QW
 
 from antoni_bridge.desk.drawing import DrawMode, RegionDrawer
 from antoni_bridge.desk.opening import OpenedSlide
-from antoni_bridge.desk.tile_loader import TileCache, TileKey, TileLoader, best_level, tile_rect, tiles_covering
+from antoni_bridge.desk.tile_loader import (
+    TILE,
+    TileCache,
+    TileKey,
+    TileLoader,
+    best_level,
+    tile_rect,
+    tiles_covering,
+)
 from antoni_bridge.slides.regions import Region
 
 WHEEL_STEP = 1.25  # zoom factor per wheel notch
@@ -77,24 +85,24 @@ class SlideView(QGraphicsView):
         self.viewport().update()
 
     def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
+        """Draw the decoded tiles over `rect`, then ask the loader for what the whole view still lacks."""
         painter.fillRect(rect, BACKGROUND)
         if self.slide is None or self.loader is None:
             return
         slide = self.slide
-        area = rect.intersected(QRectF(0, 0, *slide.dimensions))
-        if area.isEmpty():
-            return
-        painter.drawImage(QRectF(0, 0, *slide.dimensions), slide.thumbnail)
+        bounds = QRectF(0, 0, *slide.dimensions)
         level = best_level(slide.level_downsamples, 1 / self.zoom())
         downsample, level_size = slide.level_downsamples[level], slide.level_dimensions[level]
-        missing: list[TileKey] = []
-        for key in tiles_covering(area, level, downsample, level_size):
-            image = self.cache.get(key)
-            if image is None:
-                missing.append(key)
-            else:
-                painter.drawImage(tile_rect(key, downsample, level_size), image)
-        self.loader.want(missing)
+        area = rect.intersected(bounds)
+        if not area.isEmpty():
+            painter.drawImage(bounds, slide.thumbnail)
+            for key in tiles_covering(area, level, downsample, level_size):
+                image = self.cache.get(key)
+                if image is not None:
+                    painter.drawImage(tile_rect(key, downsample, level_size), image)
+        edge = TILE * downsample  # one ring of tiles around the view is read ahead for the next pan
+        ahead = self.visible_area().adjusted(-edge, -edge, edge, edge).intersected(bounds)
+        self.loader.want([k for k in tiles_covering(ahead, level, downsample, level_size) if k not in self.cache])
 
     def _tile_loaded(self, key: TileKey, image: QImage) -> None:
         if self.slide is None or self.sender() is not self.loader:  # a tile of a slide closed since

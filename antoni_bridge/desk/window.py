@@ -274,7 +274,7 @@ class DeskWindow(QMainWindow):
         elif type_ == "done":
             exchange.answer, exchange.state, exchange.demo = content["answer"], "done", bool(content.get("demo"))
             timings = content.get("timings", {})
-            exchange.note = f"{len(content.get('token_ids', []))} tokens in {timings.get('total_s', 0.0):.1f} s"
+            exchange.note = f"{len(content.get('token_ids', []))} tokens in {timings.get('total_s', 0.0):.2f} s"
         elif type_ == "cancelled":
             exchange.state = "cancelled"
         elif type_ in ("error", "busy"):
