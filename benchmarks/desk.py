@@ -68,10 +68,18 @@ def main() -> None:
 
 def measure(window: DeskWindow, slide: Path, args: argparse.Namespace) -> None:
     view = window.view
-    tiles, seconds = fill_after_jumps(window, args.jumps)
+    places = jump_places(window, args.jumps)
+    probe = StallProbe()
+    tiles, seconds = fill_after_jumps(window, places)
     print(
         f"view filled after {args.jumps} jumps to unseen places: {tiles} tiles of 512 px in {seconds:.2f} s "
-        f"= {tiles / seconds:,.0f} tiles/s ({view.viewport().width()}x{view.viewport().height()} px view, level 0)"
+        f"= {tiles / seconds:,.0f} tiles/s ({view.viewport().width()}x{view.viewport().height()} px view, level 0); "
+        f"UI thread: {probe.stop()}"
+    )
+    per_view = read_on_this_thread(window, slide, places)
+    print(
+        f"baseline, the same views read on the UI thread: a stall of {statistics.median(per_view) * 1000:.0f} ms "
+        f"per jump (median), {max(per_view) * 1000:.0f} ms at most"
     )
 
     idle = pan(window, args.seconds)
@@ -88,15 +96,27 @@ def measure(window: DeskWindow, slide: Path, args: argparse.Namespace) -> None:
         f"({', '.join(f'{stage} x{count}' for stage, count in stages.items())} events)"
     )
 
+
+def jump_places(window: DeskWindow, jumps: int) -> list[QPointF]:
+    width, height = window.slide.dimensions
+    return [QPointF(width * (0.15 + 0.7 * (i % 4) / 3), height * (0.2 + 0.6 * (i // 4 % 3) / 2)) for i in range(jumps)]
+
+
+def read_on_this_thread(window: DeskWindow, slide: Path, places: list[QPointF]) -> list[float]:
+    """What each jump would cost a viewer that read its tiles where it paints them."""
+    view, seconds = window.view, []
     with Slide(slide) as reader:
-        area = view.visible_area()
         level = best_level(reader.level_downsamples, 1 / view.zoom())
-        keys = tiles_covering(area, level, reader.level_downsamples[level], reader.level_dimensions[level])
-        start = time.perf_counter()
-        for key in keys:
-            read_tile(reader, key)
-        blocking = time.perf_counter() - start
-    print(f"baseline, reading one view's {len(keys)} tiles on the UI thread: a {blocking * 1000:.0f} ms stall")
+        for place in places:
+            view.centre_on(place)
+            keys = tiles_covering(
+                view.visible_area(), level, reader.level_downsamples[level], reader.level_dimensions[level]
+            )
+            start = time.perf_counter()
+            for key in keys:
+                read_tile(reader, key)
+            seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def count_stage(stages: dict[str, int], kind: str, content: dict) -> None:
@@ -104,14 +124,13 @@ def count_stage(stages: dict[str, int], kind: str, content: dict) -> None:
     stages[stage] = stages.get(stage, 0) + 1
 
 
-def fill_after_jumps(window: DeskWindow, jumps: int) -> tuple[int, float]:
-    """Centre on unseen places (cache emptied) and wait until every visible tile is drawn."""
+def fill_after_jumps(window: DeskWindow, places: list[QPointF]) -> tuple[int, float]:
+    """Centre on each place with the cache emptied, and wait until every visible tile is drawn."""
     view = window.view
-    width, height = window.slide.dimensions
     received, start = view.tiles_received, time.perf_counter()
-    for i in range(jumps):
+    for place in places:
         view.cache = TileCache()
-        view.centre_on(QPointF(width * (0.15 + 0.7 * (i % 4) / 3), height * (0.2 + 0.6 * (i // 4 % 3) / 2)))
+        view.centre_on(place)
         view.viewport().update()
         wait_until(lambda: all_visible_loaded(window), 60)
     return view.tiles_received - received, time.perf_counter() - start

@@ -44,6 +44,7 @@ class DeskWindow(QMainWindow):
         self.picked: dict[Path, Region | None] = {}
         self.conversations: dict[tuple[Path, str], Conversation] = {}
         self.job: AskJob | None = None
+        self.job_conversation: Conversation | None = None
         self.job_exchange: Exchange | None = None
         self.daemon_state = DaemonState(False, message="Not checked yet.")
         self.daemon_process: subprocess.Popen[bytes] | None = None
@@ -240,9 +241,9 @@ class DeskWindow(QMainWindow):
         }
         if conversation.region is not None:
             content["region"] = conversation.region.to_geojson()
-        if self.slide is not None and self.slide.mpp_override is not None:
+        if self.slide.mpp_override is not None:
             content["slide_mpp"] = self.slide.mpp_override
-        self.job_exchange = Exchange(question)
+        self.job_conversation, self.job_exchange = conversation, Exchange(question)
         conversation.exchanges.append(self.job_exchange)
         self.messages.hide()
         self.chat.show_conversation(conversation)
@@ -269,7 +270,7 @@ class DeskWindow(QMainWindow):
             self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
         elif type_ == "token":
             exchange.answer += content["text"]
-            if self.conversation() is not None and exchange in self.conversation().exchanges:
+            if self.conversation() is self.job_conversation:  # the user may have picked another region
                 self.chat.add_answer_text(content["text"])
         elif type_ == "done":
             exchange.answer, exchange.state, exchange.demo = content["answer"], "done", bool(content.get("demo"))
@@ -290,7 +291,7 @@ class DeskWindow(QMainWindow):
         """The job's thread is over: whatever ended it, the panel is ready for the next question."""
         if self.job_exchange is not None and self.job_exchange.state == "asking":  # ended without a word
             self.job_exchange.state = "error"
-        self.job, self.job_exchange = None, None
+        self.job, self.job_conversation, self.job_exchange = None, None, None
         self.chat.set_busy(False)
         self.chat.set_job("")
         self.chat.show_conversation(self.conversation())
