@@ -1,10 +1,13 @@
-"""Shared fixtures: real demo slides written once per session, tiny demo encoders, an isolated home."""
+"""Shared fixtures: real demo slides written once per session, tiny demo encoders, an isolated home, and a
+real `antoni-bridge serve --demo` daemon per test module."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,36 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         env=full_env,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("daemon-home")
+    connection = home / "daemon.json"
+    env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "antoni_bridge.cli",
+            "serve",
+            "--demo",
+            "--address",
+            "tcp://127.0.0.1:*",
+            "--client-timeout",
+            "1.0",
+        ],  # short, so a killed client's job is cancelled before it could finish
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not connection.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.1)
+    yield connection
+    if process.poll() is None:
+        process.kill()
+    process.wait()

@@ -59,5 +59,7 @@ def _announced(connection_file: Path, pid: int) -> bool:
 
 
 def _last_line(log_file: Path) -> str:
-    lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "it exited without a word."
+    """The daemon's own account of why it stopped: its `error:` line when it gave one, else its last line."""
+    lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else lines[-1] if lines else "it exited without a word."

@@ -18,8 +18,8 @@ MAX_SIDE = 2000
 
 
 def write_overview(slide: Slide, tissue: TissueMask, grid: TileGrid | None, out: str | os.PathLike[str]) -> Path:
-    image, scale = _thumbnail(slide)
-    _draw_tissue(image, tissue, scale)
+    image, scale = thumbnail(slide)
+    draw_tissue(image, tissue, scale)
     draw = ImageDraw.Draw(image)
     if grid is not None:
         edge = grid.level0_size * scale
@@ -39,16 +39,18 @@ def write_overview(slide: Slide, tissue: TissueMask, grid: TileGrid | None, out:
     return out
 
 
-def _thumbnail(slide: Slide) -> tuple[Image.Image, float]:
-    """The smallest level whose longest side is at least MAX_SIDE (or the coarsest), fitted to MAX_SIDE."""
+def thumbnail(slide: Slide, max_side: int = MAX_SIDE) -> tuple[Image.Image, float]:
+    """The smallest level whose longest side is at least `max_side` (or the coarsest), fitted to `max_side`;
+    and its scale (thumbnail pixels per level-0 pixel)."""
     sides = [max(d) for d in slide.level_dimensions]
-    level = max((i for i, side in enumerate(sides) if side >= MAX_SIDE), default=slide.level_count - 1)
+    level = max((i for i, side in enumerate(sides) if side >= max_side), default=slide.level_count - 1)
     image = Image.fromarray(slide.read_level(level))
-    image.thumbnail((MAX_SIDE, MAX_SIDE))
+    image.thumbnail((max_side, max_side))
     return image, image.width / slide.dimensions[0]
 
 
-def _draw_tissue(image: Image.Image, tissue: TissueMask, scale: float) -> None:
+def draw_tissue(image: Image.Image, tissue: TissueMask, scale: float) -> None:
+    """Tissue outlines in green and rejected pen ink tinted red, drawn into `image` in place."""
     size = image.size
     labels = np.asarray(Image.fromarray(tissue.labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
     pixels = np.asarray(image).copy()

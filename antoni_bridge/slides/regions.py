@@ -82,21 +82,7 @@ class Region:
 def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -> Region:
     """The area annotation named `name` (or the only one) from a QuPath GeoJSON export."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise BridgeError(f"No GeoJSON file at {path}.", "check the path of the exported annotations") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BridgeError(
-            f"{path.name} is not readable GeoJSON ({exc}).",
-            "export the annotations again from QuPath (File > Export objects as GeoJSON)",
-        ) from exc
-    features = [f for f in _features(data) if isinstance(f.get("geometry"), dict)]
-    areas = [f for f in features if f["geometry"].get("type") in ("Polygon", "MultiPolygon")]
-    annotations = [f for f in areas if _properties(f).get("objectType", "annotation") == "annotation"]
-    areas = annotations or areas  # exports of all objects also hold detections and cells
-    if not areas:
-        raise BridgeError(f"{path.name} holds no area annotation.", "draw and export an area annotation")
+    areas = _area_features(path)
     if name is not None:
         matches = [f for f in areas if name in _names(f)]
         if not matches:
@@ -116,7 +102,35 @@ def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -
             f"{path.name} holds {len(areas)} area annotations; say which one.",
             f"add --name NAME ({_listing(known) or 'the annotations are unnamed: name them in QuPath'})",
         )
-    feature = areas[0]
+    return _region_of(areas[0])
+
+
+def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
+    """Every area annotation of a QuPath GeoJSON export, for a front end that lets the user pick one."""
+    return [_region_of(feature) for feature in _area_features(Path(path))]
+
+
+def _area_features(path: Path) -> list[dict[str, Any]]:
+    """The area annotations of a GeoJSON file (at least one), or a BridgeError saying why there are none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise BridgeError(f"No GeoJSON file at {path}.", "check the path of the exported annotations") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BridgeError(
+            f"{path.name} is not readable GeoJSON ({exc}).",
+            "export the annotations again from QuPath (File > Export objects as GeoJSON)",
+        ) from exc
+    features = [f for f in _features(data) if isinstance(f.get("geometry"), dict)]
+    areas = [f for f in features if f["geometry"].get("type") in ("Polygon", "MultiPolygon")]
+    annotations = [f for f in areas if _properties(f).get("objectType", "annotation") == "annotation"]
+    areas = annotations or areas  # exports of all objects also hold detections and cells
+    if not areas:
+        raise BridgeError(f"{path.name} holds no area annotation.", "draw and export an area annotation")
+    return areas
+
+
+def _region_of(feature: dict[str, Any]) -> Region:
     names = _names(feature)
     return Region.from_geojson_dict(feature["geometry"], name=names[0] if names else None)
 

@@ -1,0 +1,159 @@
+"""The chat panel: the conversation about the picked slide or region, the question box, the job's
+progress (stage, done/total, tiles/s), its queue position, cancel, exports, and the daemon's state.
+
+Tokens can arrive a thousand a second; they are gathered and added to the transcript a few times a
+second so the text layout never holds up the UI thread.
+"""
+
+from __future__ import annotations
+
+import html
+
+from PyQt6.QtCore import QTimer, pyqtSignal
+from PyQt6.QtGui import QTextCursor
+from PyQt6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from antoni_bridge.desk.conversations import Conversation, describe_end
+from antoni_bridge.desk.daemon_link import DaemonState
+
+FLUSH_MS = 50
+STAGE_UNITS = {"tile-embedding": "tiles/s"}
+
+
+class ChatPanel(QWidget):
+    ask_requested = pyqtSignal(str)
+    cancel_requested = pyqtSignal()
+    export_requested = pyqtSignal(str)  # "md" or "json"
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.daemon_label = QLabel("Daemon: looking for it...")
+        self.title = QLabel("No slide open")
+        self.title.setWordWrap(True)
+        self.transcript = QTextBrowser()
+        self.transcript.setOpenExternalLinks(False)
+        self.question = QLineEdit()
+        self.question.setPlaceholderText("Ask about the slide or the picked region, then press Enter")
+        self.ask_button, self.cancel_button = QPushButton("Ask"), QPushButton("Cancel")
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 4096)
+        self.max_tokens.setValue(512)
+        self.max_tokens.setPrefix("max tokens ")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.job_label = QLabel("")
+        self.export_md, self.export_json = QPushButton("Export Markdown..."), QPushButton("Export JSON...")
+        self._pending_text = ""
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setInterval(FLUSH_MS)
+        self._flush_timer.timeout.connect(self.flush)
+        self._layout()
+        self.question.returnPressed.connect(self._ask)
+        self.ask_button.clicked.connect(self._ask)
+        self.cancel_button.clicked.connect(self.cancel_requested.emit)
+        self.export_md.clicked.connect(lambda: self.export_requested.emit("md"))
+        self.export_json.clicked.connect(lambda: self.export_requested.emit("json"))
+        self.set_busy(False)
+
+    def _layout(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.daemon_label)
+        layout.addWidget(self.title)
+        layout.addWidget(self.transcript, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.question, 1)
+        row.addWidget(self.ask_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        job = QHBoxLayout()
+        job.addWidget(self.progress, 1)
+        job.addWidget(self.max_tokens)
+        layout.addLayout(job)
+        layout.addWidget(self.job_label)
+        exports = QHBoxLayout()
+        exports.addWidget(self.export_md)
+        exports.addWidget(self.export_json)
+        layout.addLayout(exports)
+
+    def _ask(self) -> None:
+        question = self.question.text().strip()
+        if question and self.ask_button.isEnabled():
+            self.ask_requested.emit(question)
+
+    # ------------------------------------------------------------------ what the window tells it
+
+    def show_conversation(self, conversation: Conversation | None) -> None:
+        """Render a whole conversation (after a switch, or when an exchange ends)."""
+        self.flush()
+        self._pending_text = ""
+        self.title.setText(conversation.title if conversation else "No slide open")
+        self.transcript.setHtml(_html(conversation) if conversation else "")
+        self.transcript.moveCursor(QTextCursor.MoveOperation.End)
+
+    def add_answer_text(self, text: str) -> None:
+        """A streamed piece of the answer being shown; drawn with the next flush."""
+        self._pending_text += text
+        if not self._flush_timer.isActive():
+            self._flush_timer.start()
+
+    def flush(self) -> None:
+        self._flush_timer.stop()
+        if self._pending_text:
+            cursor = self.transcript.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(self._pending_text)
+            self._pending_text = ""
+            self.transcript.setTextCursor(cursor)
+            self.transcript.ensureCursorVisible()
+
+    def set_busy(self, busy: bool) -> None:
+        self.ask_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.question.clear()
+            self.progress.setRange(0, 0)  # busy until the first progress event
+            self.progress.setFormat("sending")
+        else:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("")
+
+    def set_progress(self, stage: str, done: int, total: int, rate: float) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        speed = f", {rate:,.0f} {STAGE_UNITS.get(stage, 'steps/s')}" if rate > 0 else ""
+        self.progress.setFormat(f"{stage} {done:,}/{total:,}{speed}")
+
+    def set_job(self, text: str) -> None:
+        self.job_label.setText(text)
+
+    def set_daemon(self, state: DaemonState) -> None:
+        if state.running:
+            weights = "demo weights (random: answers mean nothing)" if state.demo else "real weights"
+            running = state.queue.get("running")
+            waiting = len(state.queue.get("waiting", []))
+            load = f"busy, {waiting} waiting" if running else "idle"
+            self.daemon_label.setText(f"Daemon: {weights}, {load}, at {state.address}")
+        else:
+            self.daemon_label.setText(f"Daemon: not reachable. {state.message} Hint: {state.hint}")
+
+
+def _html(conversation: Conversation) -> str:
+    """The transcript; the answer being streamed is last, so streamed text can be appended at the end."""
+    parts = []
+    for exchange in conversation.exchanges:
+        parts.append(f"<p><b>You:</b> {html.escape(exchange.question)}</p>")
+        end = "" if exchange.state == "asking" else f"<p><i>[{html.escape(describe_end(exchange))}]</i></p>"
+        parts.append(f"<p><b>ANTONI:</b> {html.escape(exchange.answer)}</p>{end}")
+    return "".join(parts)

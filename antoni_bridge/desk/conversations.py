@@ -1,0 +1,101 @@
+"""Conversations kept per slide and region, and their export as Markdown and JSON.
+
+Only exchanges that ended with an answer go back to the daemon as context: a cancelled or failed
+question stays in the transcript the user sees and exports, but the model never sees half an answer.
+No Qt here, so the record of what was asked can be tested and reused without a display.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from antoni_bridge.slides.regions import Region
+
+
+@dataclass
+class Exchange:
+    """One question and what came back: `state` is asking, done, cancelled or error."""
+
+    question: str
+    answer: str = ""
+    state: str = "asking"
+    note: str = ""  # the error message, or timings once done
+    demo: bool = False
+    asked_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Conversation:
+    """Everything asked about one slide, or one region of it."""
+
+    slide: Path
+    region: Region | None = None
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        where = f"region {self.region.name}" if self.region and self.region.name else "the whole slide"
+        return f"{self.slide.name}, {where}"
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.exchanges) and self.exchanges[-1].state == "asking"
+
+    def turns_for(self, question: str) -> list[dict[str, str]]:
+        """The conversation the daemon gets: finished exchanges, then the new question."""
+        turns: list[dict[str, str]] = []
+        for exchange in self.exchanges:
+            if exchange.state == "done":
+                turns.append({"role": "user", "content": exchange.question})
+                turns.append({"role": "assistant", "content": exchange.answer})
+        return [*turns, {"role": "user", "content": question}]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slide": str(self.slide),
+            "region": None if self.region is None else {"name": self.region.name, "geometry": self.region.to_geojson()},
+            "exchanges": [vars(exchange) for exchange in self.exchanges],
+        }
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.title}", "", f"Slide: `{self.slide}`"]
+        if self.region is not None:
+            x0, y0, x1, y1 = self.region.bounds
+            lines.append(f"Region bounds (level-0 px): x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f}")
+        for exchange in self.exchanges:
+            asked = time.strftime("%Y-%m-%d %H:%M", time.localtime(exchange.asked_at))
+            lines += ["", f"## Q ({asked}): {exchange.question}", "", exchange.answer or "(no answer)"]
+            if exchange.state != "done" or exchange.demo or exchange.note:
+                lines += ["", f"*{describe_end(exchange)}*"]
+        return "\n".join(lines) + "\n"
+
+
+def describe_end(exchange: Exchange) -> str:
+    """How an exchange ended, in words, with the demo-weights warning where it applies."""
+    words = {"asking": "still being answered", "done": "answered", "cancelled": "cancelled", "error": "failed"}
+    text = words[exchange.state] + (f": {exchange.note}" if exchange.note else "")
+    return text + (" [demo weights: random, the answer means nothing]" if exchange.demo else "")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder then rename, so an old export is never half
+    overwritten."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export(conversation: Conversation, path: Path) -> None:
+    """Markdown for `.md`, JSON for anything else (`.json`)."""
+    if path.suffix.lower() in (".md", ".markdown"):
+        write_atomically(path, conversation.to_markdown())
+    else:
+        write_atomically(path, json.dumps(conversation.to_json(), indent=2, ensure_ascii=False) + "\n")

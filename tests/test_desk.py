@@ -1,0 +1,263 @@
+"""ANTONI Desk as a user drives it: real Qt (offscreen), a real `serve --demo` daemon, real demo slides.
+
+Mouse and keys go through Qt's event system into the view, so drawing, asking, streaming, cancelling
+and reopening are exercised the way a user does them; what a user would read (the transcript, the
+message bar) is what the tests check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts: no display on build machines
+
+import pytest
+from PyQt6.QtCore import QPoint, QPointF, Qt
+from PyQt6.QtGui import QImage, QWheelEvent
+from PyQt6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+
+from antoni_bridge.desk.window import DeskWindow
+from antoni_bridge.slides.demo import DemoLayout
+
+WAIT_MS = 60_000  # generous: other test processes share the cores; a wait ends as soon as it is met
+OVER_TISSUE = (1500, 1500, 4000, 4000)  # level-0 box inside the demo slide's large piece
+
+
+@pytest.fixture
+def open_window(qtbot: QtBot, daemon: Path):
+    """A shown window talking to the module's daemon; closed (threads stopped) after the test."""
+
+    def make(connection_file: Path = daemon, serve_args: tuple[str, ...] = ()) -> DeskWindow:
+        window = DeskWindow(connection_file, serve_args)
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitExposed(window)
+        return window
+
+    return make
+
+
+def open_slide(qtbot: QtBot, window: DeskWindow, path: Path) -> None:
+    received = window.view.tiles_received
+    window.open_slide(path)
+    qtbot.waitUntil(lambda: window.slide is not None and window.slide.path == path.resolve(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.view.tiles_received > received, timeout=WAIT_MS)
+
+
+def screen_point(window: DeskWindow, x: float, y: float):
+    return window.view.mapFromScene(QPointF(x, y))
+
+
+def drag_rectangle(qtbot: QtBot, window: DeskWindow, box: tuple[float, float, float, float]) -> None:
+    viewport = window.view.viewport()
+    start, end = screen_point(window, box[0], box[1]), screen_point(window, box[2], box[3])
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(viewport, end)
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=end)
+
+
+def ask(qtbot: QtBot, window: DeskWindow, question: str) -> None:
+    window.chat.question.setText(question)
+    qtbot.mouseClick(window.chat.ask_button, Qt.MouseButton.LeftButton)
+    assert window.job is not None
+
+
+def wait_for_the_end(qtbot: QtBot, window: DeskWindow) -> None:
+    qtbot.waitUntil(lambda: window.job is None, timeout=WAIT_MS)
+
+
+def test_open_draw_ask_stream_cancel_and_reopen(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], demo_20x: Path, tmp_path: Path
+) -> None:
+    window = open_window()
+    slide = demo_40x[0]
+    open_slide(qtbot, window, slide)
+    assert not window.overview.image.isNull() and window.region_list.count() == 1  # whole slide only
+    qtbot.waitUntil(lambda: window.chat.daemon_label.text().startswith("Daemon: demo weights"), timeout=WAIT_MS)
+
+    window.actions_by_name["Rectangle"].trigger()  # Escape abandons a drawing half done
+    viewport = window.view.viewport()
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=screen_point(window, 100, 100))
+    qtbot.mouseMove(viewport, screen_point(window, 900, 900))
+    qtbot.keyClick(window.view, Qt.Key.Key_Escape)
+    assert window.view.drawer.mode is None and window.region_list.count() == 1
+    window.actions_by_name["Rectangle"].trigger()
+    drag_rectangle(qtbot, window, OVER_TISSUE)
+    assert window.region_list.count() == 2 and window.region is not None
+    assert window.region.bounds == pytest.approx(OVER_TISSUE, abs=20)  # a screen pixel is ~12 level-0 px
+
+    window.chat.max_tokens.setValue(1500)  # the demo model's greedy answer runs to this limit
+    ask(qtbot, window, "What organ is this?")
+    exchange = window.job_exchange
+    on_screen = window.chat.transcript.toPlainText
+    qtbot.waitUntil(lambda: len(exchange.answer) > 0 and exchange.answer[:20] in on_screen(), timeout=WAIT_MS)
+    assert window.job is not None, "streamed text was on screen before the answer ended"
+    qtbot.mouseClick(window.chat.cancel_button, Qt.MouseButton.LeftButton)
+    wait_for_the_end(qtbot, window)
+    assert exchange.state == "cancelled" and "[cancelled" in window.chat.transcript.toPlainText()
+
+    window.chat.max_tokens.setValue(12)
+    tokens: list[str] = []
+    ask(qtbot, window, "Is there a neoplasm?")
+    window.job.event.connect(lambda kind, content: kind == "token" and tokens.append(content["text"]))
+    second = window.job_exchange
+    wait_for_the_end(qtbot, window)
+    assert second.state == "done" and second.demo and second.answer == "".join(tokens), second
+    shown = window.chat.transcript.toPlainText()
+    assert second.answer.strip()[:10] in shown and "demo weights" in shown
+    assert window.conversation().turns_for("next")[:2] == [
+        {"role": "user", "content": "Is there a neoplasm?"},
+        {"role": "assistant", "content": second.answer},
+    ], "the cancelled exchange is not sent as context"
+
+    window.export_conversation(tmp_path / "chat.md")
+    window.export_conversation(tmp_path / "chat.json")
+    assert "## Q" in (tmp_path / "chat.md").read_text() and "Is there a neoplasm?" in (tmp_path / "chat.md").read_text()
+    exported = json.loads((tmp_path / "chat.json").read_text())
+    assert [e["state"] for e in exported["exchanges"]] == ["cancelled", "done"] and exported["region"]["geometry"]
+
+    open_slide(qtbot, window, demo_20x)  # another slide: its own, empty state
+    assert window.region_list.count() == 1 and window.chat.transcript.toPlainText() == ""
+    open_slide(qtbot, window, slide)  # reopened: regions, the picked one and its conversation come back
+    assert window.region_list.count() == 2 and window.region is not None
+    assert "Is there a neoplasm?" in window.chat.transcript.toPlainText()
+
+    shot = Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOT") or tmp_path / "desk.png")
+    window.save_screenshot(shot)
+    image = QImage(str(shot))
+    assert image.width() >= 1000 and len({image.pixel(x, 300) for x in range(0, image.width(), 7)}) > 20
+
+
+def _glass_box(layout: DemoLayout, side: int = 480) -> tuple[int, int, int, int]:
+    """A level-0 box of the demo slide with neither tissue nor pen ink in it (nor near it)."""
+    empty = ~(layout.tissue | layout.pen)
+    cells = side // layout.downsample + 4
+    for row in range(0, empty.shape[0] - cells, cells):
+        for column in range(empty.shape[1] - cells - 1, 0, -cells):
+            if empty[row : row + cells, column : column + cells].all():
+                x, y = (column + 2) * layout.downsample, (row + 2) * layout.downsample
+                return x, y, x + side, y + side
+    raise AssertionError("the demo slide has no glass")
+
+
+def test_bad_input_is_one_sentence_in_the_window(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    window = open_window()
+    not_a_slide = tmp_path / "notes.svs"
+    not_a_slide.write_text("this is not a slide")
+    window.open_slide(not_a_slide)
+    qtbot.waitUntil(lambda: "is not a slide antoni-bridge can read" in window.messages.text, timeout=WAIT_MS)
+    assert window.slide is None and "Hint:" in window.messages.label.text()
+
+    open_slide(qtbot, window, demo_40x[0])
+    x0, y0, x1, y1 = _glass_box(demo_40x[1])
+    window.actions_by_name["Polygon"].trigger()  # a polygon: click the corners, double-click to close
+    viewport = window.view.viewport()
+    for x, y in [(x0, y0), (x1, y0), (x1, y1)]:
+        qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=screen_point(window, x, y))
+    qtbot.mouseDClick(viewport, Qt.MouseButton.LeftButton, pos=screen_point(window, x0, y1))
+    assert window.region is not None and window.region.name == "Polygon 1"
+    assert len(window.region.geometry.exterior.coords) == 5  # four corners, closed
+    ask(qtbot, window, "What is here?")
+    wait_for_the_end(qtbot, window)
+    assert "No tissue" in window.messages.text and window.conversation().exchanges[-1].state == "error"
+
+    down = open_window(tmp_path / "no-daemon.json")  # no daemon behind this connection file
+    open_slide(qtbot, down, demo_40x[0])
+    qtbot.waitUntil(lambda: "not reachable" in down.chat.daemon_label.text(), timeout=WAIT_MS)
+    ask(qtbot, down, "What organ is this?")
+    wait_for_the_end(qtbot, down)
+    assert "the daemon is not running" in down.messages.text and "antoni-bridge serve" in down.messages.text
+    assert down.chat.ask_button.isEnabled(), "the window stays usable"
+
+
+def test_start_daemon_from_the_window_and_stop_it_on_close(
+    qtbot: QtBot, open_window, daemon: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(daemon.parent))  # the demo weights the module's daemon built
+    connection = tmp_path / "started.json"
+    broken = open_window(connection, ("--demo", "--queue", "0"))
+    broken.start_daemon()
+    qtbot.waitUntil(lambda: "The daemon did not start" in broken.messages.text, timeout=WAIT_MS)
+    assert "its output is in" in broken.messages.text and broken.daemon_process is None
+
+    window = open_window(connection, ("--demo", "--address", "tcp://127.0.0.1:*"))
+    window.start_daemon()
+    qtbot.waitUntil(lambda: window.daemon_process is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.daemon_state.running and window.daemon_state.demo, timeout=WAIT_MS)
+    process = window.daemon_process
+    window.close()
+    assert process.poll() is not None and not connection.exists()
+
+
+def wheel(view, notches: int) -> None:
+    """A real wheel event at the centre of the view, as a mouse sends it."""
+    centre = QPointF(view.viewport().rect().center())
+    event = QWheelEvent(
+        centre,
+        view.viewport().mapToGlobal(centre),
+        QPoint(),
+        QPoint(0, 120 * notches),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(view.viewport(), event)
+
+
+def test_wheel_zooms_drag_pans_keys_fit(qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout]) -> None:
+    window = open_window()
+    open_slide(qtbot, window, demo_40x[0])
+    view = window.view
+    fitted = view.zoom()
+    wheel(view, 2)
+    assert view.zoom() == pytest.approx(fitted * 1.25**2)
+    before = view.visible_area().center()
+    viewport = view.viewport()
+    middle = viewport.rect().center()
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=middle)
+    qtbot.mouseMove(viewport, middle + QPoint(200, 100))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=middle + QPoint(200, 100))
+    moved = view.visible_area().center()
+    assert moved.x() < before.x() and moved.y() < before.y(), "dragging right and down shows what lies left and up"
+    qtbot.keyClick(view, Qt.Key.Key_Right)
+    assert view.visible_area().center().x() > moved.x()
+    qtbot.keyClick(view, Qt.Key.Key_F)
+    assert view.zoom() == pytest.approx(fitted)
+    assert window.region_list.count() == 1, "panning drew nothing"
+
+
+def _annotation(name: str | None, box: tuple[int, int, int, int], object_type: str = "annotation") -> dict:
+    x0, y0, x1, y1 = box
+    properties: dict = {"objectType": object_type}
+    if name:
+        properties["classification"] = {"name": name}
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
+
+
+def test_qupath_annotations_are_imported_to_pick_from(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    export = tmp_path / "annotations.geojson"
+    features = [
+        _annotation("Tumor", OVER_TISSUE),
+        _annotation("Stroma", (5000, 1000, 6500, 2500)),
+        _annotation(None, (100, 100, 200, 200), object_type="detection"),  # cells are not regions to ask about
+    ]
+    export.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    window = open_window()
+    window.open_slide(demo_40x[0], None, export)  # as `antoni-bridge desk SLIDE --geojson FILE` does
+    qtbot.waitUntil(lambda: window.region_list.count() == 3, timeout=WAIT_MS)
+    assert [r.name for r in window.region_list.regions] == ["Tumor", "Stroma"]
+    window.region_list.setCurrentRow(2)
+    assert window.region.name == "Stroma" and "region Stroma" in window.chat.title.text()
+
+    (tmp_path / "broken.geojson").write_text("{ not json")
+    window.import_annotations(tmp_path / "broken.geojson")
+    assert "is not readable GeoJSON" in window.messages.text and window.region_list.count() == 3
