@@ -23,6 +23,7 @@ from antoni_bridge import paths
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.train import command as training
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -149,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the demo slide with the demo weights (offline)")
     demo.set_defaults(run=_demo)
     desk.add_commands(commands)
+    training.add_commands(commands)
     return parser
 
 

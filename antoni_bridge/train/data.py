@@ -56,7 +56,9 @@ class InstructData:
         self.keys: list[str] = []
         self.choices: list[list[str]] = []
         for key in sorted(self.h5["embeddings"]):
-            usable = [name for name, turns in self._conversations(key).items() if _usable(name, turns, text_attributes)]
+            usable = [
+                name for name, turns in self._conversations(key).items() if is_trainable(name, turns, text_attributes)
+            ]
             if usable:
                 self.keys.append(key)
                 self.choices.append(sorted(usable))
@@ -102,7 +104,7 @@ class InstructData:
         self.h5.close()
 
 
-def _usable(name: str, turns: Any, wanted: tuple[str, ...] | None) -> bool:
+def is_trainable(name: str, turns: Any, wanted: tuple[str, ...] | None) -> bool:
     """A conversation the filter allows that trains: user first, alternating, ending with the model."""
     if wanted is not None and name not in wanted:
         return False

@@ -88,6 +88,7 @@ class Trainer:
             self.optimizer, _cosine_with_warmup(warmup, self.total_steps)
         )
         self.position = Position()
+        _seed_everything(config.seed)  # a fresh run is reproducible; `resume` restores the generators instead
 
     # ------------------------------------------------------------------ the loop
 
@@ -126,7 +127,7 @@ class Trainer:
         for indices in group:
             loss = self.batch_loss(indices, self.position.epoch)
             (loss / len(group)).backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -236,6 +237,12 @@ class Trainer:
         if log.is_file():
             kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
             log.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:

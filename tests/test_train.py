@@ -1,0 +1,213 @@
+"""Training and evaluation on the demo weights and small HDF5 files built here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from antoni_bridge.demo_assets import DemoWeights, write_demo_weights
+from antoni_bridge.train.config import read_config
+from antoni_bridge.train.data import Case, InstructData, write_instruct_data
+from antoni_bridge.train.evaluate import LabelledCase, OrganTree, Predictions, binary_metrics, score
+from antoni_bridge.train.trainer import Trainer, load_model
+from tests.conftest import run_cli
+
+ORGANS = ("lung", "skin", "colon")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
+    folder = tmp_path_factory.mktemp("weights")
+    write_demo_weights(folder)
+    return DemoWeights.under(folder)
+
+
+def _cases(count: int) -> list[Case]:
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(count):
+        organ = ORGANS[i % 3]
+        vqa = [{"role": "user", "content": "What organ?"}, {"role": "assistant", "content": organ}]
+        report = [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": f"{organ} tissue"}]
+        latents = rng.normal(size=(513, 64)).astype(np.float32) + i % 3
+        cases.append(Case(f"case_{i}", latents, {"short_vqa": vqa, "clean_report": report}, organ))
+    return cases
+
+
+def _config(tmp_path: Path, weights: DemoWeights, **fields) -> Path:
+    write_instruct_data(tmp_path / "train.h5", _cases(8))
+    values = {
+        "stage": 1,
+        "train_data": "train.h5",
+        "llm": str(weights.llm),
+        "weights": str(weights.antoni),
+        "output_dir": "out",
+        "quant": "none",
+        "batch_size": 4,
+        "gradient_accumulation": 1,
+        "epochs": 3,
+        "save_every": 2,
+        "learning_rate": 3e-3,
+        "text_attributes": ["short_vqa"],
+        **fields,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _trainer(config_path: Path) -> Trainer:
+    config = read_config(config_path)
+    data = InstructData(config.train_data, config.text_attributes)
+    return Trainer(config, load_model(config, data.latent_width, torch.device("cpu")), data, None)
+
+
+def _losses(output_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stage_1_lowers_the_loss_and_changes_only_the_projector(tmp_path: Path, weights: DemoWeights) -> None:
+    trainer = _trainer(_config(tmp_path, weights))
+    before = trainer.model.trained_state()
+    before = {k: v.clone() for k, v in before.items()}
+    trainer.run()
+    losses = _losses(tmp_path / "out")
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    after = trainer.model.trained_state()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("projection_layer.") for k in changed)
+
+
+def test_stage_2_lowers_the_loss_and_trains_lora(tmp_path: Path, weights: DemoWeights) -> None:
+    trainer = _trainer(_config(tmp_path, weights, stage=2, learning_rate=1e-3))
+    before = {k: v.clone() for k, v in trainer.model.trained_state().items()}
+    trainer.run()
+    losses = _losses(tmp_path / "out")
+    assert losses[-1] < losses[0]
+    after = trainer.model.trained_state()
+    assert any(".lora_B." in k and not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_an_interrupted_run_resumes_on_the_same_loss_curve(tmp_path: Path, weights: DemoWeights) -> None:
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    whole.mkdir(), parted.mkdir()
+    _trainer(_config(whole, weights)).run()
+
+    def interrupt(metrics: dict) -> None:
+        if metrics["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(_config(parted, weights)).run(interrupt)
+    resumed = _trainer(_config(parted, weights))
+    assert resumed.resume().name == "checkpoint-2" and resumed.position.step == 2
+    resumed.run()
+    assert _losses(parted / "out") == pytest.approx(_losses(whole / "out"), rel=1e-5)
+
+
+def test_the_trained_checkpoint_loads_in_the_daemon_and_answers(tmp_path: Path, weights: DemoWeights) -> None:
+    from antoni_bridge.client import Client
+    from antoni_bridge.daemon.launch import start_daemon
+
+    final = _trainer(_config(tmp_path, weights, epochs=1)).run()
+    latents = tmp_path / "latents.pt"
+    torch.save(torch.randn(513, 64), latents)
+    connection = tmp_path / "daemon.json"
+    args = ["--weights", str(final), "--tile-encoder", str(weights.tile_encoder)]
+    process = start_daemon([*args, "--slide-encoder", str(weights.slide_encoder), "--address", "tcp://127.0.0.1:*"],
+                           connection)  # fmt: skip
+    try:
+        with Client(connection, timeout_s=30) as client:
+            content = {"features": str(latents), "conversation": [{"role": "user", "content": "Organ?"}]}
+            events = list(client.events("ask", {**content, "options": {"max_new_tokens": 4}}))
+            client.request("shutdown")
+        assert events[-1].type == "done", events[-1].content
+    finally:
+        process.wait(timeout=30)
+
+
+def test_metrics_on_a_crafted_prediction_set_equal_hand_computed_values() -> None:
+    tree = OrganTree.default()
+    cases = [
+        LabelledCase("a", "colon", True, "adenocarcinoma", ("adenocarcinoma", "adenoma")),
+        LabelledCase("b", "lung", False, "adenoma", ("adenocarcinoma", "adenoma")),
+        LabelledCase("c", "skin", True, "adenoma", ("adenocarcinoma", "adenoma")),
+        LabelledCase("d", "colon", False, "adenocarcinoma", ("adenocarcinoma", "adenoma")),
+    ]
+    run = Predictions(
+        "x",
+        organ=["colon", "respiratory tract", None, "gastrointestinal tract"],  # exact, 1 hop, none, 2 hops
+        neoplasm=[True, True, False, None],  # tp, fp, fn, tn (no answer counts as "no")
+        diagnosis_generated=["adenocarcinoma", "adenoma", None, "adenoma"],
+        diagnosis_ranked=["adenocarcinoma", "adenocarcinoma", "adenoma", "adenocarcinoma"],
+    )
+    metrics = score(cases, run, tree)
+    assert metrics["organ_exact"] == 0.25
+    assert metrics["organ_hierarchical"] == pytest.approx((1.0 + 0.75 + 0.0 + 0.5) / 4)
+    assert metrics["neoplasm_accuracy"] == 0.5
+    assert metrics["neoplasm_precision"] == 0.5 and metrics["neoplasm_recall"] == 0.5 and metrics["neoplasm_f1"] == 0.5
+    assert metrics["diagnosis_generation"] == 0.5 and metrics["diagnosis_likelihood"] == 0.75
+    assert binary_metrics([False, False], [False, False]) == {
+        "accuracy": 1.0,
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
+
+
+def test_eval_command_writes_the_report_with_a_baseline_row(tmp_path: Path, weights: DemoWeights) -> None:
+    write_instruct_data(tmp_path / "data.h5", _cases(2))
+    labels = [
+        {"key": "case_0", "organ": "lung", "neoplasm": False, "diagnosis": "a", "differential_options": ["a", "b"]},
+        {"key": "case_1", "organ": "skin", "neoplasm": True},
+    ]
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = tmp_path / "report"
+    args = ["--data", str(tmp_path / "data.h5"), "--labels", str(tmp_path / "labels.json"), "--out", str(out)]
+    result = run_cli("eval", *args, "--weights", str(weights.antoni), "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [row["variant"] for row in report["metrics"]] == ["ANTONI-Alpha", "without adapter (baseline)"]
+    assert "organ_hierarchical" in (out / "report.md").read_text() and (out / "confusion-neoplasm.png").stat().st_size
+
+
+def test_dataset_build_embeds_slides_into_the_training_layout(
+    tmp_path: Path, demo_20x: Path, demo_odd_pyramid: Path
+) -> None:
+    turns = [{"role": "user", "content": "Organ?"}, {"role": "assistant", "content": "skin"}]
+    lines = [
+        {"slide": p.name, "organ": "skin", "conversations": {"short_vqa": turns}} for p in (demo_20x, demo_odd_pyramid)
+    ]
+    conversations = tmp_path / "conversations.jsonl"
+    conversations.write_text("\n".join(json.dumps(line) for line in lines))
+    out = tmp_path / "mine.h5"
+    result = run_cli("dataset", "build", "--slides", str(demo_20x.parent), "--conversations", str(conversations),
+                     "--out", str(out), "--demo")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = InstructData(out)
+    assert data.keys == ["demo-20x", "demo-odd"] and data.latent_width == 64
+    data.close()
+
+
+def test_bad_configs_and_data_are_one_sentence(tmp_path: Path, weights: DemoWeights) -> None:
+    config = _config(tmp_path, weights)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(config.read_text() + "learning_rat: 0.1\n")
+    result = run_cli("train", "--config", str(typo))
+    assert result.returncode == 2 and "Unknown config field(s): learning_rat" in result.stderr
+    assert "Traceback" not in result.stderr
+    not_h5 = tmp_path / "notes.h5"
+    not_h5.write_text("not HDF5")
+    with h5py.File(tmp_path / "empty.h5", "w"):
+        pass
+    for path, message in ((not_h5, "not a readable HDF5"), (tmp_path / "empty.h5", "lacks the /embeddings")):
+        bad = tmp_path / f"{path.stem}.yaml"
+        bad.write_text(config.read_text().replace("train.h5", path.name))
+        result = run_cli("train", "--config", str(bad))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
