@@ -88,6 +88,7 @@ class Trainer:
             self.optimizer, _cosine_with_warmup(warmup, self.total_steps)
         )
         self.position = Position()
+        self.board = _tensorboard(config.output_dir)
         _seed_everything(config.seed)  # a fresh run is reproducible; `resume` restores the generators instead
 
     # ------------------------------------------------------------------ the loop
@@ -230,6 +231,10 @@ class Trainer:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         with (self.config.output_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
+        if self.board is not None:
+            for name in ("loss", "lr", "grad_norm", "val_loss"):
+                if name in metrics:
+                    self.board.add_scalar(name, metrics[name], metrics["step"])
 
     def _truncate_log(self, step: int) -> None:
         """Drop what an interrupted run logged after its last checkpoint; the resumed run logs it again."""
@@ -237,6 +242,15 @@ class Trainer:
         if log.is_file():
             kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
             log.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _tensorboard(folder: Path) -> Any:
+    """A TensorBoard writer when TensorBoard is installed (the JSONL log is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
 
 
 def _seed_everything(seed: int) -> None:
