@@ -150,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the demo slide with the demo weights (offline)")
     demo.set_defaults(run=_demo)
+
+    from antoni_bridge.batch.command import add_commands as add_batch_commands
+
+    add_batch_commands(commands)
     return parser
 
 
