@@ -53,11 +53,12 @@ def _project_class():  # -> paquo.projects.QuPathProject
 
 def read_images(source: Path) -> list[Image]:
     """Every image of the project with its annotations (as QuPath's own GeoJSON), opened read-only."""
-    from paquo.images import ImageProvider
-
     if not source.exists():
         raise BridgeError(f"No QuPath project at {source}.", "give the project.qpproj file or its folder")
-    with _project_class()(source, mode="r") as project:
+    project_class = _project_class()
+    from paquo.images import ImageProvider  # only now: importing it starts QuPath's JVM
+
+    with project_class(source, mode="r") as project:
         images = []
         for entry in project.images:
             image = Image(str(entry.image_name), None, entry_id=str(entry.entry_id))
