@@ -20,9 +20,13 @@ from typing import Any
 from tqdm import tqdm
 
 from antoni_bridge import paths
+from antoni_bridge.batch import command as batch
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.model_sources import device as _device
+from antoni_bridge.model_sources import model_sources
+from antoni_bridge.model_sources import weights_folder as _weights_folder
 from antoni_bridge.train import command as training
 
 EXIT_USER_ERROR = 2
@@ -151,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     desk.add_commands(commands)
     training.add_commands(commands)
+    batch.add_commands(commands)
     return parser
 
 
@@ -491,7 +496,7 @@ def _serve(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from antoni_bridge.daemon.logs import setup_logging
-    from antoni_bridge.daemon.runtime import ModelSources, Runtime
+    from antoni_bridge.daemon.runtime import Runtime
     from antoni_bridge.daemon.server import Daemon
 
     if not args.verbose:
@@ -504,15 +509,7 @@ def _serve(args: argparse.Namespace) -> int:
     missing = [str(root) for root in args.slide_root if not root.is_dir()]
     if missing:
         raise BridgeError(f"--slide-root {missing[0]} is not a folder.", "give folders that hold your slides")
-    weights = _weights_folder(args)
-    if args.demo:
-        from antoni_bridge.demo_assets import demo_weights
-
-        demo = demo_weights()
-        tile, slide_encoder = str(demo.tile_encoder), str(demo.slide_encoder)
-    else:
-        tile, slide_encoder = args.tile_encoder, args.slide_encoder
-    sources = ModelSources(tile, slide_encoder, weights, args.llm, _device(args.device), args.quant, args.demo)
+    sources = model_sources(args)
     runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir(), args.slide_root)
     log_file = args.log_file or paths.log_file()
     setup_logging(log_file, args.verbose)
@@ -582,16 +579,6 @@ def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
     if len(args.words) != 2:
         raise BridgeError("Give a slide and a question, or --features and a question.", 'ask SLIDE "QUESTION"')
     return Path(args.words[0]), args.words[1]
-
-
-def _weights_folder(args: argparse.Namespace) -> Path:
-    if args.demo:
-        from antoni_bridge.demo_assets import demo_weights
-
-        return demo_weights().antoni
-    from antoni_bridge.encoders.sources import resolve_model_dir
-
-    return resolve_model_dir(args.weights, "ANTONI-Alpha weights", args.revision)
 
 
 def _load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
@@ -670,19 +657,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _device(requested: str | None) -> str:
-    """The device asked for, checked; by default CUDA when there is one."""
-    import torch
-
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise BridgeError(f"--device {requested} was asked for but torch sees no CUDA GPU.", "use --device cpu")
-    if not requested.startswith(("cpu", "cuda")):
-        raise BridgeError(f"Unknown device {requested!r}.", "use cpu or cuda (cuda:N for the N-th GPU)")
-    return requested
 
 
 class _ProgressBars:

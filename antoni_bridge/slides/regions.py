@@ -6,9 +6,11 @@ asked about here without conversion.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,12 +86,12 @@ def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -
     path = Path(path)
     areas = _area_features(path)
     if name is not None:
-        matches = [f for f in areas if name in _names(f)]
+        matches = [f for f in areas if name in annotation_names(f)]
         if not matches:
-            known = {n for f in areas for n in _names(f)}
+            known = {n for f in areas for n in annotation_names(f)}
             raise BridgeError(
                 f"No annotation named {name!r} in {path.name}.",
-                f"names there: {_listing(known) or 'none (the annotations are unnamed)'}",
+                f"names there: {name_listing(known) or 'none (the annotations are unnamed)'}",
             )
         if len(matches) > 1:
             raise BridgeError(
@@ -97,10 +99,10 @@ def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -
             )
         return Region.from_geojson_dict(matches[0]["geometry"], name=name)
     if len(areas) > 1:
-        known = {n for f in areas for n in _names(f)}
+        known = {n for f in areas for n in annotation_names(f)}
         raise BridgeError(
             f"{path.name} holds {len(areas)} area annotations; say which one.",
-            f"add --name NAME ({_listing(known) or 'the annotations are unnamed: name them in QuPath'})",
+            f"add --name NAME ({name_listing(known) or 'the annotations are unnamed: name them in QuPath'})",
         )
     return _region_of(areas[0])
 
@@ -112,18 +114,9 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
 
 def _area_features(path: Path) -> list[dict[str, Any]]:
     """The area annotations of a GeoJSON file (at least one), or a BridgeError saying why there are none."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise BridgeError(f"No GeoJSON file at {path}.", "check the path of the exported annotations") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BridgeError(
-            f"{path.name} is not readable GeoJSON ({exc}).",
-            "export the annotations again from QuPath (File > Export objects as GeoJSON)",
-        ) from exc
-    features = [f for f in _features(data) if isinstance(f.get("geometry"), dict)]
+    features = [f for f in read_geojson_features(path) if isinstance(f.get("geometry"), dict)]
     areas = [f for f in features if f["geometry"].get("type") in ("Polygon", "MultiPolygon")]
-    annotations = [f for f in areas if _properties(f).get("objectType", "annotation") == "annotation"]
+    annotations = [f for f in areas if feature_properties(f).get("objectType", "annotation") == "annotation"]
     areas = annotations or areas  # exports of all objects also hold detections and cells
     if not areas:
         raise BridgeError(f"{path.name} holds no area annotation.", "draw and export an area annotation")
@@ -131,8 +124,42 @@ def _area_features(path: Path) -> list[dict[str, Any]]:
 
 
 def _region_of(feature: dict[str, Any]) -> Region:
-    names = _names(feature)
+    names = annotation_names(feature)
     return Region.from_geojson_dict(feature["geometry"], name=names[0] if names else None)
+
+
+def read_geojson_features(path: Path) -> list[dict[str, Any]]:
+    """Every feature of a QuPath export, whichever form QuPath wrote: a FeatureCollection, a bare array or
+    one Feature, as .geojson/.json or compressed (.gz, or a .zip of such files)."""
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.lower().endswith((".geojson", ".json"))]
+                return [f for m in members for f in _features(_parse_geojson(archive.read(m)))]
+        raw = gzip.decompress(path.read_bytes()) if path.suffix.lower() == ".gz" else path.read_bytes()
+        return _features(_parse_geojson(raw))
+    except FileNotFoundError:
+        raise BridgeError(f"No GeoJSON file at {path}.", "check the path of the exported annotations") from None
+    except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BridgeError(
+            f"{path.name} is not readable GeoJSON ({exc}).",
+            "export the annotations again from QuPath (File > Export objects as GeoJSON)",
+        ) from exc
+
+
+def _parse_geojson(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_merge_repeated_keys)
+
+
+def _merge_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """QuPath's writer can emit `metadata` twice in one object: keep the entries of both, not the last."""
+    merged: dict[str, Any] = {}
+    for key, value in pairs:
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _features(data: Any) -> list[dict[str, Any]]:
@@ -151,9 +178,9 @@ def _features(data: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _names(feature: dict[str, Any]) -> list[str]:
+def annotation_names(feature: dict[str, Any]) -> list[str]:
     """What a user may call an annotation: its name, its class, or its id."""
-    props = _properties(feature)
+    props = feature_properties(feature)
     names = [props.get("name")]
     classification = props.get("classification")
     if isinstance(classification, dict):
@@ -162,12 +189,12 @@ def _names(feature: dict[str, Any]) -> list[str]:
     return [str(n) for n in names if n not in (None, "")]
 
 
-def _properties(feature: dict[str, Any]) -> dict[str, Any]:
+def feature_properties(feature: dict[str, Any]) -> dict[str, Any]:
     props = feature.get("properties")
     return props if isinstance(props, dict) else {}
 
 
-def _listing(names: set[str], limit: int = 12) -> str:
+def name_listing(names: set[str], limit: int = 12) -> str:
     """Some of the names, for a hint; exports can hold thousands of objects."""
     ordered = sorted(names)
     more = f" and {len(ordered) - limit} more" if len(ordered) > limit else ""

@@ -1,0 +1,128 @@
+"""Asking one item: through the running daemon (or a demo daemon of the batch's own), or in-process
+with the daemon's own runtime (`--local`), which keeps models and latents loaded between items.
+
+Both return the content of the job's `done` message; a refusal or failure of the item raises
+`BridgeError` with the daemon's sentence. A dead daemon (`DaemonUnreachable`) ends the run instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from antoni_bridge import paths
+from antoni_bridge.batch.sources import Item
+from antoni_bridge.errors import BridgeError
+
+OnStage = Callable[[str], None]
+BUSY_WAIT_S = 1.0  # the daemon's queue was full: another front end is using it
+
+
+class Asker(Protocol):
+    def __call__(self, item: Item, on_stage: OnStage) -> dict[str, Any]: ...
+
+
+def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
+    """The `ask` request of an item (docs/protocol.md): the slide, the region, one question, greedy options."""
+    content: dict[str, Any] = {
+        "slide": str(item.image.slide.resolve()),
+        "conversation": [{"role": "user", "content": item.question}],
+        "options": options,
+    }
+    if item.region is not None:
+        content["region"] = item.region
+    return content
+
+
+@contextlib.contextmanager
+def asker(args: argparse.Namespace) -> Iterator[Asker]:
+    """The asker the options call for, released (models, sockets, a demo daemon) when the run ends."""
+    options = {"max_new_tokens": args.max_new_tokens, "greedy": True}
+    if args.local:
+        yield _local_asker(args, options)
+    elif args.demo:
+        with _own_demo_daemon() as connection, _daemon_asker(connection, options) as ask:
+            yield ask
+    else:
+        with _daemon_asker(None, options) as ask:
+            yield ask
+
+
+@contextlib.contextmanager
+def _daemon_asker(connection: Path | None, options: dict[str, Any]) -> Iterator[Asker]:
+    from antoni_bridge.client import Client
+
+    with Client(connection) as client:
+
+        def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
+            while True:  # resent while the daemon answers `busy`
+                for event in client.events("ask", job_content(item, options)):
+                    if event.type == "progress":
+                        on_stage(event.content["stage"])
+                    elif event.type == "done":
+                        return event.content
+                    elif event.type == "error":
+                        raise BridgeError(
+                            event.content.get("message", "The daemon refused."), event.content.get("hint", "")
+                        )
+                    elif event.type == "cancelled":
+                        raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it")
+                on_stage("waiting: the daemon is busy")
+                time.sleep(BUSY_WAIT_S)
+
+        yield ask
+
+
+@contextlib.contextmanager
+def _own_demo_daemon() -> Iterator[Path]:
+    """A daemon with the demo weights on a free port and a connection file of its own (one the user
+    runs is left alone), stopped when the batch ends."""
+    from antoni_bridge.client import Client
+    from antoni_bridge.daemon.launch import start_daemon
+
+    connection = paths.home() / "batch-daemon.json"
+    log = paths.home() / "logs" / "batch-daemon.log"
+    print("starting a daemon with the demo weights", flush=True)
+    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*", "--log-file", str(log)], connection)
+    stopping = False
+    try:
+        yield connection
+        with Client(connection) as client:
+            client.request("shutdown")
+        stopping = True
+    finally:
+        _stop(process, 30.0 if stopping else 0.0)
+        connection.unlink(missing_ok=True)
+
+
+def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Wait for a daemon asked to stop; end one that was not, or does not."""
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
+
+
+def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
+    """The daemon's runtime and ask runner in this process: the same code answers, without sockets."""
+    from antoni_bridge.daemon.jobs import Job
+    from antoni_bridge.daemon.runtime import Runtime
+    from antoni_bridge.daemon.worker import run_ask
+    from antoni_bridge.model_sources import model_sources
+
+    runtime = Runtime(model_sources(args), args.cache_dir or paths.feature_cache_dir())
+
+    def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
+        def emit(kind: str, content: dict[str, Any]) -> None:
+            if kind == "progress":
+                on_stage(content["stage"])
+
+        return run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
+
+    return ask
