@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,39 +19,6 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.demo import DemoLayout
 
 ASK = {"conversation": [{"role": "user", "content": "What organ is this?"}], "options": {"max_new_tokens": 6}}
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("daemon-home")
-    connection = home / "daemon.json"
-    env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "antoni_bridge.cli",
-            "serve",
-            "--demo",
-            "--address",
-            "tcp://127.0.0.1:*",
-            "--client-timeout",
-            "1.0",
-        ],  # short, so a killed client's job is cancelled before it could finish
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not connection.exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "the daemon did not start"
-        time.sleep(0.1)
-    yield connection
-    if process.poll() is None:
-        process.kill()
-    process.wait()
 
 
 def _client(daemon: Path) -> Client:
