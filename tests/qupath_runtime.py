@@ -61,7 +61,7 @@ def java_home() -> str:
 
 
 def command(script: str, *args: str, gui: bool = False, extra_classpath: tuple[Path, ...] = ()) -> list[str]:
-    classpath = [SOURCES, *extra_classpath, *JARS.values()]
+    classpath = [SOURCES, SCRIPTS, *extra_classpath, *JARS.values()]
     if gui:
         classpath += [DOUBLES, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
     groovy = ["groovy", "-cp", os.pathsep.join(map(str, classpath)), str(SCRIPTS / script), *args]

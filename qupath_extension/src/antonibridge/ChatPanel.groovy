@@ -27,7 +27,7 @@ import java.util.prefs.Preferences
 /**
  * The chat panel: the conversation with answers streaming in, progress while a slide is embedded, cancel,
  * a status line and the connection settings. It knows nothing of QuPath: `targets` answers
- * `target(boolean wholeImage)` with an AskTarget (or throws a Protocol.Problem saying why not) and
+ * `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why not) and
  * `save(target, conversation)` keeps an answer. Runs on the JavaFX thread; the link reports through runLater.
  */
 class ChatPanel {
@@ -225,7 +225,7 @@ class ChatPanel {
     private AskTarget currentTarget() {
         try {
             return targets.target(wholeImage.selected) as AskTarget
-        } catch (Protocol.Problem p) {
+        } catch (Problem p) {
             say(p.message, p.hint)
         } catch (Exception exc) { // a QuPath that changed under us: one sentence here, the trace in the log
             exc.printStackTrace()

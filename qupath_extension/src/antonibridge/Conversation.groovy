@@ -25,7 +25,7 @@ class Conversation {
                 if (saved.every { it instanceof Map && it.role in ['user', 'assistant'] && it.content instanceof String }) {
                     return new Conversation(label, saved as List<Map>)
                 }
-            } catch (Protocol.Problem ignored) {
+            } catch (Problem ignored) {
                 // someone edited the metadata: start afresh rather than fail the question
             }
         }

@@ -35,8 +35,8 @@ class DaemonLink {
     private ZMQ.Context context
     private ZMQ.Socket socket
     private Protocol protocol
-    private Protocol.Connection connection
-    private Protocol.Connection refused // a daemon we will not talk to (key or version mismatch) until it changes
+    private ConnectionFile connection
+    private ConnectionFile refused // a daemon we will not talk to (key or version mismatch) until it changes
     private final Map<String, Map> pending = [:] // request msg_id -> [type, deadline]
     private Map job // [askId, jobId, cancel, deadline]
     private Map state = [connected: false, server: null, demo: null, address: null, problem: null, queue: null,
@@ -132,10 +132,10 @@ class DaemonLink {
 
     private void connect() {
         nextAttempt = now() + RETRY_MS
-        Protocol.Connection found
+        ConnectionFile found
         try {
-            found = Protocol.Connection.read(connectionFile)
-        } catch (Protocol.Problem p) {
+            found = ConnectionFile.read(connectionFile)
+        } catch (Problem p) {
             state.problem = asMap(p)
             return
         }
@@ -148,7 +148,7 @@ class DaemonLink {
             return
         }
         if (found.protocol != Protocol.VERSION) {
-            refuse(found, new Protocol.Problem('bad-version',
+            refuse(found, new Problem('bad-version',
                     "The daemon speaks protocol ${found.protocol}, this panel ${Protocol.VERSION}.",
                     'update the older of the two: antoni-bridge, or this panel with `antoni-bridge qupath install`'))
             return
@@ -177,7 +177,7 @@ class DaemonLink {
         Map message
         try {
             message = protocol.parse(frames)
-        } catch (Protocol.Problem p) {
+        } catch (Problem p) {
             refusedReply(p)
             return
         }
@@ -200,7 +200,7 @@ class DaemonLink {
     private void hello(Map message) {
         Map content = message.content as Map
         if (message.type == 'error') {
-            refuse(connection, new Protocol.Problem(content.code as String, content.message as String,
+            refuse(connection, new Problem(content.code as String, content.message as String,
                     content.hint as String))
             return
         }
@@ -257,10 +257,10 @@ class DaemonLink {
 
     /** A restarted daemon rewrites the connection file; a stopped one removes it or leaves a dead pid. */
     private void checkDaemonStillThere() {
-        Protocol.Connection current
+        ConnectionFile current
         try {
-            current = Protocol.Connection.read(connectionFile)
-        } catch (Protocol.Problem p) {
+            current = ConnectionFile.read(connectionFile)
+        } catch (Problem p) {
             lost(problem('stopped', 'The daemon stopped.', START_HINT))
             return
         }
@@ -273,11 +273,11 @@ class DaemonLink {
 
     private void noAnswer() {
         try {
-            if (!Protocol.Connection.read(connectionFile).sameDaemon(connection)) {
+            if (!ConnectionFile.read(connectionFile).sameDaemon(connection)) {
                 replaced()
                 return
             }
-        } catch (Protocol.Problem p) {
+        } catch (Problem p) {
             lost(asMap(p))
             return
         }
@@ -298,17 +298,17 @@ class DaemonLink {
         state.problem = why
     }
 
-    private void refusedReply(Protocol.Problem p) {
+    private void refusedReply(Problem p) {
         if (p.code == 'replayed') {
             return
         }
         if (p.code == 'bad-signature') {
             try {
-                if (!Protocol.Connection.read(connectionFile).sameDaemon(connection)) {
+                if (!ConnectionFile.read(connectionFile).sameDaemon(connection)) {
                     replaced()
                     return
                 }
-            } catch (Protocol.Problem ignored) {
+            } catch (Problem ignored) {
                 // no file now: the mismatch is the problem to show
             }
         }
@@ -316,7 +316,7 @@ class DaemonLink {
     }
 
     /** Stop talking to this daemon until its connection file changes (it restarts) or the settings do. */
-    private void refuse(Protocol.Connection daemon, Protocol.Problem p) {
+    private void refuse(ConnectionFile daemon, Problem p) {
         refused = daemon
         lost(asMap(p))
     }
@@ -336,7 +336,7 @@ class DaemonLink {
         List message
         try {
             message = protocol.message('ask', content)
-        } catch (Protocol.Problem p) {
+        } catch (Problem p) {
             report('job', [type: 'error', content: asMap(p)])
             return
         }
@@ -408,7 +408,7 @@ class DaemonLink {
     }
 
     /** A daemon on this machine, whose process id can be checked (not one reached through a tunnel). */
-    private boolean local(Protocol.Connection daemon) {
+    private boolean local(ConnectionFile daemon) {
         addressOverride == null && daemon.address ==~ /tcp:\/\/(127\.[0-9.]+|localhost|\[::1\]):\d+/
     }
 
@@ -422,7 +422,7 @@ class DaemonLink {
         [code: code, message: message, hint: hint]
     }
 
-    private static Map asMap(Protocol.Problem p) {
+    private static Map asMap(Problem p) {
         problem(p.code, p.message, p.hint)
     }
 

@@ -28,50 +28,6 @@ class Protocol {
         this.key = new SecretKeySpec(key.getBytes(StandardCharsets.UTF_8), 'HmacSHA256')
     }
 
-    /** A refusal: `code` as in the protocol's error replies, a sentence and a hint for the user. */
-    static class Problem extends RuntimeException {
-        final String code
-        final String hint
-
-        Problem(String code, String message, String hint) {
-            super(message)
-            this.code = code
-            this.hint = hint
-        }
-    }
-
-    /** What a client needs to reach the daemon, from the file the daemon rewrites at every start. */
-    static class Connection {
-        String address
-        String key
-        long pid
-        int protocol
-
-        /** The file's connection, or a Problem naming the cause and the fix. */
-        static Connection read(File file) {
-            if (!file.isFile()) {
-                throw new Problem('not-running', "The daemon is not running (no connection file at ${file}).",
-                        'start it with `antoni-bridge serve`')
-            }
-            try {
-                Map values = parse(file.getText('UTF-8'))
-                def connection = new Connection(address: values.address as String, key: values.key as String,
-                        pid: (values.pid as Number).longValue(), protocol: (values.protocol as Number).intValue())
-                if (!connection.address || !connection.key) {
-                    throw new IllegalArgumentException('address or key missing')
-                }
-                return connection
-            } catch (Problem | IllegalArgumentException | NullPointerException | ClassCastException | IOException exc) {
-                throw new Problem('damaged', "The connection file ${file} is damaged (${exc.message}).",
-                        'restart the daemon with `antoni-bridge serve`')
-            }
-        }
-
-        boolean sameDaemon(Connection other) {
-            other != null && other.address == address && other.key == key && other.pid == pid
-        }
-    }
-
     /** The frames of a new message and its id: [msgId, frames]. */
     List message(String type, Map content) {
         String msgId = UUID.randomUUID().toString().replace('-', '')
@@ -160,7 +116,10 @@ class Protocol {
         if (value instanceof Number && !Double.isFinite(((Number) value).doubleValue())) {
             throw new Problem('invalid-json', "The value ${value} cannot be sent as JSON.", 'replace NaN and Infinity')
         }
-        return value
+        if (value == null || value instanceof Number || value instanceof Boolean) {
+            return value
+        }
+        throw new Problem('invalid-json', "A ${value.getClass().simpleName} cannot be sent as JSON.", 'send maps, lists, text and numbers')
     }
 
     private byte[] sign(byte[] header, byte[] content) {

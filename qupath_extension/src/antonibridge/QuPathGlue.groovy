@@ -45,7 +45,7 @@ class QuPathGlue {
 
     // ------------------------------------------------------------------ what a question is about
 
-    /** The current image, or its selected annotations, as an AskTarget; a Protocol.Problem says why not. */
+    /** The current image, or its selected annotations, as an AskTarget; a Problem says why not. */
     AskTarget target(boolean wholeImage) {
         def imageData = qupath.getImageData()
         if (imageData == null) {
@@ -134,7 +134,7 @@ class QuPathGlue {
 
     private static List selectedAnnotations(def hierarchy) {
         Collection selected = hierarchy.getSelectionModel().getSelectedObjects()
-        List annotations = selected.findAll { it.isAnnotation() }
+        List annotations = selected.findAll { it.isAnnotation() }.toList()
         if (!annotations && selected) {
             throw refusal('The selection holds no annotation (only detections, cells or other objects).',
                     "select an annotation, or choose 'Whole image'")
@@ -149,7 +149,7 @@ class QuPathGlue {
     private static Map regionOf(List annotations) {
         annotations.each {
             if (!it.getROI().isArea()) {
-                throw refusal("Annotation ${nameOf(it)} is a ${it.getROI().getRoiName().toLowerCase()}, not an area.",
+                throw refusal("Annotation ${nameOf(it)} is not an area (its shape is ${it.getROI().getRoiName()}).",
                         "draw an area (rectangle, ellipse, polygon or brush), or choose 'Whole image'")
             }
         }
@@ -189,8 +189,8 @@ class QuPathGlue {
         return name ? "\"${name}\"" : '(unnamed)'
     }
 
-    private static Protocol.Problem refusal(String message, String hint) {
-        new Protocol.Problem('bad-target', message, hint)
+    private static Problem refusal(String message, String hint) {
+        new Problem('bad-target', message, hint)
     }
 
     // ------------------------------------------------------------------ QuPath's window
