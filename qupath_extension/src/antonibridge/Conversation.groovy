@@ -69,7 +69,7 @@ class Conversation {
             if (turn.role == 'user') {
                 text << "\nYou: ${turn.content}\n"
             } else {
-                text << "ANTONI: ${turn.content}\n"
+                text << "ANTONI: ${(turn.content as String).trim()}\n"
                 text << "  (${turn.model}, ${turn.weights} weights, ${turn.time})\n"
                 if (turn.weights == 'demo') {
                     text << "  ${DEMO_NOTE}\n"

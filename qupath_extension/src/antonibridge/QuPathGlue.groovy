@@ -205,6 +205,7 @@ class QuPathGlue {
         tab = new Tab('ANTONI', panel.root)
         tab.id = TAB_ID
         tab.userData = panel
+        tab.closable = false // "Show the ANTONI panel" could not bring a closed tab back
         FXUtils.makeTabUndockable(tab)
         tabs.add(tab)
     }
