@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from antoni_bridge import paths
+from antoni_bridge import paths, qupath_install
 from antoni_bridge.errors import BridgeError
 
 EXIT_USER_ERROR = 2
@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the demo slide with the demo weights (offline)")
     demo.set_defaults(run=_demo)
+    qupath_install.add_commands(commands)
     return parser
 
 

@@ -60,8 +60,10 @@ def java_home() -> str:
     return str(Path(java).resolve().parents[1])
 
 
-def command(script: str, *args: str, gui: bool = False, extra_classpath: tuple[Path, ...] = ()) -> list[str]:
-    classpath = [SOURCES, SCRIPTS, *extra_classpath, *JARS.values()]
+def command(script: str, *args: str, gui: bool = False, sources: bool = True, jeromq: bool = True) -> list[str]:
+    """groovy with the jars on its class path; `sources` adds the panel's sources from this checkout."""
+    jars = [jar for name, jar in JARS.items() if jeromq or name != "jeromq"]
+    classpath = [*([SOURCES] if sources else []), SCRIPTS, *jars]
     if gui:
         classpath += [DOUBLES, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
     groovy = ["groovy", "-cp", os.pathsep.join(map(str, classpath)), str(SCRIPTS / script), *args]
@@ -78,10 +80,23 @@ def environment(prefs: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run(script: str, *args: str, prefs: Path, gui: bool = False, timeout: float = 120, **env: str) -> Any:
+def run(
+    script: str,
+    *args: str,
+    prefs: Path,
+    gui: bool = False,
+    sources: bool = True,
+    jeromq: bool = True,
+    timeout: float = 120,
+    **env: str,
+) -> Any:
     """Run a Groovy check script to its end; its last stdout line is a JSON object of what it observed."""
     result = subprocess.run(
-        command(script, *args, gui=gui), capture_output=True, text=True, env=environment(prefs, **env), timeout=timeout
+        command(script, *args, gui=gui, sources=sources, jeromq=jeromq),
+        capture_output=True,
+        text=True,
+        env=environment(prefs, **env),
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -123,6 +138,12 @@ class Driver:
                 continue
             if predicate(report):
                 return report
+
+    def connect(self, connection: Path, **fields: str) -> dict[str, Any]:
+        """A new link to the daemon of `connection`; its first state that is connected or has a problem."""
+        self.send("connect", connection_file=str(connection), **fields)
+        self.wait_for(lambda r: r["kind"] == "connecting")  # reports of the previous link come before it
+        return self.state(lambda s: s["connected"] or s["problem"])
 
     def state(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
         return self.wait_for(lambda r: r["kind"] == "state" and predicate(r["data"]), timeout)["data"]

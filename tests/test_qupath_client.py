@@ -33,21 +33,16 @@ def long_latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _connect(driver: Driver, connection: Path, **fields: str) -> dict:
-    driver.send("connect", connection_file=str(connection), **fields)
-    return driver.state(lambda s: s["connected"] or s["problem"])
-
-
 def test_connects_and_says_demo_weights(driver: Driver, daemon: Path) -> None:
-    state = _connect(driver, daemon)
+    state = driver.connect(daemon)
     assert state["connected"] and state["demo"] is True and state["server"].startswith("antoni-bridge")
     assert driver.state(lambda s: s["queue"] is not None)["queue"]["running"] is False  # status polled
 
 
 def test_an_answer_streams_in_and_ends_once(driver: Driver, daemon: Path, tmp_path: Path) -> None:
     latents = tmp_path / "latents.pt"
-    torch.save(torch.randn(513, 64), latents)
-    _connect(driver, daemon)
+    torch.save(torch.randn(513, 64, generator=torch.Generator().manual_seed(0)), latents)  # a non-empty answer
+    driver.connect(daemon)
     driver.send("ask", content={**ASK, "features": str(latents)})
     events = driver.job_until_end()
     types = [e["type"] for e in events]
@@ -58,7 +53,7 @@ def test_an_answer_streams_in_and_ends_once(driver: Driver, daemon: Path, tmp_pa
 
 
 def test_cancel_ends_a_long_answer_at_once(driver: Driver, daemon: Path, long_latents: Path) -> None:
-    _connect(driver, daemon)
+    driver.connect(daemon)
     driver.send("ask", content={**ASK, "features": str(long_latents), "options": {"max_new_tokens": 1500}})
     driver.wait_for(lambda r: r["kind"] == "job" and r["data"]["type"] == "token")
     start = time.monotonic()
@@ -68,14 +63,14 @@ def test_cancel_ends_a_long_answer_at_once(driver: Driver, daemon: Path, long_la
 
 
 def test_a_slide_the_daemon_cannot_read_is_a_clear_error(driver: Driver, daemon: Path, tmp_path: Path) -> None:
-    _connect(driver, daemon)
+    driver.connect(daemon)
     driver.send("ask", content={**ASK, "slide": str(tmp_path / "nowhere.svs")})
     last = driver.job_until_end()[-1]
     assert last["type"] == "error" and "No slide at" in last["content"]["message"] and last["content"]["hint"]
 
 
 def test_no_daemon_names_the_cause_and_the_fix(driver: Driver, tmp_path: Path) -> None:
-    state = _connect(driver, tmp_path / "daemon.json")
+    state = driver.connect(tmp_path / "daemon.json")
     assert not state["connected"]
     assert state["problem"]["message"].startswith("The daemon is not running")
     assert state["problem"]["hint"] == "start it with `antoni-bridge serve`"
@@ -87,7 +82,7 @@ def test_a_wrong_key_is_a_key_mismatch(driver: Driver, daemon: Path, tmp_path: P
     wrong = json.loads(daemon.read_text())
     wrong["key"] = "0" * 64
     (tmp_path / "daemon.json").write_text(json.dumps(wrong))
-    state = _connect(driver, tmp_path / "daemon.json")
+    state = driver.connect(tmp_path / "daemon.json")
     assert not state["connected"] and state["problem"]["message"].startswith("Key mismatch")
     assert "the daemon restarted" in state["problem"]["hint"]
 
@@ -95,7 +90,7 @@ def test_a_wrong_key_is_a_key_mismatch(driver: Driver, daemon: Path, tmp_path: P
 def test_another_protocol_version_is_named(driver: Driver, daemon: Path, tmp_path: Path) -> None:
     newer = {**json.loads(daemon.read_text()), "protocol": 2}
     (tmp_path / "daemon.json").write_text(json.dumps(newer))
-    state = _connect(driver, tmp_path / "daemon.json")
+    state = driver.connect(tmp_path / "daemon.json")
     assert state["problem"]["message"] == "The daemon speaks protocol 2, this panel 1."
 
 
@@ -106,7 +101,7 @@ def test_a_daemon_that_dies_and_restarts_is_noticed_and_reconnected(
     serve = ("--demo", "--address", "tcp://127.0.0.1:*")
     first = start_daemon(serve, connection_file=connection, log_file=log)
     try:
-        assert _connect(driver, connection)["connected"]
+        assert driver.connect(connection)["connected"]
         driver.send("ask", content={**ASK, "features": str(long_latents), "options": {"max_new_tokens": 1700}})
         driver.wait_for(lambda r: r["kind"] == "job" and r["data"]["type"] == "token")
         first.kill()
@@ -127,7 +122,25 @@ def test_a_daemon_that_dies_and_restarts_is_noticed_and_reconnected(
         first.wait()
 
 
+def test_a_long_answer_is_not_taken_for_a_dead_client(driver: Driver, tmp_path: Path, long_latents: Path) -> None:
+    """A daemon that cancels the jobs of clients silent for 0.8 s: only the link's heartbeats keep this one going
+    (its status requests come once a second)."""
+    connection = tmp_path / "daemon.json"
+    strict = ("--demo", "--address", "tcp://127.0.0.1:*", "--client-timeout", "0.8")
+    process = start_daemon(strict, connection_file=connection, log_file=tmp_path / "daemon.log")
+    try:
+        driver.connect(connection)
+        start = time.monotonic()
+        driver.send("ask", content={**ASK, "features": str(long_latents), "options": {"max_new_tokens": 1700}})
+        last = driver.job_until_end()[-1]
+        assert last["type"] == "done" and last["content"]["stop_reason"] == "length"
+        assert time.monotonic() - start > 1.0
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_close_ends_the_link_thread(driver: Driver, daemon: Path) -> None:
-    _connect(driver, daemon)
+    driver.connect(daemon)
     driver.send("close")
     assert driver.wait_for(lambda r: r["kind"] == "closed", timeout=10)["data"]["threads"] == 0

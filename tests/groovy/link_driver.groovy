@@ -4,18 +4,27 @@
 import antonibridge.DaemonLink
 import antonibridge.Protocol
 
-DaemonLink link = null
-Closure printReport = { String kind, Map data ->
-    synchronized (System.out) {
-        System.out.println(Protocol.json([kind: kind, data: data]))
+import java.util.concurrent.LinkedBlockingQueue
+
+// Reports are printed by a thread of their own: the link's thread must never wait on a full pipe (the panel
+// hands them to the JavaFX thread in the same way).
+LinkedBlockingQueue<String> lines = new LinkedBlockingQueue<String>()
+Thread printer = new Thread({
+    while (true) {
+        System.out.println(lines.take())
         System.out.flush()
     }
-}
+} as Runnable)
+printer.daemon = true
+printer.start()
+Closure printReport = { String kind, Map data -> lines.put(Protocol.json([kind: kind, data: data])) }
+DaemonLink link = null
 System.in.newReader('UTF-8').eachLine { String line ->
     Map command = Protocol.parse(line)
     switch (command.op) {
         case 'connect':
             link?.close()
+            printReport('connecting', [:]) // what follows is the new link's
             link = new DaemonLink(new File(command.connection_file as String), command.address as String, printReport).start()
             break
         case 'ask':
@@ -32,3 +41,6 @@ System.in.newReader('UTF-8').eachLine { String line ->
     }
 }
 link?.close()
+while (!lines.isEmpty()) {
+    Thread.sleep(10)
+}

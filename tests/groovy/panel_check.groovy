@@ -29,7 +29,7 @@ Fx.run {
     panel.answerTokens.text = '24' // short demo answers: the settings field, as a user sets it
     panel.apply.fire()
 }
-Fx.waitFor('the connection to the daemon', 30) { panel.status.text.startsWith('Connected') }
+Fx.waitFor('the connection to the daemon and its queue', 30) { panel.status.text.endsWith('idle') }
 seen.status = Fx.run { panel.status.text }
 
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')

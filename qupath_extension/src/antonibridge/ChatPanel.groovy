@@ -129,7 +129,8 @@ class ChatPanel {
         daemon = state
         if (state.connected) {
             String weights = state.demo ? 'demo weights (random: answers mean nothing)' : 'real weights'
-            status.text = "Connected to ${state.server} at ${state.address} \u00b7 ${weights} \u00b7 ${queueText(state.queue as Map)}"
+            List parts = ["Connected to ${state.server} at ${state.address}", weights, queueText(state.queue as Map)]
+            status.text = parts.findAll().join(' \u00b7 ')
         } else {
             status.text = 'Not connected to the daemon.'
         }
@@ -143,7 +144,7 @@ class ChatPanel {
 
     private String queueText(Map queue) {
         if (queue == null) {
-            return 'queue unknown'
+            return null // until the first status reply
         }
         if (asking != null && queue.position != null) {
             return queue.position == 0 ? 'your question is running' : "your question is number ${queue.position} in the queue"
