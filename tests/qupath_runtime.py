@@ -1,6 +1,9 @@
 """Running the QuPath front end's Groovy code in tests: Debian's groovy with the real JeroMQ, Gson, JTS and
 OpenJFX jars (`.ci/run` installs them), under Xvfb when a test needs a display. QuPath's own classes are the
 recording doubles in tests/qupath_double/.
+
+ANTONI_BRIDGE_GROOVY_LIB=FOLDER runs the same tests on another Groovy's jars instead, e.g. Groovy 4.0.26 (QuPath
+0.6's) from the npm package npm-groovy-lint: node_modules/npm-groovy-lint/lib/java/groovy/lib.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ JARS = {  # Debian packages: libjeromq-java, libgoogle-gson-java, libjts-java
 }
 JAVAFX = Path("/usr/share/openjfx/lib")  # openjfx
 FX_MODULES = ("base", "graphics", "controls", "swing")
+GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB")
 
 
 def _missing(gui: bool) -> list[str]:
-    missing = [name for name in ("groovy",) if shutil.which(name) is None]
+    missing = [] if GROOVY_LIB or shutil.which("groovy") else ["groovy"]
     missing += [str(path) for path in JARS.values() if not path.is_file()]
     if gui:
         missing += [str(JAVAFX / f"javafx.{m}.jar") for m in FX_MODULES if not (JAVAFX / f"javafx.{m}.jar").is_file()]
@@ -66,7 +70,17 @@ def command(script: str, *args: str, gui: bool = False, sources: bool = True, je
     classpath = [*([SOURCES] if sources else []), SCRIPTS, *jars]
     if gui:
         classpath += [DOUBLES, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
-    groovy = ["groovy", "-cp", os.pathsep.join(map(str, classpath)), str(SCRIPTS / script), *args]
+    if GROOVY_LIB:
+        java = str(Path(java_home()) / "bin" / "java")
+        runtime = [
+            java,
+            "-cp",
+            os.pathsep.join([str(Path(GROOVY_LIB) / "*"), *map(str, classpath)]),
+            "groovy.ui.GroovyMain",
+        ]
+    else:
+        runtime = ["groovy", "-cp", os.pathsep.join(map(str, classpath))]
+    groovy = [*runtime, str(SCRIPTS / script), *args]
     return ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", *groovy] if gui else groovy
 
 
@@ -75,7 +89,7 @@ def environment(prefs: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "JAVA_HOME": java_home(),
-        "JAVA_OPTS": f"-Djava.util.prefs.userRoot={prefs}",
+        "JAVA_TOOL_OPTIONS": f"-Djava.util.prefs.userRoot={prefs}",
         **extra,
     }
 

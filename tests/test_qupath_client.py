@@ -94,32 +94,31 @@ def test_another_protocol_version_is_named(driver: Driver, daemon: Path, tmp_pat
     assert state["problem"]["message"] == "The daemon speaks protocol 2, this panel 1."
 
 
-def test_a_daemon_that_dies_and_restarts_is_noticed_and_reconnected(
+def test_a_daemon_that_dies_or_restarts_is_noticed_and_reconnected(
     driver: Driver, tmp_path: Path, long_latents: Path
 ) -> None:
     connection, log = tmp_path / "daemon.json", tmp_path / "daemon.log"
     serve = ("--demo", "--address", "tcp://127.0.0.1:*")
-    first = start_daemon(serve, connection_file=connection, log_file=log)
+    daemons = [start_daemon(serve, connection_file=connection, log_file=log)]
     try:
         assert driver.connect(connection)["connected"]
         driver.send("ask", content={**ASK, "features": str(long_latents), "options": {"max_new_tokens": 1700}})
         driver.wait_for(lambda r: r["kind"] == "job" and r["data"]["type"] == "token")
-        first.kill()
-        first.wait()  # reaped, as a daemon started from a shell is
+        daemons[0].kill()
+        daemons[0].wait()  # reaped, as a daemon started from a shell is
         start = time.monotonic()
         last = driver.job_until_end()[-1]
         assert last["type"] == "error" and "stopped" in last["content"]["message"]
         assert time.monotonic() - start < 3
-        second = start_daemon(serve, connection_file=connection, log_file=log)
-        try:
-            state = driver.state(lambda s: s["connected"], timeout=30)
-            assert state["address"] == json.loads(connection.read_text())["address"]
-        finally:
-            second.kill()
-            second.wait()
+        daemons.append(start_daemon(serve, connection_file=connection, log_file=log))
+        assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]
+        daemons.append(start_daemon(serve, connection_file=connection, log_file=log))  # rewrites the file
+        assert driver.state(lambda s: s["notice"] is not None)["notice"] == "The daemon restarted; connecting to the new one."
+        assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]
     finally:
-        first.kill()
-        first.wait()
+        for process in daemons:
+            process.kill()
+            process.wait()
 
 
 def test_a_long_answer_is_not_taken_for_a_dead_client(driver: Driver, tmp_path: Path, long_latents: Path) -> None:

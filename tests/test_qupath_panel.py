@@ -75,6 +75,10 @@ def test_a_follow_up_continues_the_conversation_from_the_cache(seen: dict[str, A
     assert "You: Is there a tumour in this region?" in seen["annotation"]["description"]
 
 
+def test_copy_conversation_puts_it_on_the_clipboard(seen: dict[str, Any]) -> None:
+    assert seen["copied"] == {"same": True, "message": "The conversation is on the clipboard."}
+
+
 def test_cancel_during_embedding_stops_at_once_and_keeps_the_question(seen: dict[str, Any]) -> None:
     assert seen["embedding"]["text"].startswith("Embedding tiles")
     assert seen["cancelSeconds"] < 2.0

@@ -6,6 +6,7 @@ import antonibridge.QuPathGlue
 import javafx.beans.value.ChangeListener
 import javafx.embed.swing.SwingFXUtils
 import javafx.scene.Scene
+import javafx.scene.input.Clipboard
 import javafx.stage.Stage
 import qupath.lib.gui.QuPathGUI
 import qupathdouble.QuPathDouble
@@ -59,6 +60,10 @@ Closure askAndWait = { String question ->
 seen.first = askAndWait('What organ is this tissue from?')
 seen.followUp = askAndWait('Is there a tumour in this region?')
 seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+seen.copied = Fx.run {
+    panel.copy.fire()
+    [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]
+}
 
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)

@@ -288,7 +288,7 @@ class DaemonLink {
     private void replaced() {
         endJob('error', problem('restarted', 'The daemon restarted during the question, so its answer is lost.', 'ask again'))
         dropSocket()
-        state.notice = 'The daemon restarted; reconnected.'
+        state.notice = 'The daemon restarted; connecting to the new one.'
         nextAttempt = 0
     }
 
