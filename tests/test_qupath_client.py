@@ -113,7 +113,8 @@ def test_a_daemon_that_dies_or_restarts_is_noticed_and_reconnected(
         daemons.append(start_daemon(serve, connection_file=connection, log_file=log))
         assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]
         daemons.append(start_daemon(serve, connection_file=connection, log_file=log))  # rewrites the file
-        assert driver.state(lambda s: s["notice"] is not None)["notice"] == "The daemon restarted; connecting to the new one."
+        notice = driver.state(lambda s: s["notice"] is not None)["notice"]
+        assert notice == "The daemon restarted; connecting to the new one."
         assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]
     finally:
         for process in daemons:

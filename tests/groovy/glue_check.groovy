@@ -42,13 +42,19 @@ Closure refusal = { boolean wholeImage ->
         }
     }
 }
-Closure regionOf = { List objects ->
+Closure select = { List objects ->
     Set selected = qupath.imageData.hierarchy.selectionModel.selected
     selected.clear()
     selected.addAll(objects)
+}
+Closure regionOf = { List objects ->
+    select(objects)
     Fx.run { glue.target(false).region }
 }
-Closure square = { int x, int y, int size -> "POLYGON (($x $y, ${x + size} $y, ${x + size} ${y + size}, $x ${y + size}, $x $y))" }
+Closure square = { int x, int y, int size ->
+    int end = x + size, bottom = y + size
+    "POLYGON (($x $y, $end $y, $end $bottom, $x $bottom, $x $y))"
+}
 
 seen.noImage = refusal(true)
 def aSlide = QuPathDouble.image('file:/slides/a.svs', null, 0.25)
@@ -63,23 +69,21 @@ seen.firstSeries = refusal(true)
 qupath.imageData = aSlide
 seen.whole = Fx.run { glue.target(true).with { [key: key, label: label, slide: slide, region: region, mpp: mpp] } }
 seen.nothingSelected = refusal(false)
-qupath.imageData.hierarchy.selectionModel.selected << QuPathDouble.detection(square(0, 0, 10))
+select([QuPathDouble.detection(square(0, 0, 10))])
 seen.onlyDetections = refusal(false)
-qupath.imageData.hierarchy.selectionModel.selected.clear()
-qupath.imageData.hierarchy.selectionModel.selected << QuPathDouble.annotation('MULTIPOINT ((1 1), (5 5))', 'Mitoses', 'Points')
+select([QuPathDouble.annotation('MULTIPOINT ((1 1), (5 5))', 'Mitoses', 'Points')])
 seen.points = refusal(false)
-qupath.imageData.hierarchy.selectionModel.selected.clear()
-qupath.imageData.hierarchy.selectionModel.selected << QuPathDouble.annotation('LINESTRING (0 0, 100 100)', 'Ruler', 'Line')
+select([QuPathDouble.annotation('LINESTRING (0 0, 100 100)', 'Ruler', 'Line')])
 seen.line = refusal(false)
 def circle = new GeometricShapeFactory()
 circle.numPoints = 300000
 circle.size = 50000
-qupath.imageData.hierarchy.selectionModel.selected.clear()
-qupath.imageData.hierarchy.selectionModel.selected << QuPathDouble.annotation(circle.createCircle(), 'Huge')
+select([QuPathDouble.annotation(circle.createCircle(), 'Huge')])
 seen.enormous = refusal(false)
 
-seen.withHole = regionOf([QuPathDouble.annotation(
-        'POLYGON ((1000 1000, 3000 1000, 3000 3000, 1000 3000, 1000 1000), (1500 1500, 2000 1500, 2000 2000, 1500 2000, 1500 1500))')])
+String withHole = 'POLYGON ((1000 1000, 3000 1000, 3000 3000, 1000 3000, 1000 1000), ' +
+        '(1500 1500, 2000 1500, 2000 2000, 1500 2000, 1500 1500))'
+seen.withHole = regionOf([QuPathDouble.annotation(withHole)])
 seen.overlapping = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(50, 50, 100))])
 seen.apart = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(500, 500, 100))])
 
@@ -87,12 +91,8 @@ seen.apart = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.
 def tumour = QuPathDouble.annotation(square(1000, 1000, 500), 'Tumour')
 tumour.setDescription('My own note.')
 QuPathDouble.calls.clear()
-def target = Fx.run {
-    Set selected = qupath.imageData.hierarchy.selectionModel.selected
-    selected.clear()
-    selected << tumour
-    glue.target(false)
-}
+select([tumour])
+def target = Fx.run { glue.target(false) }
 seen.target = [key: target.key, label: target.label, mpp: target.mpp]
 def conversation = new Conversation(target.label)
 ['What is this?': 'Tumour.', 'What grade?': 'Low grade.'].each { question, answer ->
@@ -100,7 +100,8 @@ def conversation = new Conversation(target.label)
     conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z')
     Fx.run { glue.save(target, conversation) }
 }
-seen.saved = [description: tumour.getDescription(), metadata: tumour.getMetadata(), calls: new ArrayList(QuPathDouble.calls)]
+seen.saved = [description: tumour.getDescription(), metadata: tumour.getMetadata(),
+              calls: new ArrayList(QuPathDouble.calls)]
 def again = Fx.run { glue.target(false) }
 seen.resumedTurns = Conversation.resume(again.label, again.savedConversation).turns.size()
 QuPathDouble.calls.clear()
@@ -123,8 +124,9 @@ Closure rightClick = { def viewer, boolean alt ->
         int reachedQuPath = 0
         def standIn = { reachedQuPath++ } as javafx.event.EventHandler // where QuPath's own menu handler sits
         viewer.view.addEventHandler(MouseEvent.MOUSE_PRESSED, standIn)
-        Event.fireEvent(viewer.view, new MouseEvent(MouseEvent.MOUSE_PRESSED, 20, 20, 120, 120, MouseButton.SECONDARY, 1,
-                false, false, alt, false, false, false, true, false, true, false, null))
+        def press = new MouseEvent(MouseEvent.MOUSE_PRESSED, 20, 20, 120, 120, MouseButton.SECONDARY, 1,
+                false, false, alt, false, false, false, true, false, true, false, null)
+        Event.fireEvent(viewer.view, press)
         viewer.view.removeEventHandler(MouseEvent.MOUSE_PRESSED, standIn)
         List menus = Window.windows.findAll { it instanceof ContextMenu && it.showing }
         Map result = [ourMenu: menus.collect { it.items*.text }, reachedQuPath: reachedQuPath]
@@ -137,7 +139,9 @@ Fx.run {
     qupath.analysisTabPane.selectionModel.select(0)
     Window.windows.find { it instanceof ContextMenu && it.showing }.items[0].fire() // "Ask ANTONI about this region..."
 }
-seen.afterMenuAsk = Fx.run { [selection: glue.panel.selection.selected, tab: qupath.analysisTabPane.selectionModel.selectedItem.text] }
+seen.afterMenuAsk = Fx.run {
+    [selection: glue.panel.selection.selected, tab: qupath.analysisTabPane.selectionModel.selectedItem.text]
+}
 Fx.run { Window.windows.findAll { it instanceof ContextMenu }.each { it.hide() } }
 seen.plainRightClick = rightClick(firstViewer, false)
 Fx.run {
@@ -160,5 +164,5 @@ Fx.run {
     reinstalled.panel.close()
     stage.close()
 }
-println(Protocol.json(seen))
+println(Protocol.toJson(seen))
 Fx.exit(0)

@@ -17,15 +17,16 @@ Thread printer = new Thread({
 } as Runnable)
 printer.daemon = true
 printer.start()
-Closure printReport = { String kind, Map data -> lines.put(Protocol.json([kind: kind, data: data])) }
+Closure printReport = { String kind, Map data -> lines.put(Protocol.toJson([kind: kind, data: data])) }
 DaemonLink link = null
 System.in.newReader('UTF-8').eachLine { String line ->
-    Map command = Protocol.parse(line)
+    Map command = Protocol.fromJson(line)
     switch (command.op) {
         case 'connect':
             link?.close()
             printReport('connecting', [:]) // what follows is the new link's
-            link = new DaemonLink(new File(command.connection_file as String), command.address as String, printReport).start()
+            File connection = new File(command.connection_file as String)
+            link = new DaemonLink(connection, command.address as String, printReport).start()
             break
         case 'ask':
             link.ask(command.content as Map)
@@ -36,7 +37,8 @@ System.in.newReader('UTF-8').eachLine { String line ->
         case 'close':
             link?.close()
             link = null
-            printReport('closed', [threads: Thread.getAllStackTraces().keySet().count { it.name == 'antoni-bridge-link' }])
+            int threads = Thread.getAllStackTraces().keySet().count { it.name == 'antoni-bridge-link' }
+            printReport('closed', [threads: threads])
             break
     }
 }

@@ -82,11 +82,13 @@ long cancelledAt = System.nanoTime()
 Fx.run { panel.cancel.fire() }
 Fx.waitFor('the end of the cancelled question', 30) { !panel.askButton.disabled }
 seen.cancelSeconds = (System.nanoTime() - cancelledAt) / 1e9
-seen.cancelled = Fx.run { [message: panel.message.text, question: panel.question.text, transcript: panel.transcript.text] }
+seen.cancelled = Fx.run {
+    [message: panel.message.text, question: panel.question.text, transcript: panel.transcript.text]
+}
 
 Fx.run {
     panel.close()
     stage.close()
 }
-println(Protocol.json(seen))
+println(Protocol.toJson(seen))
 Fx.exit(0)

@@ -9,8 +9,10 @@ def qupath = QuPathGUI.getInstance()
 Script script = new GroovyShell(getClass().classLoader).parse(new File(args[0]))
 Fx.run { script.run() }
 Map seen = Fx.run {
-    [tabs    : qupath.analysisTabPane.tabs.collect { [text: it.text, note: it.content instanceof Label ? it.content.text : null] },
-     commands: qupath.commands.keySet().toList()]
+    List tabs = qupath.analysisTabPane.tabs.collect {
+        [text: it.text, note: it.content instanceof Label ? it.content.text : null]
+    }
+    [tabs: tabs, commands: qupath.commands.keySet().toList()]
 } as Map
 Fx.run { qupath.analysisTabPane.tabs.each { it.userData?.close() } }
 println(groovy.json.JsonOutput.toJson(seen))

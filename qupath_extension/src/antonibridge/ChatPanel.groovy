@@ -147,7 +147,8 @@ class ChatPanel {
             return null // until the first status reply
         }
         if (asking != null && queue.position != null) {
-            return queue.position == 0 ? 'your question is running' : "your question is number ${queue.position} in the queue"
+            return queue.position == 0 ? 'your question is running' :
+                    "your question is number ${queue.position} in the queue"
         }
         return queue.running ? "busy: ${1 + (queue.waiting as int)} question(s) in the queue" : 'idle'
     }
@@ -157,7 +158,8 @@ class ChatPanel {
         switch (event.type) {
             case 'accepted':
                 int position = content.position as int
-                progressText.text = position > 0 ? "Waiting: number ${position} in the daemon's queue" : 'Starting'
+                progressText.text = position > 0 ? "Waiting: ${position} question(s) ahead in the daemon's queue" :
+                        'Starting'
                 break
             case 'progress':
                 showProgress(content)
@@ -200,7 +202,8 @@ class ChatPanel {
             targets.save(target, conversation)
         } catch (Exception exc) {
             exc.printStackTrace()
-            say("The answer could not be saved with the annotation (${exc.message}).", 'copy the conversation to keep it')
+            say("The answer could not be saved with the annotation (${exc.message}).",
+                    'copy the conversation to keep it')
         }
     }
 
@@ -215,7 +218,8 @@ class ChatPanel {
         if (type == 'cancelled') {
             say('Cancelled; the question is back in the box.', null)
         } else if (type == 'busy') {
-            say("The daemon's queue is full (${content.capacity as int} questions).", 'wait for one to finish, then ask again')
+            say("The daemon's queue is full (${content.capacity as int} questions).",
+                    'wait for one to finish, then ask again')
         } else {
             say(content.message as String, content.hint as String)
         }
@@ -230,7 +234,8 @@ class ChatPanel {
             say(p.message, p.hint)
         } catch (Exception exc) { // a QuPath that changed under us: one sentence here, the trace in the log
             exc.printStackTrace()
-            say("The image or selection could not be read (${exc.class.simpleName}: ${exc.message}).", 'see the QuPath log')
+            say("The image or selection could not be read (${exc.class.simpleName}: ${exc.message}).",
+                    'see the QuPath log')
         }
         return null
     }

@@ -14,7 +14,7 @@ class ConnectionFile {
                     'start it with `antoni-bridge serve`')
         }
         try {
-            Map values = Protocol.parse(file.getText('UTF-8'))
+            Map values = Protocol.fromJson(file.getText('UTF-8'))
             def connection = new ConnectionFile(address: values.address as String, key: values.key as String,
                     pid: (values.pid as Number).longValue(), protocol: (values.protocol as Number).intValue())
             if (!connection.address || !connection.key) {

@@ -21,8 +21,11 @@ class Conversation {
     static Conversation resume(String label, String json) {
         if (json) {
             try {
-                List saved = Protocol.parse("{\"turns\": ${json}}").turns as List
-                if (saved.every { it instanceof Map && it.role in ['user', 'assistant'] && it.content instanceof String }) {
+                List saved = Protocol.fromJson("{\"turns\": ${json}}").turns as List
+                boolean turns = saved.every {
+                    it instanceof Map && it.role in ['user', 'assistant'] && it.content instanceof String
+                }
+                if (turns) {
                     return new Conversation(label, saved as List<Map>)
                 }
             } catch (Problem ignored) {
@@ -51,7 +54,7 @@ class Conversation {
     }
 
     String toJson() {
-        Protocol.json(turns)
+        Protocol.toJson(turns)
     }
 
     String lastQuestion() {

@@ -96,7 +96,8 @@ class DaemonLink {
                     step()
                 } catch (Exception exc) { // a bug: say so, and start again from a fresh socket
                     exc.printStackTrace()
-                    lost(problem('internal', "The panel's connection failed (${exc}).", 'see the QuPath log; reconnecting'))
+                    lost(problem('internal', "The panel's connection failed (${exc}).",
+                            'see the QuPath log; reconnecting'))
                     nextAttempt = now() + RETRY_MS
                 }
                 publish()
@@ -143,8 +144,8 @@ class DaemonLink {
             return
         }
         if (local(found) && !processAlive(found.pid)) {
-            state.problem = problem('stopped', "The daemon (process ${found.pid}) stopped without removing its connection file.",
-                    START_HINT)
+            state.problem = problem('stopped',
+                    "The daemon (process ${found.pid}) stopped without removing its connection file.", START_HINT)
             return
         }
         if (found.protocol != Protocol.VERSION) {
@@ -246,8 +247,8 @@ class DaemonLink {
             lastStatus = now
             request('status')
         }
-        boolean late = pending.values().any { it.deadline < now } || (job != null && job.jobId == null && job.deadline < now)
-        if (late) {
+        boolean unaccepted = job != null && job.jobId == null && job.deadline < now
+        if (unaccepted || pending.values().any { it.deadline < now }) {
             noAnswer()
         } else if (now - lastFileCheck >= RETRY_MS) {
             lastFileCheck = now
@@ -281,12 +282,14 @@ class DaemonLink {
             lost(asMap(p))
             return
         }
-        lost(problem('no-answer', "The daemon at ${state.address} did not answer within ${ANSWER_WITHIN_MS.intdiv(1000)} s.",
-                "it may be hung: restart it with `antoni-bridge serve`"))
+        long seconds = ANSWER_WITHIN_MS.intdiv(1000)
+        lost(problem('no-answer', "The daemon at ${state.address} did not answer within ${seconds} s.",
+                'it may be hung: restart it with `antoni-bridge serve`'))
     }
 
     private void replaced() {
-        endJob('error', problem('restarted', 'The daemon restarted during the question, so its answer is lost.', 'ask again'))
+        endJob('error', problem('restarted', 'The daemon restarted during the question, so its answer is lost.',
+                'ask again'))
         dropSocket()
         state.notice = 'The daemon restarted; connecting to the new one.'
         nextAttempt = 0

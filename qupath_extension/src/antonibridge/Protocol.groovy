@@ -10,8 +10,8 @@ import java.nio.charset.StandardCharsets
 import java.security.MessageDigest
 
 /**
- * Protocol v1 on the wire (docs/protocol.md), without sockets: the connection file, signing and checking
- * the four frames of a message, strict JSON. Gson does the JSON because QuPath ships it (not groovy-json).
+ * Protocol v1 on the wire (docs/protocol.md), without sockets: signing and checking the four frames of a
+ * message, strict JSON. Gson does the JSON because QuPath ships it (QuPath has no groovy-json).
  */
 class Protocol {
     static final int VERSION = 1
@@ -59,8 +59,10 @@ class Protocol {
         }
         byte[] expected = sign(frames[2], frames[3])
         if (!MessageDigest.isEqual(expected, frames[1])) {
-            throw new Problem('bad-signature', 'Key mismatch: the daemon signs with another key than the connection file holds.',
-                    'the daemon restarted or another one answers at this address: restart it with `antoni-bridge serve`')
+            throw new Problem('bad-signature',
+                    'Key mismatch: the daemon signs with another key than the connection file holds.',
+                    'the daemon restarted, or another one answers at this address: ' +
+                            'restart it with `antoni-bridge serve`')
         }
         String signature = new String(frames[1], StandardCharsets.US_ASCII)
         if (!seen.add(signature)) {
@@ -69,8 +71,8 @@ class Protocol {
         if (seen.size() > REPLAY_MEMORY) {
             seen.remove(seen.iterator().next())
         }
-        Map header = parse(new String(frames[2], StandardCharsets.UTF_8))
-        Map content = parse(new String(frames[3], StandardCharsets.UTF_8))
+        Map header = fromJson(new String(frames[2], StandardCharsets.UTF_8))
+        Map content = fromJson(new String(frames[3], StandardCharsets.UTF_8))
         if (header.version != VERSION) {
             throw new Problem('bad-version', "The daemon speaks protocol ${header.version}, this panel ${VERSION}.",
                     'update the older of the two: antoni-bridge, or this panel with `antoni-bridge qupath install`')
@@ -83,12 +85,12 @@ class Protocol {
         GSON.toJson(plain(value)).getBytes(StandardCharsets.UTF_8)
     }
 
-    static String json(Object value) {
+    static String toJson(Object value) {
         GSON.toJson(plain(value))
     }
 
     /** A JSON object as a Map (numbers come back as Double), or a Problem. */
-    static Map parse(String text) {
+    static Map fromJson(String text) {
         try {
             Object value = GSON.fromJson(text, Object)
             if (value instanceof Map) {
@@ -119,7 +121,8 @@ class Protocol {
         if (value == null || value instanceof Number || value instanceof Boolean) {
             return value
         }
-        throw new Problem('invalid-json', "A ${value.getClass().simpleName} cannot be sent as JSON.", 'send maps, lists, text and numbers')
+        throw new Problem('invalid-json', "A ${value.getClass().simpleName} cannot be sent as JSON.",
+                'send maps, lists, text and numbers')
     }
 
     private byte[] sign(byte[] header, byte[] content) {

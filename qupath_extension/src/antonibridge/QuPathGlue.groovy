@@ -13,9 +13,10 @@ import qupath.fx.utils.FXUtils
 import java.util.regex.Matcher
 
 /**
- * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls"): the analysis
- * pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer (QuPath has no API for
- * its own viewer menu), the current image's file and selection, and saving answers with annotations.
+ * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
+ * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
+ * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
+ * with annotations.
  * Called on the JavaFX thread.
  */
 class QuPathGlue {
@@ -60,7 +61,8 @@ class QuPathGlue {
         def hierarchy = imageData.getHierarchy()
         List annotations = selectedAnnotations(hierarchy).sort { it.getID().toString() }
         Map region = regionOf(annotations)
-        String about = annotations.size() == 1 ? "annotation ${nameOf(annotations[0])}" : "${annotations.size()} annotations"
+        boolean one = annotations.size() == 1
+        String about = one ? "annotation ${nameOf(annotations[0])}" : "${annotations.size()} annotations"
         return new AskTarget(
                 key: slide + '#' + annotations.collect { it.getID().toString() }.join(','),
                 label: "${about} in ${name}",
@@ -69,7 +71,7 @@ class QuPathGlue {
                 mpp: pixelSize(server),
                 objects: annotations,
                 hierarchy: hierarchy,
-                savedConversation: annotations.size() == 1 ? annotations[0].getMetadata().get('antoni.conversation') : null)
+                savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
     }
 
     /** Keep the answer with its annotations, in their metadata and after the user's own description. */
@@ -102,7 +104,8 @@ class QuPathGlue {
         }
         Collection<URI> uris = server.getURIs()
         if (uris.size() != 1) {
-            throw refusal("The image is made of ${uris.size()} files, not one slide file.", 'ask about an image that is one slide file')
+            throw refusal("The image is made of ${uris.size()} files, not one slide file.",
+                    'ask about an image that is one slide file')
         }
         URI uri = uris.iterator().next()
         if (uri.scheme != 'file') {
@@ -111,7 +114,8 @@ class QuPathGlue {
         }
         Matcher series = (server.getPath() as String) =~ /--series,?\s*(\d+)/
         if (series.find() && (series.group(1) as int) > 0) {
-            throw refusal("The image is series ${series.group(1)} of a multi-series file; the daemon reads only the file's main image.",
+            throw refusal("The image is series ${series.group(1)} of a multi-series file; " +
+                    "the daemon reads only the file's main image.",
                     'ask about the main image, or export this series as a slide file of its own')
         }
         return new File(uri).path
@@ -156,13 +160,20 @@ class QuPathGlue {
         long vertices = annotations.sum { it.getROI().getNumPoints() as long } as long
         if (vertices > MAX_VERTICES) {
             throw refusal(String.format('The selection has %,d vertices; the limit is %,d.', vertices, MAX_VERTICES),
-                    "simplify it (Objects > Annotations > Simplify shape), select fewer annotations, or choose 'Whole image'")
+                    "simplify it (Objects > Annotations > Simplify shape), select fewer annotations, " +
+                            "or choose 'Whole image'")
         }
         List geometries = annotations.collect { it.getROI().getGeometry() }
-        def geometry = geometries.size() == 1 ? geometries[0] : geometries[0].getFactory().buildGeometry(geometries).union()
+        def geometry = geometries[0]
+        if (geometries.size() > 1) {
+            geometry = geometry.getFactory().buildGeometry(geometries).union()
+        }
         List polygons = []
         addPolygons(geometry, polygons)
-        return polygons.size() == 1 ? [type: 'Polygon', coordinates: polygons[0]] : [type: 'MultiPolygon', coordinates: polygons]
+        if (polygons.size() == 1) {
+            return [type: 'Polygon', coordinates: polygons[0]]
+        }
+        return [type: 'MultiPolygon', coordinates: polygons]
     }
 
     /** JTS polygons as GeoJSON rings: the outer ring, then the holes. */
