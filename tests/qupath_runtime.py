@@ -55,11 +55,12 @@ def require(gui: bool = False) -> None:
 
 
 def java_home() -> str:
-    """The JDK of the `java` on PATH: Debian's groovy launcher needs JAVA_HOME."""
+    """JAVA_HOME, else Debian's Java 17 (the newest that Debian's Groovy 2.4 runs on), else the `java` on PATH."""
     given = os.environ.get("JAVA_HOME")
     if given and (Path(given) / "bin" / "java").is_file():
         return given
-    java = shutil.which("java")
+    debian = sorted(Path("/usr/lib/jvm").glob("java-17-openjdk-*/bin/java"))
+    java = str(debian[0]) if debian else shutil.which("java")
     assert java, "no java on PATH"
     return str(Path(java).resolve().parents[1])
 

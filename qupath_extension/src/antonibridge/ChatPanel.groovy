@@ -154,6 +154,9 @@ class ChatPanel {
     }
 
     private void showJobEvent(Map event) {
+        if (asking == null) {
+            return // the end of a question the panel already gave up on
+        }
         Map content = event.content as Map
         switch (event.type) {
             case 'accepted':
@@ -180,11 +183,12 @@ class ChatPanel {
         double total = content.total as double
         double rate = content.rate as double
         String stage = STAGES[content.stage] ?: content.stage
-        progress.progress = total > 0 ? done / total : ProgressBar.INDETERMINATE_PROGRESS
-        if (content.stage == 'generating' || total <= 1) {
+        if (content.stage == 'generating' || total <= 1) { // no count to show
+            progress.progress = ProgressBar.INDETERMINATE_PROGRESS
             progressText.text = stage
             return
         }
+        progress.progress = done / total
         String unit = content.stage == 'tile-embedding' ? 'tiles' : 'items'
         String speed = rate > 0 ? String.format(' \u00b7 %.1f %s/s', rate, unit) : ''
         progressText.text = "${stage}: ${done as long} of ${total as long} ${unit}${speed}"
