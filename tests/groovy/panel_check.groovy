@@ -60,13 +60,12 @@ Closure askAndWait = { String question ->
 seen.first = askAndWait('What organ is this tissue from?')
 seen.followUp = askAndWait('Is there a tumour in this region?')
 seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+Fx.run {
+    ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
+}
 seen.copied = Fx.run {
     panel.copy.fire()
     [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]
-}
-
-Fx.run {
-    ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
 
 // Cancel while a slide nobody asked about yet is being embedded.

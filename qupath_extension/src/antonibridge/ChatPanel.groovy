@@ -138,7 +138,7 @@ class ChatPanel {
         connectionProblem.text = problem ? "${problem.message} Hint: ${problem.hint}." : ''
         reveal(connectionProblem, problem != null)
         if (state.notice) {
-            say(state.notice as String, null)
+            inform(state.notice as String)
         }
     }
 
@@ -220,7 +220,7 @@ class ChatPanel {
         idle()
         show(target.key)
         if (type == 'cancelled') {
-            say('Cancelled; the question is back in the box.', null)
+            inform('Cancelled; the question is back in the box.')
         } else if (type == 'busy') {
             say("The daemon's queue is full (${content.capacity as int} questions).",
                     'wait for one to finish, then ask again')
@@ -250,9 +250,17 @@ class ChatPanel {
         transcript.positionCaret(transcript.length)
     }
 
+    /** A problem with the question: one sentence and what to do, in red. */
     private void say(String sentence, String hint) {
+        message.style = ERROR_STYLE
         message.text = sentence ? (hint ? "${sentence} Hint: ${hint}." : sentence) : ''
         reveal(message, sentence != null)
+    }
+
+    private void inform(String sentence) {
+        message.style = ''
+        message.text = sentence
+        reveal(message, true)
     }
 
     private static void reveal(Label label, boolean shown) {
@@ -285,7 +293,7 @@ class ChatPanel {
         ClipboardContent content = new ClipboardContent()
         content.putString(transcript.text)
         Clipboard.systemClipboard.setContent(content)
-        say('The conversation is on the clipboard.', null)
+        inform('The conversation is on the clipboard.')
     }
 
     private int answerLength() {
@@ -299,7 +307,7 @@ class ChatPanel {
         settings.put('address', address.text.trim())
         settings.put('answerTokens', answerTokens.text)
         link.reconfigure(new File(connectionFile.text.trim()), address.text.trim())
-        say('Reconnecting with the new settings.', null)
+        inform('Reconnecting with the new settings.')
     }
 
     private void layOut() {
