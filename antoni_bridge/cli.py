@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from antoni_bridge import paths
+from antoni_bridge import paths, qupath_install
 from antoni_bridge.batch import command as batch
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
@@ -156,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     desk.add_commands(commands)
     training.add_commands(commands)
     batch.add_commands(commands)
+    qupath_install.add_commands(commands)
     return parser
 
 

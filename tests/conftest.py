@@ -27,6 +27,40 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real `antoni-bridge serve --demo` process per test module; yields its connection file."""
+    home = tmp_path_factory.mktemp("daemon-home")
+    connection = home / "daemon.json"
+    env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "antoni_bridge.cli",
+            "serve",
+            "--demo",
+            "--address",
+            "tcp://127.0.0.1:*",
+            "--client-timeout",
+            "1.0",
+        ],  # short, so a killed client's job is cancelled before it could finish
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not connection.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.1)
+    yield connection
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
 @pytest.fixture(scope="session")
 def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("slides")

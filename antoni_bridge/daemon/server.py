@@ -185,7 +185,7 @@ class Daemon:
                 "demo": self.runtime.sources.demo,
                 "capabilities": ["hello", "status", "cancel", "heartbeat", "shutdown", *JOB_CHECKS],
                 "loaded": self.runtime.loaded(),
-                "heartbeat_s": 1.0,
+                "heartbeat_s": 0.25,
                 "client_dead_s": self.client_dead_s,
             },
         )

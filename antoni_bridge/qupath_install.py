@@ -1,0 +1,256 @@
+"""`antoni-bridge qupath install | uninstall`: the QuPath panel into QuPath's user directory.
+
+QuPath loads jars from `<user directory>/extensions/` and runs one startup script, named in its preferences
+(Edit > Preferences > General > Startup script path; node `io.github.qupath/<version>`, key
+`startupScriptPath`). So the install is: the panel's Groovy sources into `<user directory>/antoni-bridge/`,
+the JeroMQ jar into `extensions/`, and our startup script registered through Java's Preferences API (Java
+stores preferences differently on each system). A startup script the user already has is never replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from antoni_bridge.errors import BridgeError
+
+EXTENSION = Path(__file__).resolve().parents[1] / "qupath_extension"
+PREFERENCE_TOOL = EXTENSION / "installer" / "StartupScriptPreference.java"
+FOLDER = "antoni-bridge"  # ours, inside the QuPath user directory
+MANIFEST = "installed.json"  # what we put outside our folder, so that uninstall removes exactly that
+QUPATH_VERSIONS = ("0.7", "0.6")
+SYSTEM_JAVA_DIRS = (Path("/usr/share/java"), Path("/usr/local/share/java"), Path("/opt/homebrew/share/java"))
+JEROMQ_URL = "https://repo1.maven.org/maven2/org/zeromq/jeromq/0.6.0/jeromq-0.6.0.jar"
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    qupath = subparsers.add_parser("qupath", help="install or remove the ANTONI panel in QuPath 0.6 / 0.7")
+    actions = qupath.add_subparsers(title="actions")
+    install = actions.add_parser("install", help="copy the panel and JeroMQ into QuPath; run it when QuPath starts")
+    install.add_argument("--qupath-dir", type=Path, help="QuPath's user directory (default: ~/QuPath/v0.7 or v0.6)")
+    install.add_argument("--jeromq-jar", type=Path, help="the JeroMQ jar (default: the Maven cache or system Java)")
+    install.set_defaults(run=install_panel)
+    uninstall = actions.add_parser("uninstall", help="remove what `install` put into QuPath")
+    uninstall.add_argument("--qupath-dir", type=Path, help="QuPath's user directory (default: ~/QuPath/v0.7 or v0.6)")
+    uninstall.set_defaults(run=uninstall_panel)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def install_panel(args: argparse.Namespace) -> int:
+    user_dir = qupath_user_dir(args.qupath_dir)
+    jar = jeromq_jar(args.jeromq_jar)
+    folder = user_dir / FOLDER
+    manifest = _read_manifest(folder)
+    startup = _copy_sources(folder)
+    installed_jar = _add_jar(jar, user_dir / "extensions", manifest.get("jar"))
+    _write_atomically(folder / MANIFEST, json.dumps({"jar": installed_jar}, indent=1).encode())
+    print(f"installed the panel in {folder}")
+    print(f"JeroMQ: {user_dir / 'extensions' / installed_jar if installed_jar else 'already in extensions/'}")
+    for line in _register(startup, _versions(user_dir)):
+        print(line)
+    print("restart QuPath: the ANTONI tab appears in the analysis pane (start the daemon: antoni-bridge serve)")
+    return 0
+
+
+def uninstall_panel(args: argparse.Namespace) -> int:
+    user_dir = qupath_user_dir(args.qupath_dir)
+    folder = user_dir / FOLDER
+    if not (folder / MANIFEST).is_file():
+        raise BridgeError(f"The ANTONI panel is not installed in {user_dir}.", "pass the --qupath-dir of the install")
+    jar = _read_manifest(folder).get("jar")
+    if jar:
+        (user_dir / "extensions" / jar).unlink(missing_ok=True)
+    for line in _unregister(folder / "startup.groovy", _versions(user_dir)):
+        print(line)
+    shutil.rmtree(folder)
+    print(f"removed the panel from {user_dir}; restart QuPath")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- finding things
+
+
+def qupath_user_dir(given: Path | None) -> Path:
+    if given is not None:
+        if not given.is_dir():
+            raise BridgeError(
+                f"No QuPath user directory at {given}.",
+                "QuPath shows its user directory in Edit > Preferences > General; create it there first",
+            )
+        return given.resolve()
+    for version in QUPATH_VERSIONS:
+        candidate = Path.home() / "QuPath" / f"v{version}"
+        if candidate.is_dir():
+            return candidate
+    raise BridgeError(
+        f"No QuPath user directory in {Path.home() / 'QuPath'} (v0.6 or v0.7).",
+        "pass --qupath-dir: QuPath shows it in Edit > Preferences > General",
+    )
+
+
+def jeromq_jar(given: Path | None) -> Path:
+    """The jar named, else the newest in the Maven cache, else one in a system Java folder."""
+    if given is not None:
+        if not given.is_file():
+            raise BridgeError(f"No file at {given}.", "pass the path of a JeroMQ jar, e.g. jeromq-0.6.0.jar")
+        if not _holds_jeromq(given):
+            raise BridgeError(f"{given} is not a JeroMQ jar (no org/zeromq/ZMQ.class in it).", f"download {JEROMQ_URL}")
+        return given.resolve()
+    maven = Path.home() / ".m2" / "repository" / "org" / "zeromq" / "jeromq"
+    cached = sorted(maven.glob("*/jeromq-*.jar"), key=_version_order, reverse=True)
+    system = [jar for folder in SYSTEM_JAVA_DIRS for jar in sorted(folder.glob("jeromq*.jar"))]
+    for candidate in [*cached, *system]:
+        if _holds_jeromq(candidate):
+            return candidate.resolve()  # Debian's jeromq.jar is a link to the versioned file
+    looked = ", ".join(str(folder) for folder in (maven, *SYSTEM_JAVA_DIRS))
+    raise BridgeError(
+        f"No JeroMQ jar found (looked in {looked}).",
+        f"download {JEROMQ_URL} and pass --jeromq-jar PATH, or install it (Debian, Ubuntu: apt install libjeromq-java)",
+    )
+
+
+def _holds_jeromq(jar: Path) -> bool:
+    try:
+        with zipfile.ZipFile(jar) as archive:
+            return "org/zeromq/ZMQ.class" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _version_order(jar: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", jar.parent.name)) or (0,)
+
+
+def _versions(user_dir: Path) -> tuple[str, ...]:
+    """QuPath versions whose preferences to touch: the one the folder is named after (v0.6), or all."""
+    named = re.fullmatch(r"v(\d+\.\d+)", user_dir.name)
+    return (named.group(1),) if named else QUPATH_VERSIONS
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _copy_sources(folder: Path) -> Path:
+    """The Groovy sources into `folder`, and the startup script pointing at them; returns the startup script."""
+    sources = sorted((EXTENSION / "src" / "antonibridge").glob("*.groovy"))
+    if not sources:
+        raise BridgeError(
+            f"The panel's sources are missing from {EXTENSION}.", "install antoni-bridge from its source folder"
+        )
+    target = folder / "antonibridge"
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in set(target.glob("*.groovy")) - {target / s.name for s in sources}:
+        stale.unlink()  # from an earlier version of the panel
+    for source in sources:
+        _write_atomically(target / source.name, source.read_bytes())
+    text = (EXTENSION / "startup.groovy").read_text(encoding="utf-8")
+    line = f"File sources = new File('{_groovy_string(str(folder))}')"
+    text, count = re.subn(r"^File sources = .*$", lambda _: line, text, count=1, flags=re.MULTILINE)
+    assert count == 1, "startup.groovy lost its `File sources = ...` line"
+    startup = folder / "startup.groovy"
+    _write_atomically(startup, text.encode("utf-8"))
+    return startup
+
+
+def _add_jar(jar: Path, extensions: Path, ours: str | None) -> str | None:
+    """Copy the jar into extensions/ unless a JeroMQ the user put there is already loaded; returns our file name."""
+    extensions.mkdir(parents=True, exist_ok=True)
+    theirs = [p for p in extensions.glob("jeromq*.jar") if p.name != ours]
+    if theirs:
+        if ours:
+            (extensions / ours).unlink(missing_ok=True)
+        return None  # two JeroMQ versions on one class path would clash
+    name = jar.name if re.search(r"\d", jar.name) else "jeromq.jar"
+    if ours and ours != name:
+        (extensions / ours).unlink(missing_ok=True)
+    _write_atomically(extensions / name, jar.read_bytes())
+    return name
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file renamed over the target: an interrupted install never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _read_manifest(folder: Path) -> dict[str, str | None]:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _groovy_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# ---------------------------------------------------------------------------------------------- QuPath's preference
+
+
+def _register(startup: Path, versions: Iterable[str]) -> list[str]:
+    """Make `startup` QuPath's startup script, unless the user has another one: then say how to add ours."""
+    failed = [
+        "could not set QuPath's startup script (no Java 11+ JDK to write its preferences); set it in QuPath:",
+        f"Edit > Preferences > General > Startup script path: {startup}",
+    ]
+    lines = []
+    for version in versions:
+        current = startup_script_preference("get", version)
+        if current is None:
+            return failed
+        if current in ("", str(startup)):
+            if startup_script_preference("set", version, str(startup)) is None:
+                return failed
+            lines.append(f"QuPath {version} runs {startup} at startup")
+        else:
+            lines.append(
+                f"QuPath {version} already runs the startup script {current}; it is kept. Add this line to it: "
+                f"evaluate(new File('{_groovy_string(str(startup))}'))"
+            )
+    return lines
+
+
+def _unregister(startup: Path, versions: Iterable[str]) -> list[str]:
+    lines = []
+    for version in versions:
+        if startup_script_preference("get", version) == str(startup):
+            startup_script_preference("clear", version)
+            lines.append(f"QuPath {version} no longer runs {startup}")
+    return lines
+
+
+def startup_script_preference(action: str, version: str, value: str | None = None) -> str | None:
+    """QuPath's startup script preference through Java; None when no Java can run the tool."""
+    java = _java()
+    if java is None:
+        return None
+    command = [java, str(PREFERENCE_TOOL), action, f"io.github.qupath/{version}", *([value] if value else [])]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except OSError:
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip()
+
+
+def _java() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")

@@ -1,0 +1,271 @@
+package antonibridge
+
+import javafx.collections.ListChangeListener
+import javafx.event.EventHandler
+import javafx.scene.control.ContextMenu
+import javafx.scene.control.MenuItem
+import javafx.scene.control.Tab
+import javafx.scene.input.KeyCombination
+import javafx.scene.input.MouseButton
+import javafx.scene.input.MouseEvent
+import qupath.fx.utils.FXUtils
+
+import java.util.regex.Matcher
+
+/**
+ * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
+ * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
+ * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
+ * with annotations.
+ * Called on the JavaFX thread.
+ */
+class QuPathGlue {
+    static final String TAB_ID = 'antoni-bridge-chat'
+    static final String MENU = 'Extensions>ANTONI'
+    static final String SHORTCUT = 'Shortcut+Alt+Q'
+    static final String DESCRIBE = 'Describe the tissue in this region.'
+    static final long MAX_VERTICES = 250000 // far beyond any drawn region; keeps requests small and the UI quick
+
+    final Object qupath
+    ChatPanel panel
+    Tab tab
+    private ContextMenu regionMenu
+
+    private QuPathGlue(Object qupath) {
+        this.qupath = qupath
+    }
+
+    /** Add the panel, the commands and the viewer menu to a running QuPath (again: replaces the old panel). */
+    static QuPathGlue install(Object qupath) {
+        QuPathGlue glue = new QuPathGlue(qupath)
+        glue.addTab()
+        glue.addCommands()
+        glue.watchViewers()
+        return glue
+    }
+
+    // ------------------------------------------------------------------ what a question is about
+
+    /** The current image, or its selected annotations, as an AskTarget; a Problem says why not. */
+    AskTarget target(boolean wholeImage) {
+        def imageData = qupath.getImageData()
+        if (imageData == null) {
+            throw refusal('No image is open.', 'open a slide in QuPath first')
+        }
+        def server = imageData.getServer()
+        String slide = slideFile(server)
+        String name = new File(slide).name
+        if (wholeImage) {
+            return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server))
+        }
+        def hierarchy = imageData.getHierarchy()
+        List annotations = selectedAnnotations(hierarchy).sort { it.getID().toString() }
+        Map region = regionOf(annotations)
+        boolean one = annotations.size() == 1
+        String about = one ? "annotation ${nameOf(annotations[0])}" : "${annotations.size()} annotations"
+        return new AskTarget(
+                key: slide + '#' + annotations.collect { it.getID().toString() }.join(','),
+                label: "${about} in ${name}",
+                slide: slide,
+                region: region,
+                mpp: pixelSize(server),
+                objects: annotations,
+                hierarchy: hierarchy,
+                savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
+    }
+
+    /** Keep the answer with its annotations, in their metadata and after the user's own description. */
+    void save(AskTarget target, Conversation conversation) {
+        if (!target.objects) {
+            return // the whole image: the conversation stays in the panel and on the clipboard
+        }
+        Map answer = conversation.lastAnswer()
+        Map<String, String> values = [
+                'antoni.question'    : conversation.lastQuestion(),
+                'antoni.answer'      : answer.content,
+                'antoni.model'       : answer.model,
+                'antoni.weights'     : answer.weights,
+                'antoni.time'        : answer.time,
+                'antoni.conversation': conversation.toJson(),
+        ]
+        target.objects.each { annotation ->
+            values.each { key, value -> annotation.getMetadata().put(key, value as String) }
+            annotation.setDescription(conversation.describe(annotation.getDescription()))
+        }
+        target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+    }
+
+    private static String slideFile(def server) {
+        String transform = transformation(server)
+        if (transform) {
+            throw refusal("The image is a transformed view of its file (${transform}: rotated, flipped, cropped or " +
+                    "otherwise changed), so QuPath's coordinates are not the file's.",
+                    'add the file to the project again without rotation or cropping, and ask about that image')
+        }
+        Collection<URI> uris = server.getURIs()
+        if (uris.size() != 1) {
+            throw refusal("The image is made of ${uris.size()} files, not one slide file.",
+                    'ask about an image that is one slide file')
+        }
+        URI uri = uris.iterator().next()
+        if (uri.scheme != 'file') {
+            throw refusal("The image is not a local file (${uri}).",
+                    'the daemon reads slide files: open a local or mounted copy of the slide')
+        }
+        Matcher series = (server.getPath() as String) =~ /--series,?\s*(\d+)/
+        if (series.find() && (series.group(1) as int) > 0) {
+            throw refusal("The image is series ${series.group(1)} of a multi-series file; " +
+                    "the daemon reads only the file's main image.",
+                    'ask about the main image, or export this series as a slide file of its own')
+        }
+        return new File(uri).path
+    }
+
+    /** The name of a TransformingImageServer class (rotated, cropped...) serving the image, or null. */
+    private static String transformation(def server) {
+        for (Class type = server.getClass(); type != null; type = type.superclass) {
+            if (type.simpleName == 'TransformingImageServer') {
+                return server.getClass().simpleName
+            }
+        }
+        return null
+    }
+
+    private static Double pixelSize(def server) {
+        double microns = server.getPixelCalibration().getPixelWidthMicrons()
+        return Double.isFinite(microns) && microns > 0 ? microns : null
+    }
+
+    private static List selectedAnnotations(def hierarchy) {
+        Collection selected = hierarchy.getSelectionModel().getSelectedObjects()
+        List annotations = selected.findAll { it.isAnnotation() }.toList()
+        if (!annotations && selected) {
+            throw refusal('The selection holds no annotation (only detections, cells or other objects).',
+                    "select an annotation, or choose 'Whole image'")
+        }
+        if (!annotations) {
+            throw refusal('No annotation is selected.', "select one or more in the viewer, or choose 'Whole image'")
+        }
+        return annotations
+    }
+
+    /** The annotations' area as GeoJSON in level-0 pixels, holes kept; overlapping ones are merged. */
+    private static Map regionOf(List annotations) {
+        annotations.each {
+            if (!it.getROI().isArea()) {
+                throw refusal("Annotation ${nameOf(it)} is not an area (its shape is ${it.getROI().getRoiName()}).",
+                        "draw an area (rectangle, ellipse, polygon or brush), or choose 'Whole image'")
+            }
+        }
+        long vertices = annotations.sum { it.getROI().getNumPoints() as long } as long
+        if (vertices > MAX_VERTICES) {
+            throw refusal(String.format('The selection has %,d vertices; the limit is %,d.', vertices, MAX_VERTICES),
+                    "simplify it (Objects > Annotations > Simplify shape), select fewer annotations, " +
+                            "or choose 'Whole image'")
+        }
+        List geometries = annotations.collect { it.getROI().getGeometry() }
+        def geometry = geometries[0]
+        if (geometries.size() > 1) {
+            geometry = geometry.getFactory().buildGeometry(geometries).union()
+        }
+        List polygons = []
+        addPolygons(geometry, polygons)
+        if (polygons.size() == 1) {
+            return [type: 'Polygon', coordinates: polygons[0]]
+        }
+        return [type: 'MultiPolygon', coordinates: polygons]
+    }
+
+    /** JTS polygons as GeoJSON rings: the outer ring, then the holes. */
+    private static void addPolygons(def geometry, List polygons) {
+        if (geometry.getGeometryType() == 'Polygon') {
+            List rings = [ring(geometry.getExteriorRing())]
+            for (int i = 0; i < geometry.getNumInteriorRing(); i++) {
+                rings << ring(geometry.getInteriorRingN(i))
+            }
+            polygons << rings
+        } else if (geometry.getGeometryType() in ['MultiPolygon', 'GeometryCollection']) {
+            for (int i = 0; i < geometry.getNumGeometries(); i++) {
+                addPolygons(geometry.getGeometryN(i), polygons)
+            }
+        }
+    }
+
+    private static List ring(def lineString) {
+        lineString.getCoordinates().collect { [it.x, it.y] }
+    }
+
+    private static String nameOf(def annotation) {
+        String name = annotation.getName() ?: annotation.getPathClass()?.toString()
+        return name ? "\"${name}\"" : '(unnamed)'
+    }
+
+    private static Problem refusal(String message, String hint) {
+        new Problem('bad-target', message, hint)
+    }
+
+    // ------------------------------------------------------------------ QuPath's window
+
+    private void addTab() {
+        List tabs = qupath.getAnalysisTabPane().getTabs()
+        tabs.findAll { it.id == TAB_ID }.each { old ->
+            old.userData?.close() // the panel of an earlier run of the script
+            tabs.remove(old)
+        }
+        panel = new ChatPanel(this)
+        tab = new Tab('ANTONI', panel.root)
+        tab.id = TAB_ID
+        tab.userData = panel
+        tab.closable = false // "Show the ANTONI panel" could not bring a closed tab back
+        FXUtils.makeTabUndockable(tab)
+        tabs.add(tab)
+    }
+
+    private void addCommands() {
+        MenuItem ask = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
+        ask.accelerator = KeyCombination.keyCombination(SHORTCUT)
+        qupath.installCommand("${MENU}>Describe this region", { describeRegion() } as Runnable)
+        qupath.installCommand("${MENU}>Show the ANTONI panel", { showPanel() } as Runnable)
+        MenuItem askItem = new MenuItem('Ask ANTONI about this region...')
+        askItem.onAction = { askAboutRegion() } as EventHandler
+        MenuItem describeItem = new MenuItem('Describe this region')
+        describeItem.onAction = { describeRegion() } as EventHandler
+        regionMenu = new ContextMenu(askItem, describeItem)
+    }
+
+    private void watchViewers() {
+        def viewers = qupath.getAllViewers()
+        viewers.each { watch(it) }
+        viewers.addListener({ change ->
+            while (change.next()) {
+                change.addedSubList.each { watch(it) }
+            }
+        } as ListChangeListener)
+    }
+
+    /** Alt+right-click opens our menu; the filter runs before QuPath's own right-click handler. */
+    private void watch(def viewer) {
+        def view = viewer.getView()
+        view.addEventFilter(MouseEvent.MOUSE_PRESSED, { MouseEvent e ->
+            if (e.button == MouseButton.SECONDARY && e.altDown) {
+                e.consume()
+                regionMenu.show(view, e.screenX, e.screenY)
+            }
+        } as EventHandler)
+    }
+
+    void askAboutRegion() {
+        showPanel()
+        panel.focusOnSelection()
+    }
+
+    void describeRegion() {
+        showPanel()
+        panel.selection.selected = true
+        panel.ask(DESCRIBE)
+    }
+
+    void showPanel() {
+        tab.tabPane?.selectionModel?.select(tab)
+    }
+}

@@ -1,0 +1,168 @@
+// The QuPath glue against the recording double of QuPath (tests/qupath_double): installs the panel, then
+// observes the tab, the commands, the viewers' Alt+right-click menu, what questions are about (and the
+// refusals), and answers saved with annotations. Prints what it saw as one JSON object on the last line.
+import antonibridge.Conversation
+import antonibridge.Problem
+import antonibridge.Protocol
+import antonibridge.QuPathGlue
+import javafx.event.Event
+import javafx.scene.Scene
+import javafx.scene.control.ContextMenu
+import javafx.scene.input.MouseButton
+import javafx.scene.input.MouseEvent
+import javafx.scene.layout.HBox
+import javafx.stage.Stage
+import javafx.stage.Window
+import org.locationtech.jts.util.GeometricShapeFactory
+import qupath.lib.gui.QuPathGUI
+import qupathdouble.ImageData
+import qupathdouble.QuPathDouble
+import qupathdouble.RotatedImageServer
+import qupathdouble.Viewer
+
+Fx.start()
+Map seen = [:]
+QuPathGUI qupath = QuPathGUI.getInstance()
+def firstViewer = new Viewer()
+def laterViewer = new Viewer()
+QuPathGlue glue = Fx.run {
+    qupath.viewers.add(firstViewer)
+    QuPathGlue.install(qupath)
+} as QuPathGlue
+Fx.run { qupath.viewers.add(laterViewer) } // a viewer opened afterwards, as in a grid of viewers
+
+// ---------------------------------------------------------------- what a question is about
+Closure refusal = { boolean wholeImage ->
+    Fx.run {
+        try {
+            glue.target(wholeImage)
+            return null
+        } catch (Problem p) {
+            return [message: p.message, hint: p.hint]
+        }
+    }
+}
+Closure select = { List objects ->
+    Set selected = qupath.imageData.hierarchy.selectionModel.selected
+    selected.clear()
+    selected.addAll(objects)
+}
+Closure regionOf = { List objects ->
+    select(objects)
+    Fx.run { glue.target(false).region }
+}
+Closure square = { int x, int y, int size ->
+    int end = x + size, bottom = y + size
+    "POLYGON (($x $y, $end $y, $end $bottom, $x $bottom, $x $y))"
+}
+
+seen.noImage = refusal(true)
+def aSlide = QuPathDouble.image('file:/slides/a.svs', null, 0.25)
+qupath.imageData = new ImageData(new RotatedImageServer(aSlide.server))
+seen.rotated = refusal(true)
+qupath.imageData = QuPathDouble.image('https://omero.example.org/webclient/img_detail/42')
+seen.notAFile = refusal(true)
+qupath.imageData = QuPathDouble.image('file:/slides/b.vsi', 'BioFormatsImageServer: file:/slides/b.vsi[--series, 2]')
+seen.secondSeries = refusal(true)
+qupath.imageData = QuPathDouble.image('file:/slides/b.vsi', 'BioFormatsImageServer: file:/slides/b.vsi[--series, 0]')
+seen.firstSeries = refusal(true)
+qupath.imageData = aSlide
+seen.whole = Fx.run { glue.target(true).with { [key: key, label: label, slide: slide, region: region, mpp: mpp] } }
+seen.nothingSelected = refusal(false)
+select([QuPathDouble.detection(square(0, 0, 10))])
+seen.onlyDetections = refusal(false)
+select([QuPathDouble.annotation('MULTIPOINT ((1 1), (5 5))', 'Mitoses', 'Points')])
+seen.points = refusal(false)
+select([QuPathDouble.annotation('LINESTRING (0 0, 100 100)', 'Ruler', 'Line')])
+seen.line = refusal(false)
+def circle = new GeometricShapeFactory()
+circle.numPoints = 300000
+circle.size = 50000
+select([QuPathDouble.annotation(circle.createCircle(), 'Huge')])
+seen.enormous = refusal(false)
+
+String withHole = 'POLYGON ((1000 1000, 3000 1000, 3000 3000, 1000 3000, 1000 1000), ' +
+        '(1500 1500, 2000 1500, 2000 2000, 1500 2000, 1500 1500))'
+seen.withHole = regionOf([QuPathDouble.annotation(withHole)])
+seen.overlapping = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(50, 50, 100))])
+seen.apart = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(500, 500, 100))])
+
+// ---------------------------------------------------------------- answers saved with the annotation
+def tumour = QuPathDouble.annotation(square(1000, 1000, 500), 'Tumour')
+tumour.setDescription('My own note.')
+QuPathDouble.calls.clear()
+select([tumour])
+def target = Fx.run { glue.target(false) }
+seen.target = [key: target.key, label: target.label, mpp: target.mpp]
+def conversation = new Conversation(target.label)
+['What is this?': 'Tumour.', 'What grade?': 'Low grade.'].each { question, answer ->
+    conversation.ask(question)
+    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z')
+    Fx.run { glue.save(target, conversation) }
+}
+seen.saved = [description: tumour.getDescription(), metadata: tumour.getMetadata(),
+              calls: new ArrayList(QuPathDouble.calls)]
+def again = Fx.run { glue.target(false) }
+seen.resumedTurns = Conversation.resume(again.label, again.savedConversation).turns.size()
+QuPathDouble.calls.clear()
+Fx.run { glue.save(glue.target(true), conversation) }
+seen.wholeImageSaveCalls = new ArrayList(QuPathDouble.calls)
+
+// ---------------------------------------------------------------- QuPath's window
+seen.tabs = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }
+seen.commands = qupath.commands.keySet().toList()
+seen.shortcut = qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].accelerator?.name
+Stage stage = Fx.run {
+    [firstViewer, laterViewer].each { it.view.setPrefSize(200, 200) }
+    Stage window = new Stage()
+    window.scene = new Scene(new HBox(qupath.analysisTabPane, firstViewer.view, laterViewer.view), 900, 500)
+    window.show()
+    return window
+} as Stage
+Closure rightClick = { def viewer, boolean alt ->
+    Fx.run {
+        int reachedQuPath = 0
+        def standIn = { reachedQuPath++ } as javafx.event.EventHandler // where QuPath's own menu handler sits
+        viewer.view.addEventHandler(MouseEvent.MOUSE_PRESSED, standIn)
+        def press = new MouseEvent(MouseEvent.MOUSE_PRESSED, 20, 20, 120, 120, MouseButton.SECONDARY, 1,
+                false, false, alt, false, false, false, true, false, true, false, null)
+        Event.fireEvent(viewer.view, press)
+        viewer.view.removeEventHandler(MouseEvent.MOUSE_PRESSED, standIn)
+        List menus = Window.windows.findAll { it instanceof ContextMenu && it.showing }
+        Map result = [ourMenu: menus.collect { it.items*.text }, reachedQuPath: reachedQuPath]
+        return result
+    }
+}
+seen.altRightClick = [rightClick(firstViewer, true), rightClick(laterViewer, true)]
+Fx.run {
+    glue.panel.wholeImage.selected = true
+    qupath.analysisTabPane.selectionModel.select(0)
+    Window.windows.find { it instanceof ContextMenu && it.showing }.items[0].fire() // "Ask ANTONI about this region..."
+}
+seen.afterMenuAsk = Fx.run {
+    [selection: glue.panel.selection.selected, tab: qupath.analysisTabPane.selectionModel.selectedItem.text]
+}
+Fx.run { Window.windows.findAll { it instanceof ContextMenu }.each { it.hide() } }
+seen.plainRightClick = rightClick(firstViewer, false)
+Fx.run {
+    glue.panel.wholeImage.selected = true
+    qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].fire()
+}
+seen.afterShortcutCommand = Fx.run { glue.panel.selection.selected }
+
+// ---------------------------------------------------------------- no daemon: the panel says so
+Fx.run { qupath.commands['Extensions>ANTONI>Describe this region'].fire() }
+Fx.waitFor('the refusal of a question without a daemon', 10) { glue.panel.message.visible }
+seen.noDaemon = Fx.run {
+    [message: glue.panel.message.text, connection: glue.panel.connectionProblem.text, status: glue.panel.status.text,
+     question: glue.panel.question.text, askEnabled: !glue.panel.askButton.disabled]
+}
+
+def reinstalled = Fx.run { QuPathGlue.install(qupath) }
+seen.tabsAfterReinstall = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }
+Fx.run {
+    reinstalled.panel.close()
+    stage.close()
+}
+println(Protocol.toJson(seen))
+Fx.exit(0)

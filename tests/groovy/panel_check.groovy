@@ -1,0 +1,93 @@
+// The chat panel as a user drives it, against a real daemon (ANTONI_BRIDGE_CONNECTION_FILE), inside the
+// QuPath double: asks about an annotation, follows up, takes a screenshot, then cancels a whole-slide question
+// while its tiles are embedded. Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG. Prints what it saw as JSON.
+import antonibridge.Protocol
+import antonibridge.QuPathGlue
+import javafx.beans.value.ChangeListener
+import javafx.embed.swing.SwingFXUtils
+import javafx.scene.Scene
+import javafx.scene.input.Clipboard
+import javafx.stage.Stage
+import qupath.lib.gui.QuPathGUI
+import qupathdouble.QuPathDouble
+
+import javax.imageio.ImageIO
+
+String slide = args[0], slowSlide = args[1]
+File screenshot = new File(args[2])
+Fx.start()
+Map seen = [:]
+QuPathGUI qupath = QuPathGUI.getInstance()
+QuPathGlue glue = Fx.run { QuPathGlue.install(qupath) } as QuPathGlue
+def panel = glue.panel
+Stage stage = Fx.run {
+    Stage window = new Stage()
+    window.scene = new Scene(qupath.analysisTabPane, 460, 760)
+    window.show()
+    return window
+} as Stage
+Fx.run {
+    panel.answerTokens.text = '24' // short demo answers: the settings field, as a user sets it
+    panel.apply.fire()
+}
+Fx.waitFor('the connection to the daemon and its queue', 30) { panel.status.text.endsWith('idle') }
+seen.status = Fx.run { panel.status.text }
+
+def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
+qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
+qupath.imageData.hierarchy.selectionModel.selected << tumour
+
+/** Ask as a user does; returns what the panel showed while answering. */
+Closure askAndWait = { String question ->
+    List progress = []
+    int transcriptChanges = 0
+    ChangeListener onProgress = { obs, old, text -> if (text) progress << text } as ChangeListener
+    ChangeListener onTranscript = { obs, old, text -> transcriptChanges++ } as ChangeListener
+    Fx.run {
+        panel.progressText.textProperty().addListener(onProgress)
+        panel.transcript.textProperty().addListener(onTranscript)
+        panel.question.text = question
+        panel.askButton.fire()
+    }
+    Fx.waitFor('the answer', 120) { !panel.askButton.disabled }
+    Fx.run {
+        panel.progressText.textProperty().removeListener(onProgress)
+        panel.transcript.textProperty().removeListener(onTranscript)
+        [progress: progress.unique(), transcriptChanges: transcriptChanges, transcript: panel.transcript.text,
+         message: panel.message.text]
+    }
+}
+seen.first = askAndWait('What organ is this tissue from?')
+seen.followUp = askAndWait('Is there a tumour in this region?')
+seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+Fx.run {
+    ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
+}
+seen.copied = Fx.run {
+    panel.copy.fire()
+    [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]
+}
+
+// Cancel while a slide nobody asked about yet is being embedded.
+qupath.imageData = QuPathDouble.image(new File(slowSlide).toURI().toString())
+Fx.run {
+    panel.wholeImage.selected = true
+    panel.question.text = 'Describe this slide.'
+    panel.askButton.fire()
+}
+Fx.waitFor('tile embedding', 60) { panel.progressText.text.startsWith('Embedding tiles') }
+seen.embedding = Fx.run { [text: panel.progressText.text, progress: panel.progress.progress] }
+long cancelledAt = System.nanoTime()
+Fx.run { panel.cancel.fire() }
+Fx.waitFor('the end of the cancelled question', 30) { !panel.askButton.disabled }
+seen.cancelSeconds = (System.nanoTime() - cancelledAt) / 1e9
+seen.cancelled = Fx.run {
+    [message: panel.message.text, question: panel.question.text, transcript: panel.transcript.text]
+}
+
+Fx.run {
+    panel.close()
+    stage.close()
+}
+println(Protocol.toJson(seen))
+Fx.exit(0)

@@ -1,0 +1,9 @@
+package qupathdouble
+
+/**
+ * TEST DOUBLE of QuPath's TransformingImageServer, the base class of rotated, cropped and other transformed
+ * views of a file: the glue recognises it by this simple name. It reports the wrapped file's URIs, as QuPath's does.
+ */
+abstract class TransformingImageServer extends Server {
+    TransformingImageServer(Server wrapped) { super(wrapped.getURIs() as List, wrapped.getPath(), Double.NaN) }
+}

@@ -1,0 +1,115 @@
+"""The QuPath glue (qupath_extension/src/antonibridge/QuPathGlue.groovy) against a recording double of QuPath
+(tests/qupath_double), with the real panel, JavaFX (Debian's OpenJFX under Xvfb) and JTS; no daemon runs, so
+the panel's "not running" message is part of what is checked. tests/groovy/glue_check.groovy does the steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.qupath_runtime import require, run
+
+START = "start it with `antoni-bridge serve`"
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    require(gui=True)
+    home = tmp_path_factory.mktemp("no-daemon")
+    return run(
+        "glue_check.groovy",
+        prefs=home / "prefs",
+        gui=True,
+        ANTONI_BRIDGE_CONNECTION_FILE=str(home / "daemon.json"),
+    )
+
+
+def test_the_panel_is_an_undockable_tab_with_commands_and_a_shortcut(seen: dict[str, Any]) -> None:
+    assert seen["tabs"] == ["ANTONI"] and seen["tabsAfterReinstall"] == ["ANTONI"]
+    assert seen["commands"] == [
+        "Extensions>ANTONI>Ask ANTONI about this region",
+        "Extensions>ANTONI>Describe this region",
+        "Extensions>ANTONI>Show the ANTONI panel",
+    ]
+    assert seen["shortcut"] == "Alt+Shortcut+Q"
+    assert seen["afterShortcutCommand"] is True  # the command turns the panel to the selected annotations
+
+
+def test_alt_right_click_on_every_viewer_opens_our_menu_instead_of_qupaths(seen: dict[str, Any]) -> None:
+    menu = ["Ask ANTONI about this region...", "Describe this region"]
+    for viewer in seen["altRightClick"]:  # the first viewer, and one opened after the panel was installed
+        assert viewer == {"ourMenu": [menu], "reachedQuPath": 0}
+    assert seen["plainRightClick"] == {"ourMenu": [], "reachedQuPath": 1}  # QuPath keeps its own menu
+    assert seen["afterMenuAsk"] == {"selection": True, "tab": "ANTONI"}
+
+
+def test_the_whole_image_is_its_file_and_pixel_size(seen: dict[str, Any]) -> None:
+    assert seen["whole"] == {
+        "key": "/slides/a.svs",
+        "label": "the whole image a.svs",
+        "slide": "/slides/a.svs",
+        "region": None,
+        "mpp": 0.25,
+    }
+    assert seen["firstSeries"] is None  # series 0 of a file is its main image: accepted
+
+
+def test_a_region_is_level_0_geojson_with_holes_kept_and_overlaps_merged(seen: dict[str, Any]) -> None:
+    outer = [[1000.0, 1000.0], [3000.0, 1000.0], [3000.0, 3000.0], [1000.0, 3000.0], [1000.0, 1000.0]]
+    hole = [[1500.0, 1500.0], [2000.0, 1500.0], [2000.0, 2000.0], [1500.0, 2000.0], [1500.0, 1500.0]]
+    assert seen["withHole"] == {"type": "Polygon", "coordinates": [outer, hole]}
+    assert seen["overlapping"]["type"] == "Polygon" and len(seen["overlapping"]["coordinates"]) == 1
+    assert seen["apart"]["type"] == "MultiPolygon" and len(seen["apart"]["coordinates"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "hint"),
+    [
+        ("noImage", "No image is open.", "open a slide"),
+        ("rotated", "The image is a transformed view of its file (RotatedImageServer", "without rotation"),
+        ("notAFile", "The image is not a local file (https://", "local or mounted copy"),
+        ("secondSeries", "The image is series 2 of a multi-series file", "main image"),
+        ("nothingSelected", "No annotation is selected.", "Whole image"),
+        ("onlyDetections", "The selection holds no annotation", "select an annotation"),
+        ("points", 'Annotation "Mitoses" is not an area (its shape is Points).', "draw an area"),
+        ("line", 'Annotation "Ruler" is not an area (its shape is Line).', "draw an area"),
+        ("enormous", "The selection has 300,001 vertices; the limit is 250,000.", "Simplify shape"),
+    ],
+)
+def test_what_cannot_be_asked_about_is_refused_in_one_sentence_and_a_hint(
+    seen: dict[str, Any], case: str, message: str, hint: str
+) -> None:
+    assert seen[case]["message"].startswith(message) and hint in seen[case]["hint"]
+
+
+def test_answers_are_saved_with_the_annotation_after_the_users_own_description(seen: dict[str, Any]) -> None:
+    saved = seen["saved"]
+    description = saved["description"]
+    assert description.startswith("My own note.\n\n--- ANTONI-Alpha conversation ---\n")
+    assert description.count("--- ANTONI-Alpha conversation ---") == 1  # the second answer replaced the first record
+    assert "You: What is this?\nANTONI: Tumour." in description and "ANTONI: Low grade." in description
+    assert "[demo weights: random, the answer means nothing]" in description
+    metadata = saved["metadata"]
+    assert metadata["antoni.question"] == "What grade?" and metadata["antoni.answer"] == "Low grade."
+    assert metadata["antoni.model"] == "antoni-bridge 0.1.0" and metadata["antoni.weights"] == "demo"
+    assert metadata["antoni.time"] == "2025-01-01T00:00:00Z"
+    assert saved["calls"].count("fireObjectsChangedEvent 1") == 2  # QuPath is told, so the project saves it
+    assert seen["resumedTurns"] == 4  # selecting the annotation later continues its conversation
+    assert "setDescription" not in seen["wholeImageSaveCalls"]
+
+
+def test_without_a_daemon_the_panel_names_the_cause_and_the_fix(seen: dict[str, Any]) -> None:
+    no_daemon = seen["noDaemon"]
+    assert no_daemon["status"] == "Not connected to the daemon."
+    assert no_daemon["connection"].startswith("The daemon is not running") and START in no_daemon["connection"]
+    assert no_daemon["message"].startswith("The daemon is not running") and START in no_daemon["message"]
+    assert no_daemon["question"] == "Describe the tissue in this region."  # the question is kept, not lost
+    assert no_daemon["askEnabled"] is True
+
+
+def test_every_double_says_it_is_a_test_double() -> None:
+    doubles = Path(__file__).parent / "qupath_double"
+    for source in doubles.rglob("*.groovy"):
+        assert "TEST DOUBLE" in source.read_text(), f"{source.name} does not say it is a test double"

@@ -1,0 +1,123 @@
+"""`antoni-bridge qupath install | uninstall` as users run them, into a QuPath user directory in a temporary
+home; Java's preferences (where QuPath keeps its startup script) go to a temporary folder too. The installed
+startup script is then run as QuPath runs it, inside the QuPath double."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from antoni_bridge import qupath_install
+from antoni_bridge.errors import BridgeError
+from tests.conftest import run_cli
+from tests.qupath_runtime import JARS, require, run
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's home with QuPath 0.6's default user directory; Java preferences kept beside it."""
+    (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    return tmp_path
+
+
+def _startup_script_of_qupath() -> str | None:
+    return qupath_install.startup_script_preference("get", "0.6")
+
+
+def _install(*args: str) -> str:
+    result = run_cli("qupath", "install", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_install_copies_the_panel_and_jeromq_and_registers_the_startup_script(home: Path) -> None:
+    require()
+    output = _install("--jeromq-jar", str(JARS["jeromq"]))
+    user_dir = home / "QuPath" / "v0.6"
+    startup = user_dir / "antoni-bridge" / "startup.groovy"
+    assert f"QuPath 0.6 runs {startup} at startup" in output
+    assert _startup_script_of_qupath() == str(startup)
+    assert f"File sources = new File('{user_dir / 'antoni-bridge'}')" in startup.read_text()
+    installed = {p.name for p in (user_dir / "antoni-bridge" / "antonibridge").iterdir()}
+    assert installed == {p.name for p in (qupath_install.EXTENSION / "src" / "antonibridge").glob("*.groovy")}
+    assert [p.name for p in (user_dir / "extensions").iterdir()] == [JARS["jeromq"].resolve().name]
+    assert "restart QuPath" in output
+
+
+def test_the_installed_startup_script_adds_the_panel_to_qupath(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
+    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False)
+    assert seen["tabs"] == [{"text": "ANTONI", "note": None}]
+    assert "Extensions>ANTONI>Ask ANTONI about this region" in seen["commands"]
+
+
+def test_without_jeromq_the_startup_script_says_what_to_do(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
+    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False, jeromq=False)
+    [tab] = seen["tabs"]
+    assert (
+        tab["note"].startswith("The ANTONI panel needs the JeroMQ jar")
+        and "antoni-bridge qupath install" in tab["note"]
+    )
+
+
+def test_jeromq_comes_from_the_maven_cache_first(home: Path) -> None:
+    require()
+    cached = home / ".m2" / "repository" / "org" / "zeromq" / "jeromq" / "0.6.0" / "jeromq-0.6.0.jar"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(JARS["jeromq"], cached)
+    _install()
+    assert [p.name for p in (home / "QuPath" / "v0.6" / "extensions").iterdir()] == ["jeromq-0.6.0.jar"]
+
+
+def test_jeromq_comes_from_a_system_java_folder_otherwise(home: Path) -> None:
+    require()
+    _install()
+    assert (home / "QuPath" / "v0.6" / "extensions" / JARS["jeromq"].resolve().name).is_file()
+
+
+def test_no_jeromq_anywhere_is_one_clear_message(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qupath_install, "SYSTEM_JAVA_DIRS", (home / "usr-share-java",))
+    with pytest.raises(BridgeError, match="No JeroMQ jar found") as refused:
+        qupath_install.jeromq_jar(None)
+    assert "--jeromq-jar" in refused.value.hint and qupath_install.JEROMQ_URL in refused.value.hint
+    not_a_jar = home / "jeromq.jar"
+    not_a_jar.write_text("not a jar")
+    result = run_cli("qupath", "install", "--jeromq-jar", str(not_a_jar))
+    assert result.returncode == 2 and "is not a JeroMQ jar" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_startup_script_the_user_has_is_kept(home: Path) -> None:
+    require()
+    assert qupath_install.startup_script_preference("set", "0.6", "/home/me/my-startup.groovy") == ""
+    output = _install("--jeromq-jar", str(JARS["jeromq"]))
+    assert "already runs the startup script /home/me/my-startup.groovy; it is kept. Add this line to it:" in output
+    assert _startup_script_of_qupath() == "/home/me/my-startup.groovy"
+
+
+def test_uninstall_removes_what_install_added_and_nothing_else(home: Path) -> None:
+    require()
+    user_dir = home / "QuPath" / "v0.6"
+    (user_dir / "extensions").mkdir()
+    (user_dir / "extensions" / "qupath-extension-other.jar").write_bytes(b"someone else's")
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    result = run_cli("qupath", "uninstall")
+    assert result.returncode == 0, result.stderr
+    assert not (user_dir / "antoni-bridge").exists()
+    assert [p.name for p in (user_dir / "extensions").iterdir()] == ["qupath-extension-other.jar"]
+    assert _startup_script_of_qupath() == ""
+
+
+def test_no_qupath_user_directory_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run_cli("qupath", "install")
+    assert result.returncode == 2
+    assert "error: No QuPath user directory in" in result.stderr and "hint: pass --qupath-dir" in result.stderr

@@ -1,0 +1,93 @@
+"""The chat panel (JavaFX, Debian's OpenJFX under Xvfb) as a user drives it, against a real daemon, inside the
+QuPath double: tests/groovy/panel_check.groovy asks about an annotation of a demo slide, follows up, takes a
+screenshot and cancels a whole-slide question while its tiles are embedded.
+
+The screenshot goes to a temporary folder; ANTONI_BRIDGE_SCREENSHOT=docs/qupath-panel.png refreshes the one
+the docs show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from antoni_bridge.slides.demo import DemoLayout
+from tests.qupath_runtime import require, run
+
+DEMO_NOTE = "[demo weights: random, the answer means nothing]"
+
+
+@pytest.fixture(scope="module")
+def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("ANTONI_BRIDGE_SCREENSHOT")
+    return Path(wanted).resolve() if wanted else tmp_path_factory.mktemp("screenshot") / "qupath-panel.png"
+
+
+@pytest.fixture(scope="module")
+def seen(
+    tmp_path_factory: pytest.TempPathFactory,
+    daemon: Path,
+    demo_40x: tuple[Path, DemoLayout],
+    demo_odd_pyramid: Path,
+    screenshot: Path,
+) -> dict[str, Any]:
+    require(gui=True)
+    prefs = tmp_path_factory.mktemp("java-prefs")
+    args = (str(demo_40x[0]), str(demo_odd_pyramid), str(screenshot))
+    return run("panel_check.groovy", *args, prefs=prefs, gui=True, ANTONI_BRIDGE_CONNECTION_FILE=str(daemon))
+
+
+def test_the_status_line_says_connected_and_demo_weights(seen: dict[str, Any]) -> None:
+    assert seen["status"].startswith("Connected to antoni-bridge")
+    assert "demo weights (random: answers mean nothing)" in seen["status"] and seen["status"].endswith("idle")
+
+
+def test_progress_shows_each_stage_and_tiles_per_second(seen: dict[str, Any]) -> None:
+    progress = seen["first"]["progress"]
+    stages = ["Loading the models", "Finding tissue", "Encoding the slide", "Writing the answer"]
+    assert [p for p in progress if p in stages] == stages
+    assert any(re.fullmatch(r"Embedding tiles: \d+ of \d+ tiles · [\d.]+ tiles/s", p) for p in progress), progress
+
+
+def test_the_answer_streams_into_the_conversation(seen: dict[str, Any]) -> None:
+    first = seen["first"]
+    assert first["transcriptChanges"] > 10, "the answer arrived in one piece, not streamed"
+    assert (
+        'About annotation "Tumour" in demo-40x.svs\n\nYou: What organ is this tissue from?\nANTONI: '
+        in first["transcript"]
+    )
+    assert DEMO_NOTE in first["transcript"] and first["message"] == ""
+
+
+def test_a_follow_up_continues_the_conversation_from_the_cache(seen: dict[str, Any]) -> None:
+    follow_up = seen["followUp"]
+    assert not any(p.startswith("Embedding tiles") for p in follow_up["progress"])  # latents from the cache
+    assert follow_up["transcript"].count("You: ") == 2 and follow_up["transcript"].count(DEMO_NOTE) == 2
+    saved = json.loads(seen["annotation"]["metadata"]["antoni.conversation"])
+    assert [t["role"] for t in saved] == ["user", "assistant", "user", "assistant"]
+    assert seen["annotation"]["metadata"]["antoni.question"] == "Is there a tumour in this region?"
+    assert "You: Is there a tumour in this region?" in seen["annotation"]["description"]
+
+
+def test_copy_conversation_puts_it_on_the_clipboard(seen: dict[str, Any]) -> None:
+    assert seen["copied"] == {"same": True, "message": "The conversation is on the clipboard."}
+
+
+def test_cancel_during_embedding_stops_at_once_and_keeps_the_question(seen: dict[str, Any]) -> None:
+    assert seen["embedding"]["text"].startswith("Embedding tiles")
+    assert seen["cancelSeconds"] < 2.0
+    cancelled = seen["cancelled"]
+    assert cancelled["message"] == "Cancelled; the question is back in the box."
+    assert cancelled["question"] == "Describe this slide." and "You:" not in cancelled["transcript"]
+
+
+def test_a_screenshot_of_the_panel_is_written(seen: dict[str, Any], screenshot: Path) -> None:
+    with Image.open(screenshot) as image:
+        assert image.size == (460, 760)
+        assert len(image.convert("RGB").getcolors(1 << 16) or []) > 20  # a drawn panel, not a blank window
