@@ -38,12 +38,17 @@ def _latents(job: Job, runtime: Runtime, emit: Emit) -> Latents:
     return latents
 
 
-def _load_model(job: Job, runtime: Runtime, emit: Emit) -> Any:  # -> AntoniModel
-    if runtime.model is None:
-        progress(job, emit, "loading", 0, 1)
-        runtime.load(["model"])
+def _load(job: Job, runtime: Runtime, emit: Emit, parts: list[str]) -> None:
+    """Load what the job needs and is not loaded yet, first, so the user sees why the start takes long."""
+    missing = [part for part in parts if getattr(runtime, part) is None]
+    if missing:
+        progress(job, emit, "loading", 0, 1)  # one step: loading reports no finer progress
+        runtime.load(missing)
         progress(job, emit, "loading", 1, 1)
-    return runtime.model
+
+
+def _needs(content: dict[str, Any], model: bool = True) -> list[str]:
+    return (["encoders"] if "slide" in content else []) + (["model"] if model else [])
 
 
 def _options(content: dict[str, Any]):  # -> GenerationOptions
@@ -72,10 +77,10 @@ def _generated(job: Job, runtime: Runtime, result, start: float) -> dict[str, An
 
 def run_ask(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
     start = time.perf_counter()
+    _load(job, runtime, emit, _needs(job.content))
     latents = _latents(job, runtime, emit)
-    model = _load_model(job, runtime, emit)
     progress(job, emit, "generating", 0, 1)
-    result = model.answer(
+    result = runtime.model.answer(
         latents.values,
         job.content["conversation"],
         _options(job.content),
@@ -94,10 +99,10 @@ def run_ask(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
 
 def run_score(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
     start = time.perf_counter()
+    _load(job, runtime, emit, _needs(job.content))
     latents = _latents(job, runtime, emit)
-    model = _load_model(job, runtime, emit)
     progress(job, emit, "scoring", 0, 1)
-    scores = model.score_choices(latents.values, job.content["question"], job.content["choices"])
+    scores = runtime.model.score_choices(latents.values, job.content["question"], job.content["choices"])
     job.check()
     return {
         "choices": scores.choices,
@@ -112,9 +117,9 @@ def run_score(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
 def run_view(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
     start = time.perf_counter()
     image = _field_of_view(job.content, runtime)
-    model = _load_model(job, runtime, emit)
+    _load(job, runtime, emit, ["model"])
     progress(job, emit, "generating", 0, 1)
-    result = model.view(
+    result = runtime.model.view(
         image,
         job.content["conversation"],
         _options(job.content),
@@ -150,6 +155,7 @@ def _field_of_view(content: dict[str, Any], runtime: Runtime):  # -> np.ndarray
 
 def run_embed(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
     start = time.perf_counter()
+    _load(job, runtime, emit, ["encoders"])
     latents = _latents(job, runtime, emit)
     return {
         "tiles": latents.tiles,
@@ -165,9 +171,7 @@ def run_forget(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
 
 
 def run_load(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    parts = job.content.get("models", list(MODEL_PARTS))
-    progress(job, emit, "loading", 0, len(parts))
-    runtime.load(parts)
+    _load(job, runtime, emit, job.content.get("models", list(MODEL_PARTS)))
     return {"loaded": runtime.loaded()}
 
 
