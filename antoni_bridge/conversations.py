@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from antoni_bridge import paths
+from antoni_bridge.files import write_atomically
 
 Turn = dict[str, str]
 
@@ -36,11 +36,4 @@ def load(key: str) -> list[Turn]:
 
 
 def save(key: str, turns: list[Turn]) -> None:
-    folder = paths.conversations_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(turns, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, folder / f"{key}.json")
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(paths.conversations_dir() / f"{key}.json", json.dumps(turns, ensure_ascii=False, indent=1))

@@ -15,12 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import replacing
 
 EXTENSION = Path(__file__).resolve().parents[1] / "qupath_extension"
 PREFERENCE_TOOL = EXTENSION / "installer" / "StartupScriptPreference.java"
@@ -178,14 +178,9 @@ def _add_jar(jar: Path, extensions: Path, ours: str | None) -> str | None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """A temporary file renamed over the target: an interrupted install never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """An interrupted install never leaves half a file."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _read_manifest(folder: Path) -> dict[str, str | None]:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from antoni_bridge.batch.files import write_atomically
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import write_atomically
 from antoni_bridge.slides.regions import annotation_names, feature_properties, name_listing
 
 ANNOTATION = "annotation"

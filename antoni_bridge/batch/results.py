@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antoni_bridge.batch.files import write_atomically
 from antoni_bridge.batch.sources import Item
 from antoni_bridge.demo_assets import DEMO_NOTE
+from antoni_bridge.files import write_atomically
 
 COLUMNS = (
     "image", "slide", "annotation", "annotation_id", "classes", "question", "status", "answer", "reason",

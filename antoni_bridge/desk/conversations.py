@@ -8,12 +8,12 @@ No Qt here, so the record of what was asked can be tested and reused without a d
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from antoni_bridge.files import write_atomically
 from antoni_bridge.slides.regions import Region
 
 
@@ -80,17 +80,6 @@ def describe_end(exchange: Exchange) -> str:
     words = {"asking": "still being answered", "done": "answered", "cancelled": "cancelled", "error": "failed"}
     text = words[exchange.state] + (f": {exchange.note}" if exchange.note else "")
     return text + (" [demo weights: random, the answer means nothing]" if exchange.demo else "")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder then rename, so an old export is never half
-    overwritten."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export(conversation: Conversation, path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from antoni_bridge.files import replacing
 from antoni_bridge.slides.grid import TileGrid
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.tissue import TissueMask
@@ -29,13 +30,8 @@ def write_overview(slide: Slide, tissue: TissueMask, grid: TileGrid | None, out:
             _draw_region(draw, grid, scale)
     _label_contours(draw, tissue, scale)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import write_atomically
 
 QUESTIONS = {
     "organ": "What organ is this tissue from? Answer in less than 4 words.",
@@ -214,16 +215,10 @@ def write_report(out: Path, cases: list[LabelledCase], runs: list[Predictions], 
     lines += ["| variant | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     lines += ["| " + row["variant"] + " | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in columns) + " |"
               for row in rows]  # fmt: skip
-    _write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_atomically(out / "report.md", "\n".join(lines) + "\n")
     payload = {"metrics": rows, "cases": [asdict(c) for c in cases], "predictions": [asdict(r) for r in runs]}
-    _write_text(out / "report.json", json.dumps(payload, indent=1, ensure_ascii=False))
+    write_atomically(out / "report.json", json.dumps(payload, indent=1, ensure_ascii=False))
     labelled = [(p, c.neoplasm) for p, c in zip(runs[0].neoplasm, cases, strict=True) if c.neoplasm is not None]
     if labelled:
         matrix = [[sum(bool(p) == pv and t == tv for p, t in labelled) for pv in (True, False)] for tv in (True, False)]
         write_confusion(out / "confusion-neoplasm.png", ["neoplasm", "none"], matrix, "Neoplasm (rows: truth)")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

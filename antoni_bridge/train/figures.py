@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from antoni_bridge.files import replacing
+
 CELL = 110
 MARGIN = 120
 
@@ -25,6 +27,5 @@ def write_confusion(path: Path, labels: list[str], matrix: list[list[int]], titl
             box = (MARGIN + j * CELL, MARGIN + i * CELL, MARGIN + (j + 1) * CELL, MARGIN + (i + 1) * CELL)
             draw.rectangle(box, fill=(shade, shade, 255), outline="black")
             draw.text((box[0] + CELL // 2 - 6, box[1] + CELL // 2 - 6), str(count), fill="black")
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        image.save(tmp, format="PNG")
