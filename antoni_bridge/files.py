@@ -15,6 +15,8 @@ def replacing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
+        with tmp.open("rb+") as written:  # on disk before the rename: a power cut leaves old or new
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

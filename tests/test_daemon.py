@@ -132,6 +132,8 @@ def test_bad_messages_get_error_replies_and_the_daemon_keeps_serving(daemon: Pat
         "unknown-type": right.frames(right.message("launch-missiles", {})),
         "bad-request": right.frames(right.message("ask", {"features": "x.pt"})),
         "bad-request ": right.frames(right.message("ask", {**ASK, "features": "x.pt", "options": {"top_k": "64"}})),
+        "bad-request  ": right.frames(right.message("load", {"models": [["encoders"]]})),
+        "bad-request   ": right.frames(right.message("ask", {**ASK, "features": "x.pt", "options": {"top_k": 6.5}})),
     }
     replayed = right.frames(right.message("status", {}))
     try:
@@ -359,6 +361,13 @@ def test_a_remote_daemon_needs_curve_and_keeps_to_its_slide_roots(
         assert not plain.poll(1000)
         plain.close()
         context.term()
+        second = run_cli(
+            "serve", "--demo", "--address", "tcp://127.0.0.1:*", env={"ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+        )
+        assert second.returncode == 2 and "already running" in second.stderr
+        with _client(connection) as client:
+            client.request("shutdown")
+        process.wait(timeout=30)  # the CURVE authenticator is stopped too, or the process would hang here
     finally:
         process.kill()
         process.wait()

@@ -4,6 +4,7 @@ qupath_extension/src/antonibridge/{Protocol,DaemonLink}.groovy with the real Jer
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,7 +113,12 @@ def test_a_daemon_that_dies_or_restarts_is_noticed_and_reconnected(
         assert time.monotonic() - start < 3
         daemons.append(start_daemon(serve, connection_file=connection, log_file=log))
         assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]
-        daemons.append(start_daemon(serve, connection_file=connection, log_file=log))  # rewrites the file
+        # A restart between two polls: the new daemon's file replaces the old one's as the old one ends (a
+        # second daemon may not take over a live daemon's connection file itself).
+        daemons.append(start_daemon(serve, connection_file=tmp_path / "next.json", log_file=log))
+        daemons[1].kill()
+        daemons[1].wait()
+        os.replace(tmp_path / "next.json", connection)
         notice = driver.state(lambda s: s["notice"] is not None)["notice"]
         assert notice == "The daemon restarted; connecting to the new one."
         assert driver.state(lambda s: s["connected"])["address"] == json.loads(connection.read_text())["address"]

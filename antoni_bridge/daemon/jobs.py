@@ -78,18 +78,19 @@ class JobQueue:
             if self.running is job:
                 self.running = None
 
-    def cancel(self, job_id: str) -> Job | None:
-        """Flag a job (running or waiting); a waiting one is dropped from the queue."""
+    def cancel(self, job_id: str) -> tuple[Job | None, bool]:
+        """Flag a job (running or waiting); a waiting one is dropped from the queue. Also says, decided
+        under the lock, whether it was waiting: then no worker will ever end it, and the caller must."""
         with self.lock:
             if self.running is not None and self.running.id == job_id:
                 self.running.cancel.set()
-                return self.running
+                return self.running, False
             for job in self.waiting:
                 if job.id == job_id:
                     job.cancel.set()
                     self.waiting.remove(job)
-                    return job
-        return None
+                    return job, True
+        return None, False
 
     def jobs(self) -> list[Job]:
         """The running job, then the waiting ones."""

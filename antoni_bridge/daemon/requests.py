@@ -51,6 +51,12 @@ def _options(content: dict[str, Any]) -> str | None:
     numbers = {k: v for k, v in options.items() if k not in ("greedy", "seed")}
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in numbers.values()):
         return "Generation options max_new_tokens, temperature, top_p and top_k must be numbers."
+    counts = [options.get("max_new_tokens", 1), options.get("top_k", 0)]  # JSON has no integers: 6.0 is 6
+    if not all(float(v).is_integer() and 0 <= v <= 1_000_000 for v in counts):
+        return "Generation options max_new_tokens and top_k must be whole numbers (max_new_tokens at least 1)."
+    seed = options.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        return "Generation option seed must be null or a whole number from 0 to 2**63 - 1."
     if not isinstance(options.get("greedy", True), bool) or not isinstance(options.get("seed", 0), int | None):
         return "Generation option greedy must be true or false, and seed an integer or null."
     return None
@@ -98,7 +104,7 @@ def check_forget(content: dict[str, Any]) -> str | None:
 
 def check_models(content: dict[str, Any]) -> str | None:
     models = content.get("models", list(MODEL_PARTS))
-    if not isinstance(models, list) or not models or not set(models) <= set(MODEL_PARTS):
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m in MODEL_PARTS for m in models):
         return f"'models' must be a list with items among {list(MODEL_PARTS)}."
     return None
 

@@ -10,6 +10,7 @@ ZeroMQ sockets must stay on one thread.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -59,7 +60,8 @@ class Daemon:
         self.address, self.runtime, self.connection_file = address, runtime, connection_file
         self.client_dead_s, self.curve = client_dead_s, curve
         self.jobs = JobQueue(capacity)
-        self.outbox: queue.Queue[tuple[bytes, Message]] = queue.Queue()
+        self.outbox: queue.Queue[tuple[bytes, list[bytes]]] = queue.Queue()
+        self.authenticator: Any = None
         self.stopping = threading.Event()
         self.info: ConnectionInfo | None = None
         self.session: Session | None = None
@@ -69,8 +71,14 @@ class Daemon:
     # ------------------------------------------------------------------ socket loop
 
     def serve(self) -> None:
+        _refuse_if_running(self.connection_file)
         context = zmq.Context()
-        socket = self._bind(context)
+        try:
+            socket = self._bind(context)
+        except BridgeError:
+            self._stop_authenticator()
+            context.term()
+            raise
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.info = ConnectionInfo.new(endpoint, self.curve.public_key.decode("ascii") if self.curve else None)
         self.session = Session(self.info.key_bytes)
@@ -86,8 +94,9 @@ class Daemon:
                 self._cancel_jobs_of_silent_clients()
         finally:
             self._drain(socket)
-            self.connection_file.unlink(missing_ok=True)
+            self._remove_connection_file()
             socket.close()
+            self._stop_authenticator()  # a running authenticator would keep context.term() waiting forever
             context.term()
             log.info("stopped")
 
@@ -112,10 +121,23 @@ class Daemon:
         from zmq.auth import CURVE_ALLOW_ANY
         from zmq.auth.thread import ThreadAuthenticator
 
-        authenticator = ThreadAuthenticator(context, log=logging.getLogger("antoni_bridge.daemon.zap"))
-        authenticator.start()
+        self.authenticator = ThreadAuthenticator(context, log=logging.getLogger("antoni_bridge.daemon.zap"))
+        self.authenticator.start()
         keys = self.curve.authorized_keys
-        authenticator.configure_curve(domain="*", location=str(keys) if keys else CURVE_ALLOW_ANY)
+        self.authenticator.configure_curve(domain="*", location=str(keys) if keys else CURVE_ALLOW_ANY)
+
+    def _stop_authenticator(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+
+    def _remove_connection_file(self) -> None:
+        """Only while it is still ours: another daemon may have started since with its own."""
+        try:
+            if ConnectionInfo.read(self.connection_file).key == self.info.key:
+                self.connection_file.unlink(missing_ok=True)
+        except BridgeError:
+            pass
 
     def _receive(self, socket: zmq.Socket) -> None:
         while True:
@@ -125,24 +147,31 @@ class Daemon:
                 return
             self.last_seen[identity] = time.monotonic()
             try:
-                self._handle(identity, self.session.parse(frames))
+                message = self.session.parse(frames)
             except ProtocolError as exc:
                 log.warning("refused a message from client %s: %s", identity.hex(), exc.message)
                 self._send_error(identity, None, exc.code, exc.message, exc.hint)
+                continue
+            try:
+                self._handle(identity, message)
+            except Exception:  # a request no check foresaw must not end the daemon for every client
+                log.exception("request %s from client %s failed", message.type, identity.hex())
+                self._send_error(identity, message, "bad-request", "The request could not be handled.", "see the log")
 
     def _drain(self, socket: zmq.Socket) -> None:
         while True:
             try:
-                identity, message = self.outbox.get_nowait()
+                identity, frames = self.outbox.get_nowait()
             except queue.Empty:
                 return
-            try:
-                socket.send_multipart([identity, *self.session.frames(message)])
-            except zmq.ZMQError:  # the client is gone (ROUTER_MANDATORY): its job's events are dropped
-                log.debug("client went away; dropping %s", message.type)
+            try:  # never blocks: a client that stops reading must not stop the daemon for the others
+                socket.send_multipart([identity, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError:  # gone (ROUTER_MANDATORY), or not reading (its queue is full): dropped
+                log.debug("client %s is gone or not reading; a message is dropped", identity.hex())
 
     def _reply(self, identity: bytes, parent: Message | None, type_: str, content: dict[str, Any]) -> None:
-        self.outbox.put((identity, self.session.message(type_, content, parent)))
+        """Serialised here, in the sending thread: a value JSON cannot carry fails the job that made it."""
+        self.outbox.put((identity, self.session.frames(self.session.message(type_, content, parent))))
 
     def _send_error(self, identity: bytes, parent: Message | None, code: str, message: str, hint: str = "") -> None:
         self._reply(identity, parent, "error", {"code": code, "message": message, "hint": hint})
@@ -221,8 +250,8 @@ class Daemon:
         self._reply(identity, message, "cancel", {"job_id": job.id})
 
     def _cancel_job(self, job_id: str) -> Job | None:
-        job = self.jobs.cancel(job_id)
-        if job is not None and job is not self.jobs.running:  # a waiting job never starts: it ends here
+        job, was_waiting = self.jobs.cancel(job_id)
+        if was_waiting:  # a waiting job never starts: it ends here
             self._event(job, "cancelled", {})
         return job
 
@@ -240,14 +269,20 @@ class Daemon:
     # ------------------------------------------------------------------ the worker
 
     def _work(self) -> None:
-        self.cache_summary = self.runtime.cache_summary()
+        self._refresh_cache_summary()
         while not self.stopping.is_set():
             job = self.jobs.take(timeout=0.1)
             if job is not None:
                 end = self._run_to_one_end(job)
                 log.info("job %s: %s", job.id, end)
                 self.jobs.finish(job, end)
-                self.cache_summary = self.runtime.cache_summary()
+                self._refresh_cache_summary()
+
+    def _refresh_cache_summary(self) -> None:
+        try:
+            self.cache_summary = self.runtime.cache_summary()
+        except OSError:  # a cache folder changing underneath: keep the last figures, keep working
+            log.warning("could not read the cache's size", exc_info=True)
 
     def _run_to_one_end(self, job: Job) -> str:
         """Run a job and send exactly one terminal message; return how it ended."""
@@ -278,3 +313,19 @@ class Daemon:
     def _event(self, job: Job, type_: str, content: dict[str, Any]) -> None:
         parent = Message(job.kind, {}, job.request_id, "")
         self._reply(job.client, parent, type_, {"job_id": job.id, **content})
+
+
+def _refuse_if_running(connection_file: Path) -> None:
+    """One daemon per connection file: a second would orphan the first, which `stop` could then not reach."""
+    try:
+        info = ConnectionInfo.read(connection_file)
+        os.kill(info.pid, 0)
+    except (BridgeError, ProcessLookupError):  # none, damaged, or left by a daemon that died
+        return
+    except PermissionError:  # another user's process holds the pid
+        pass
+    raise BridgeError(
+        f"A daemon (pid {info.pid}) is already running at {info.address}.",
+        f"stop it with `antoni-bridge stop` (or delete {connection_file} if no daemon runs), or give this "
+        "one another ANTONI_BRIDGE_CONNECTION_FILE",
+    )

@@ -54,7 +54,11 @@ def _needs(content: dict[str, Any], model: bool = True) -> list[str]:
 def _options(content: dict[str, Any]):  # -> GenerationOptions
     from antoni_bridge.model.generation import GenerationOptions
 
-    return GenerationOptions(**content.get("options", {}))
+    options = dict(content.get("options", {}))
+    for name in ("max_new_tokens", "top_k", "seed"):  # whole numbers, perhaps sent as 6.0 by a Java client
+        if options.get(name) is not None:
+            options[name] = int(options[name])
+    return GenerationOptions(**options)
 
 
 def _generated(job: Job, runtime: Runtime, result, start: float) -> dict[str, Any]:  # result: Generated
@@ -136,7 +140,7 @@ def _field_of_view(content: dict[str, Any], runtime: Runtime):  # -> np.ndarray
     if "image" in content:
         try:
             data = base64.b64decode(content["image"], validate=True)
-            with Image.open(io.BytesIO(data)) as opened:
+            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as opened:  # no decoder runs other code
                 if opened.width * opened.height > MAX_IMAGE_PIXELS:
                     raise BridgeError(
                         f"The image is {opened.width} x {opened.height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.",

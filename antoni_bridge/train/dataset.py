@@ -32,6 +32,8 @@ def read_entries(slides: Path, conversations: Path) -> list[Entry]:
         lines = conversations.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise BridgeError(f"No conversations file at {conversations}.", "give a JSON-lines file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BridgeError(f"{conversations.name} is not readable UTF-8 text ({exc}).", "save it as UTF-8") from exc
     entries, keys = [], set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -62,7 +64,10 @@ def _entry(slides: Path, name: str, number: int, line: str) -> Entry:
         raise BridgeError(
             f"{where} has no usable conversation.", "give user/assistant turns that alternate and end with an answer"
         )
-    return Entry(slide, str(item.get("key") or slide.stem), str(item.get("organ", "")), conversations)
+    key = str(item.get("key") or slide.stem)
+    if "/" in key or not key.strip():
+        raise BridgeError(f"{where}: the key {key!r} is empty or holds '/'.", "HDF5 would read it as nested groups")
+    return Entry(slide, key, str(item.get("organ", "")), conversations)
 
 
 def build_dataset(entries: list[Entry], encoders: Any, cache: Any, on_slide: Any) -> list[Case]:

@@ -50,6 +50,7 @@ def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> 
     from antoni_bridge.model.config import AntoniConfig
     from antoni_bridge.model.llm import load_llm
 
+    seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it
     if config.weights:
         model = AntoniModel.load(
             resolve_model_dir(config.weights, "ANTONI-Alpha weights"), config.llm, device, config.quant
@@ -89,7 +90,7 @@ class Trainer:
         )
         self.position = Position()
         self.board = _tensorboard(config.output_dir)
-        _seed_everything(config.seed)  # a fresh run is reproducible; `resume` restores the generators instead
+        seed_everything(config.seed)  # a fresh run is reproducible; `resume` restores the generators instead
 
     # ------------------------------------------------------------------ the loop
 
@@ -203,7 +204,8 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Continue from the newest checkpoint in the output folder, if any; return it."""
-        checkpoints = sorted(self.config.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        numbered = [(int(p.name[11:]), p) for p in self.config.output_dir.glob("checkpoint-*") if p.name[11:].isdigit()]
+        checkpoints = [p for _, p in sorted(numbered)]
         if not checkpoints:
             return None
         newest = checkpoints[-1]
@@ -240,8 +242,16 @@ class Trainer:
         """Drop what an interrupted run logged after its last checkpoint; the resumed run logs it again."""
         log = self.config.output_dir / METRICS_FILE
         if log.is_file():
-            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= step]
+            kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
             log.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _tensorboard(folder: Path) -> Any:
@@ -253,7 +263,7 @@ def _tensorboard(folder: Path) -> Any:
     return SummaryWriter(str(folder / "tensorboard"))
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
