@@ -30,8 +30,9 @@ Fx.run {
     panel.answerTokens.text = '24' // short demo answers: the settings field, as a user sets it
     panel.apply.fire()
 }
-Fx.waitFor('the connection to the daemon and its queue', 30) { panel.status.text.endsWith('idle') }
-seen.status = Fx.run { panel.status.text }
+// The status read in the same step that saw it idle: applying the settings reconnects in the background,
+// so a second read could catch the line between two connections.
+Fx.waitFor('the connection to the daemon and its queue', 30) { (seen.status = panel.status.text).endsWith('idle') }
 
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
 qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
