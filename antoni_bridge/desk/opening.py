@@ -37,7 +37,6 @@ class OpenedSlide:
     level_downsamples: tuple[float, ...]
     thumbnail: QImage  # plain, drawn under tiles that are not loaded yet
     tissue_overview: QImage  # the thumbnail with tissue outlines
-    thumbnail_scale: float  # thumbnail pixels per level-0 pixel
     tissue_problem: str = ""  # why tissue could not be found, when it could not
 
 
@@ -59,7 +58,6 @@ def open_slide(path: Path, mpp: float | None = None) -> OpenedSlide:
             level_downsamples=slide.level_downsamples,
             thumbnail=to_qimage(image),
             tissue_overview=to_qimage(with_tissue),
-            thumbnail_scale=scale,
             tissue_problem=problem,
         )
 

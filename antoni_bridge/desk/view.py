@@ -78,12 +78,6 @@ class SlideView(QGraphicsView):
         self.setSceneRect(QRectF(-margin, -margin, width + 2 * margin, height + 2 * margin))
         self.fit_to_window()
 
-    def clear_slide(self) -> None:
-        self.drawer.cancel()
-        self.slide, self.loader, self.cache = None, None, TileCache()
-        self.show_regions([], None)
-        self.viewport().update()
-
     def drawBackground(self, painter: QPainter, rect: QRectF) -> None:
         """Draw the decoded tiles over `rect`, then ask the loader for what the whole view still lacks."""
         painter.fillRect(rect, BACKGROUND)

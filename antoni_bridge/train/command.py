@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.model_sources import device, weights_folder
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -47,7 +48,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from antoni_bridge import cli
     from antoni_bridge.train.config import read_config
     from antoni_bridge.train.data import InstructData
     from antoni_bridge.train.trainer import Trainer, load_model
@@ -57,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     val = InstructData(config.val_data, config.text_attributes) if config.val_data else None
     if args.restart:
         _clear_checkpoints(config.output_dir)
-    model = load_model(config, data.latent_width, torch.device(cli._device(None)))
+    model = load_model(config, data.latent_width, torch.device(device(None)))
     trainer = Trainer(config, model, data, val)
     resumed = trainer.resume()
     if resumed:
@@ -91,7 +91,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
     if not args.slides.is_dir():
         raise BridgeError(f"--slides {args.slides} is not a folder.", "give the folder that holds the slides")
     entries = read_entries(args.slides, args.conversations)
-    encoders = cli._load_encoders(args, cli._device(args.device))
+    encoders = cli._load_encoders(args, device(args.device))
     cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
     with tqdm(total=len(entries), unit="slide") as bar:
         cases = build_dataset(entries, encoders, cache, lambda entry: bar.update(1))
@@ -114,7 +114,7 @@ def _eval(args: argparse.Namespace) -> int:
     missing = [case.key for case in cases if case.key not in data.h5["embeddings"]]
     if missing:
         raise BridgeError(f"{args.data.name} lacks {len(missing)} labelled case(s), e.g. {missing[0]}.", "check keys")
-    model = cli._load_model(args, cli._weights_folder(args))
+    model = cli._load_model(args, weights_folder(args))
 
     def latents_of(key: str) -> torch.Tensor:
         return check_latents(torch.from_numpy(data.case(key).latents), model.config)

@@ -15,16 +15,6 @@ import yaml
 
 from antoni_bridge.errors import BridgeError
 
-CONVERSATION_KEYS = (
-    "clean_report",
-    "detailed_description",
-    "advanced_reasoning",
-    "multi_turn_conversation",
-    "negative_reasoning",
-    "short_vqa",
-    "differential_diagnosis",
-)
-
 
 @dataclass(frozen=True)
 class TrainConfig:
