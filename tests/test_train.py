@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from antoni_bridge.demo_assets import DemoWeights, write_demo_weights
+from antoni_bridge.encoders.sources import read_state_dict
+from antoni_bridge.train import loss as loss_module
 from antoni_bridge.train.config import read_config
 from antoni_bridge.train.data import Case, InstructData, write_instruct_data
 from antoni_bridge.train.evaluate import LabelledCase, OrganTree, Predictions, binary_metrics, score
+from antoni_bridge.train.loss import Batch, collate
 from antoni_bridge.train.trainer import Trainer, load_model
 from tests.conftest import run_cli
 
@@ -211,3 +218,107 @@ def test_bad_configs_and_data_are_one_sentence(tmp_path: Path, weights: DemoWeig
         bad.write_text(config.read_text().replace("train.h5", path.name))
         result = run_cli("train", "--config", str(bad))
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def _one_batch(trainer: Trainer) -> Batch:
+    return collate(trainer.model, trainer.data, torch.arange(4), 0, trainer.config.seed)
+
+
+def _projector_grads(trainer: Trainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in trainer.model.projection_layer.named_parameters()}
+
+
+def test_the_chunked_loss_and_checkpointed_layers_give_the_full_logits_loss_and_gradients(
+    tmp_path: Path, weights: DemoWeights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 3)  # several chunks, the last one short
+    trainer = _trainer(_config(tmp_path, weights, projector_dropout=0, lora_dropout=0, text_attributes=None))
+    trainer.model.train()
+    batch = _one_batch(trainer)
+    assert batch.targets > 3 * 2
+    full = sum(  # the model's own forward, a case at a time: full logits
+        F.cross_entropy(trainer.model(latents, ids[None])[0, :-1], labels[1:], ignore_index=-100, reduction="sum")
+        for latents, ids, labels in zip(batch.latents, batch.ids, batch.labels, strict=True)
+    )
+    expected = _projector_grads(trainer, full)
+    chunked = trainer.loss(batch.latents, batch.ids, batch.labels)
+    assert trainer.model.llm.get_base_model().is_gradient_checkpointing
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
+    got = _projector_grads(trainer, chunked)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_stage_2_trains_lora_on_the_4bit_base(tmp_path: Path, weights: DemoWeights) -> None:
+    """QLoRA: NF4 base weights through bitsandbytes' CPU backend (a GPU runs the same code with CUDA
+    kernels), trained parameters in float32, bf16 autocast."""
+    pytest.importorskip("bitsandbytes", reason="the gpu extra is not installed")
+    from bitsandbytes.nn import Linear4bit
+
+    trainer = _trainer(_config(tmp_path, weights, stage=2, quant="4bit", learning_rate=1e-3))
+    assert trainer.model.loaded.quant == "4bit" and trainer.loss.autocast
+    assert any(isinstance(m, Linear4bit) for m in trainer.model.llm.modules())
+    assert {p.dtype for p in trainer.parameters} == {torch.float32}
+    names = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert not any(".vision_tower." in n for n in names), "LoRA of MedGemma's own image tower gets no slide gradient"
+    before = {k: v.clone() for k, v in trainer.model.trained_state().items()}
+    trainer.run()
+    losses = _losses(tmp_path / "out")
+    assert losses[-1] < losses[0]
+    after = trainer.model.trained_state()
+    assert any(".lora_B." in k and not torch.equal(before[k], after[k]) for k in before)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_under_accelerate_launch_follow_the_one_process_loss_curve(
+    tmp_path: Path, weights: DemoWeights
+) -> None:
+    """Data parallelism: 2 processes x 1 case x 2 accumulated micro-batches draw the loss curve of 1 process
+    x 4 cases, because the loss is the token mean of the whole optimiser step (conversations of unequal
+    length, so a mean of means would differ)."""
+    same = {"projector_dropout": 0, "lora_dropout": 0, "text_attributes": None, "stage": 2, "learning_rate": 1e-3}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    _trainer(_config(one, weights, **same)).run()
+    config = _config(two, weights, **same, batch_size=1, gradient_accumulation=2)
+    settings = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    settings += ["--main_process_port", str(_free_port())]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", *settings,
+              "-m", "antoni_bridge", "train", "--config", str(config)]  # fmt: skip
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and result.stdout.count("weights:") == 1
+    assert _losses(two / "out") == pytest.approx(_losses(one / "out"), rel=1e-4)
+    ours, theirs = (read_state_dict(d / "out" / "final", "final") for d in (one, two))
+    for key, value in ours.items():
+        torch.testing.assert_close(theirs[key], value, rtol=1e-3, atol=1e-5)
+    state = torch.load(two / "out" / "checkpoint-6" / "training_state.pt", weights_only=False)
+    assert state["processes"] == 2 and len(state["rng"]) == 2
+    alone = run_cli("train", "--config", str(config))
+    assert alone.returncode == 2 and "written by 2 training process(es)" in alone.stderr, alone.stderr
+
+
+def test_rewriting_a_checkpoint_that_fails_keeps_the_old_one(
+    tmp_path: Path, weights: DemoWeights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _trainer(_config(tmp_path, weights, max_steps=2))
+    trainer.run()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    before = (checkpoint / "model.safetensors").read_bytes()
+
+    def broken_save(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert (checkpoint / "model.safetensors").read_bytes() == before

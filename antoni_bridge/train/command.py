@@ -46,31 +46,36 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from antoni_bridge.train.config import read_config
     from antoni_bridge.train.data import InstructData
-    from antoni_bridge.train.trainer import Trainer, load_model
+    from antoni_bridge.train.trainer import Trainer, accelerator, load_model
 
     config = read_config(args.config, {"max_steps": args.max_steps} if args.max_steps else None)
     data = InstructData(config.train_data, config.text_attributes)
     val = InstructData(config.val_data, config.text_attributes) if config.val_data else None
-    if args.restart:
+    processes = accelerator()
+    main = processes.is_main_process
+    if args.restart and main:
         _clear_checkpoints(config.output_dir)
-    model = load_model(config, data.latent_width, torch.device(device(None)))
-    trainer = Trainer(config, model, data, val)
+    processes.wait_for_everyone()
+    model = load_model(config, data.latent_width, processes.device)
+    trainer = Trainer(config, model, data, val, processes)
     resumed = trainer.resume()
-    if resumed:
+    if resumed and main:
         print(f"resuming from {resumed} (step {trainer.position.step})")
-    print(f"stage {config.stage}: {len(data)} cases, {trainer.total_steps} optimiser steps; log in {config.output_dir}")
-    with tqdm(total=trainer.total_steps, initial=trainer.position.step, unit="step") as bar:
+    if main:
+        print(f"stage {config.stage}: {len(data)} cases, {processes.num_processes} process(es), "
+              f"{trainer.total_steps} optimiser steps; log in {config.output_dir}")  # fmt: skip
+    with tqdm(total=trainer.total_steps, initial=trainer.position.step, unit="step", disable=not main) as bar:
 
         def show(metrics: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
 
         final = trainer.run(show)
-    print(f"weights: {final} (load with `antoni-bridge serve --weights {final}`)")
+    if main:
+        print(f"weights: {final} (load with `antoni-bridge serve --weights {final}`)")
+    processes.end_training()
     return 0
 
 

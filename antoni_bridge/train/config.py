@@ -33,6 +33,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     projector_dropout: float = 0.1
+    lora_dropout: float | None = None  # None: as the weights' config (0.05 published)
+    gradient_checkpointing: bool = True
     text_attributes: tuple[str, ...] | None = None
     save_every: int = 500
     eval_every: int = 500
@@ -89,6 +91,13 @@ def _checked(values: dict[str, Any], base: Path) -> TrainConfig:
         values[name] = kind(value)
     if values["max_steps"] is not None and (not isinstance(values["max_steps"], int) or values["max_steps"] < 1):
         raise BridgeError(f"max_steps is {values['max_steps']!r}; it must be a positive integer or null.", "fix it")
+    if values["lora_dropout"] is not None:
+        dropout = values["lora_dropout"]
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise BridgeError(f"lora_dropout is {dropout!r}; it must be null or a number in [0, 1).", "fix the config")
+        values["lora_dropout"] = float(dropout)
+    if not isinstance(values["gradient_checkpointing"], bool):
+        raise BridgeError("gradient_checkpointing must be true or false.", "fix the config")
     if values["quant"] not in ("auto", "4bit", "bf16", "none"):
         raise BridgeError(f"quant is {values['quant']!r}.", "use auto, 4bit, bf16 or none")
     keys = values["text_attributes"]

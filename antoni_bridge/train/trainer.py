@@ -1,15 +1,21 @@
 """The training loop: stage 1 trains the projector, stage 2 also the LoRA matrices and the trained
 embedding/head copies. AdamW, cosine schedule with warmup, gradient clipping and accumulation, bf16
-autocast on CUDA, validation loss, checkpoints with exact resume.
+autocast, gradient checkpointing, validation loss, checkpoints with exact resume, and data parallelism
+over the processes that `accelerate launch` starts (one per GPU; gloo processes on a CPU-only machine).
+
+One optimiser step takes `gradient_accumulation` micro-batches of `batch_size` cases on each process.
+The loss is the token mean over all of them (their summed loss divided by their token count across every
+process), so the gradient does not depend on how the step is split into processes or micro-batches.
 
 Exact resume: a checkpoint is taken at an optimiser-step boundary and holds the trained weights (in the
 published layout, so `serve --weights` loads any checkpoint), the optimiser, the scheduler, every random
-generator and the data position. The data order depends only on (seed, epoch), so the resumed run
-continues the very loss curve the uninterrupted run would have drawn.
+generator of every process and the data position. The data order depends only on (seed, epoch), so the
+resumed run continues the very loss curve the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,15 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.antoni import TRAINED_MARKERS, AntoniModel
 from antoni_bridge.train.config import TrainConfig
-from antoni_bridge.train.data import IGNORE, InstructData, training_tokens
+from antoni_bridge.train.data import InstructData
+from antoni_bridge.train.loss import Batch, SupervisedLoss, collate
 
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.jsonl"
+SLIDE_UNUSED = (".vision_tower.", ".multi_modal_projector.")  # MedGemma's own image path: no slide gradient
 
 
 @dataclass
@@ -43,6 +51,13 @@ class Position:
     batch: int = 0
 
 
+def accelerator() -> Any:
+    """This process's place among those `accelerate launch` started (alone when started plainly)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> AntoniModel:
     """The model to train: from `weights` (e.g. the newest stage-1 checkpoint), or a fresh projector and
     zero LoRA on `llm`."""
@@ -50,7 +65,7 @@ def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> 
     from antoni_bridge.model.config import AntoniConfig
     from antoni_bridge.model.llm import load_llm
 
-    seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it
+    seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it, alike in every process
     if config.weights:
         model = AntoniModel.load(
             resolve_model_dir(config.weights, "ANTONI-Alpha weights"), config.llm, device, config.quant
@@ -58,28 +73,52 @@ def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> 
     else:
         fresh = AntoniConfig(llm_model_id=config.llm, projector_input_dim=latent_width)
         model = AntoniModel(fresh, load_llm(config.llm, device, config.quant))
-    model.config = replace(model.config, llm_model_id=config.llm, projector_dropout=config.projector_dropout)
-    model.projection_layer.dropout = config.projector_dropout
     if model.config.projector_input_dim != latent_width:
         raise BridgeError(
             f"The data's latents are {latent_width} wide; the projector takes {model.config.projector_input_dim}.",
             "train on latents made by the same slide encoder",
         )
+    _set_dropout(model, config)
     return model
 
 
+def _set_dropout(model: AntoniModel, config: TrainConfig) -> None:
+    model.config = replace(model.config, llm_model_id=config.llm, projector_dropout=config.projector_dropout)
+    model.projection_layer.dropout = config.projector_dropout
+    if config.lora_dropout is None:
+        return
+    for name, module in model.llm.named_modules():
+        if ".lora_dropout." in f"{name}." and isinstance(module, nn.Dropout):
+            module.p = config.lora_dropout
+    model.config = replace(model.config, lora_dropout=config.lora_dropout)
+
+
 def trainable(name: str, stage: int) -> bool:
-    return name.startswith("projection_layer.") or (stage == 2 and any(m in name for m in TRAINED_MARKERS))
+    if name.startswith("projection_layer."):
+        return True
+    return stage == 2 and any(m in name for m in TRAINED_MARKERS) and not any(u in name for u in SLIDE_UNUSED)
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, model: AntoniModel, data: InstructData, val: InstructData | None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: AntoniModel,
+        data: InstructData,
+        val: InstructData | None,
+        processes: Any = None,
+    ) -> None:
         self.config, self.model, self.data, self.val = config, model, data, val
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(trainable(name, config.stage))
-        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.processes = processes or accelerator()
+        self.parameters = _trained_parameters(model, config.stage)
+        if config.gradient_checkpointing:
+            model.llm.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+        autocast = model.device.type == "cuda" or model.loaded.quant != "none"
+        self.loss = SupervisedLoss(model, autocast)
+        self.wrapped = self.processes.prepare_model(self.loss, device_placement=False)  # DDP when several processes run
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.batches_per_epoch = math.ceil(len(data) / config.batch_size)
+        world = self.processes.num_processes
+        self.batches_per_epoch = math.ceil(len(data) / (config.batch_size * world))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.gradient_accumulation)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
@@ -89,8 +128,9 @@ class Trainer:
             self.optimizer, _cosine_with_warmup(warmup, self.total_steps)
         )
         self.position = Position()
-        self.board = _tensorboard(config.output_dir)
-        seed_everything(config.seed)  # a fresh run is reproducible; `resume` restores the generators instead
+        main = self.processes.is_main_process
+        self.board = _tensorboard(config.output_dir) if main else None
+        seed_everything(config.seed + self.processes.process_index)  # dropout differs between processes
 
     # ------------------------------------------------------------------ the loop
 
@@ -116,89 +156,112 @@ class Trainer:
             if position.batch >= len(batches):
                 position.epoch, position.batch = position.epoch + 1, 0
         final = config.output_dir / "final"
-        self._write_atomically(final, with_state=False)
+        self._write(final, state=None)
         return final
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
+        """This epoch's micro-batches, each `batch_size` cases for every process."""
         order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        return list(order.split(self.config.batch_size))
+        return list(order.split(self.config.batch_size * self.processes.num_processes))
+
+    def _share(self, indices: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This process's part of a micro-batch, and the weight of its loss. A process left without cases
+        (a short last micro-batch) runs one case with weight 0, for every process must run each step."""
+        part = indices.tensor_split(self.processes.num_processes)[self.processes.process_index]
+        return (part, 1.0) if len(part) else (indices[:1], 0.0)
 
     def _optimiser_step(self, group: list[torch.Tensor]) -> dict[str, Any]:
         """One optimiser step over `group` micro-batches (gradient accumulation)."""
-        start, losses = time.perf_counter(), []
-        for indices in group:
-            loss = self.batch_loss(indices, self.position.epoch)
-            (loss / len(group)).backward()
-            losses.append(float(loss.detach()))
+        start = time.perf_counter()
+        shares = [self._share(indices) for indices in group]
+        batches = [collate(self.model, self.data, part, self.position.epoch, self.config.seed) for part, _ in shares]
+        tokens = self._sum(sum(batch.targets * weight for batch, (_, weight) in zip(batches, shares, strict=True)))
+        scale = self.processes.num_processes / max(tokens, 1)  # DDP averages the processes' gradients
+        loss_sum = 0.0
+        for i, (batch, (_, weight)) in enumerate(zip(batches, shares, strict=True)):
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.processes.no_sync(self.wrapped):
+                loss = self.wrapped(batch.latents, batch.ids, batch.labels) * weight
+                (loss * scale).backward()
+            loss_sum += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {
-            "loss": sum(losses) / len(losses),
+            "loss": self._sum(loss_sum) / max(tokens, 1),
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
             "seconds": time.perf_counter() - start,
         }
 
-    def batch_loss(self, indices: torch.Tensor, epoch: int, data: InstructData | None = None) -> torch.Tensor:
-        """Mean cross-entropy over the model-turn tokens of a batch (right-padded)."""
-        data = data or self.data
-        model, device = self.model, self.model.device
-        examples = [data.example(int(i), epoch, self.config.seed) for i in indices]
-        tokens = [training_tokens(model, conversation) for _, conversation in examples]
-        width = max(len(ids) for ids, _ in tokens)
-        ids = torch.full((len(tokens), width), model.ids.pad, dtype=torch.long)
-        labels = torch.full((len(tokens), width), IGNORE, dtype=torch.long)
-        for row, (row_ids, row_labels) in enumerate(tokens):
-            ids[row, : len(row_ids)], labels[row, : len(row_labels)] = row_ids, row_labels
-        latents = torch.stack([latents for latents, _ in examples]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            image = model.projection_layer(latents.to(model.projection_layer.query_tokens.dtype))
-            embeds = model.input_embeddings(ids, image)
-            logits = model.llm(inputs_embeds=embeds, attention_mask=(ids != model.ids.pad).long().to(device)).logits
-        targets = labels[:, 1:].to(device)
-        return F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
-        )
+    def batch_loss(self, batch: Batch) -> torch.Tensor:
+        """Token-mean loss of one batch in this process (validation and benchmarks)."""
+        return self.loss(batch.latents, batch.ids, batch.labels) / max(batch.targets, 1)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
+        """Token-mean loss over the whole validation set, shared out among the processes."""
         self.model.eval()
         try:
-            batches = torch.arange(len(self.val)).split(self.config.batch_size)
-            losses = [float(self.batch_loss(indices, 0, self.val)) * len(indices) for indices in batches]
-            return sum(losses) / len(self.val)
+            loss_sum, tokens = 0.0, 0
+            for indices in torch.arange(len(self.val)).split(self.config.batch_size * self.processes.num_processes):
+                part, weight = self._share(indices)
+                if weight:
+                    batch = collate(self.model, self.val, part, 0, self.config.seed)
+                    loss_sum += float(self.loss(batch.latents, batch.ids, batch.labels))
+                    tokens += batch.targets
+            return self._sum(loss_sum) / max(self._sum(tokens), 1)
         finally:
             self.model.train()
+
+    def _sum(self, value: float) -> float:
+        """`value` summed over every process."""
+        if self.processes.num_processes == 1:
+            return value
+        total = torch.tensor(float(value), dtype=torch.float64, device=self.processes.device)
+        return float(self.processes.reduce(total, reduction="sum"))
 
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
         folder = self.config.output_dir / f"checkpoint-{self.position.step}"
-        self._write_atomically(folder, with_state=True)
+        self._write(folder, state=self._state())
         return folder
 
-    def _write_atomically(self, folder: Path, with_state: bool) -> None:
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save(tmp)
-        if with_state:
-            torch.save(self._state(), tmp / STATE_FILE)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+    def _write(self, folder: Path, state: dict[str, Any] | None) -> None:
+        """Write a weights folder from the main process, whole or not at all: an older folder of the same
+        name is moved aside, not deleted, until the new one is in place."""
+        if self.processes.is_main_process:
+            tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save(tmp)
+            if state is not None:
+                torch.save(state, tmp / STATE_FILE)
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        self.processes.wait_for_everyone()
 
     def _state(self) -> dict[str, Any]:
+        """Everything beyond the weights that exact resume needs (called in every process: it gathers their
+        random generators)."""
+        from accelerate.utils import gather_object
+
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        }
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "position": vars(self.position).copy(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
+            "rng": gather_object([rng]) if self.processes.num_processes > 1 else [rng],
+            "processes": self.processes.num_processes,
             "stage": self.config.stage,
         }
 
@@ -214,22 +277,31 @@ class Trainer:
         state = torch.load(newest / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
         if state["stage"] != self.config.stage:
             raise BridgeError(f"{newest} is a stage {state['stage']} checkpoint.", "use another output_dir")
+        if state["processes"] != self.processes.num_processes:
+            raise BridgeError(
+                f"{newest} was written by {state['processes']} training process(es); "
+                f"this run has {self.processes.num_processes}.",
+                f"launch {state['processes']} processes to resume, or pass --restart",
+            )
         self.model.load_trained(read_state_dict(newest, "checkpoint"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.position = Position(**state["position"])
-        rng = state["rng"]
+        rng = state["rng"][self.processes.process_index]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
-        self._truncate_log(self.position.step)
+        if self.processes.is_main_process:
+            self._truncate_log(self.position.step)
         return newest
 
     # ------------------------------------------------------------------ metrics
 
     def _log(self, metrics: dict[str, Any]) -> None:
+        if not self.processes.is_main_process:
+            return
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         with (self.config.output_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
@@ -244,6 +316,18 @@ class Trainer:
         if log.is_file():
             kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
             log.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _trained_parameters(model: AntoniModel, stage: int) -> list[nn.Parameter]:
+    """Freeze all but this stage's parameters; those are kept in float32 (an update of 3e-5 vanishes when
+    added to a bf16 weight), the frozen base stays bf16 or 4-bit."""
+    trained = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trainable(name, stage))
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+            trained.append(parameter)
+    return trained
 
 
 def _logged_step(line: str) -> float:
