@@ -20,7 +20,7 @@ from antoni_bridge.encoders.sources import read_state_dict
 from antoni_bridge.train import loss as loss_module
 from antoni_bridge.train.config import read_config
 from antoni_bridge.train.data import Case, InstructData, write_instruct_data
-from antoni_bridge.train.evaluate import LabelledCase, OrganTree, Predictions, binary_metrics, score
+from antoni_bridge.train.evaluate import LabelledCase, OrganTree, Predictions, binary_metrics, confusion_pairs, score
 from antoni_bridge.train.loss import Batch, collate
 from antoni_bridge.train.trainer import Trainer, load_model
 from tests.conftest import run_cli
@@ -160,6 +160,8 @@ def test_metrics_on_a_crafted_prediction_set_equal_hand_computed_values() -> Non
     assert metrics["neoplasm_accuracy"] == 0.5
     assert metrics["neoplasm_precision"] == 0.5 and metrics["neoplasm_recall"] == 0.5 and metrics["neoplasm_f1"] == 0.5
     assert metrics["diagnosis_generation"] == 0.5 and metrics["diagnosis_likelihood"] == 0.75
+    organ = dict((name, pairs) for name, _, pairs in confusion_pairs(cases, run))["organ"]
+    assert organ == [("colon", "colon"), ("other", "lung"), ("other", "skin"), ("other", "colon")]
     assert binary_metrics([False, False], [False, False]) == {
         "accuracy": 1.0,
         "precision": 0.0,
@@ -181,7 +183,9 @@ def test_eval_command_writes_the_report_with_a_baseline_row(tmp_path: Path, weig
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert [row["variant"] for row in report["metrics"]] == ["ANTONI-Alpha", "without adapter (baseline)"]
-    assert "organ_hierarchical" in (out / "report.md").read_text() and (out / "confusion-neoplasm.png").stat().st_size
+    assert "organ_hierarchical" in (out / "report.md").read_text()
+    for name in ("neoplasm", "organ", "diagnosis"):
+        assert (out / f"confusion-{name}.png").stat().st_size, name
 
 
 def test_dataset_build_embeds_slides_into_the_training_layout(

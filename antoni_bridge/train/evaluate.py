@@ -206,7 +206,7 @@ def score(cases: list[LabelledCase], run: Predictions, tree: OrganTree) -> dict[
 
 
 def write_report(out: Path, cases: list[LabelledCase], runs: list[Predictions], rows: list[dict[str, Any]]) -> None:
-    """report.md, report.json and the neoplasm confusion matrix of the adapter run (confusion-neoplasm.png)."""
+    """report.md, report.json and the adapter run's confusion matrices (confusion-{neoplasm,organ,diagnosis}.png)."""
     from antoni_bridge.train.figures import write_confusion
 
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,21 @@ def write_report(out: Path, cases: list[LabelledCase], runs: list[Predictions], 
     write_atomically(out / "report.md", "\n".join(lines) + "\n")
     payload = {"metrics": rows, "cases": [asdict(c) for c in cases], "predictions": [asdict(r) for r in runs]}
     write_atomically(out / "report.json", json.dumps(payload, indent=1, ensure_ascii=False))
-    labelled = [(p, c.neoplasm) for p, c in zip(runs[0].neoplasm, cases, strict=True) if c.neoplasm is not None]
-    if labelled:
-        matrix = [[sum(bool(p) == pv and t == tv for p, t in labelled) for pv in (True, False)] for tv in (True, False)]
-        write_confusion(out / "confusion-neoplasm.png", ["neoplasm", "none"], matrix, "Neoplasm (rows: truth)")
+    for name, labels, pairs in confusion_pairs(cases, runs[0]):
+        if pairs:
+            matrix = [[sum(p == column and t == row for p, t in pairs) for column in labels] for row in labels]
+            write_confusion(out / f"confusion-{name}.png", labels, matrix, f"{name.capitalize()} (rows: truth)")
+
+
+def confusion_pairs(cases: list[LabelledCase], run: Predictions) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+    """(name, labels, (predicted, true) pairs) per question; a prediction outside the labels is "other"."""
+    neoplasm = [("neoplasm" if p else "none", "neoplasm" if c.neoplasm else "none")
+                for p, c in zip(run.neoplasm, cases, strict=True) if c.neoplasm is not None]  # fmt: skip
+    organ = [(p, c.organ.lower()) for p, c in zip(run.organ, cases, strict=True) if c.organ]
+    diagnosis = [(p, c.diagnosis) for p, c in zip(run.diagnosis_ranked, cases, strict=True)
+                 if c.diagnosis and c.differential_options]  # fmt: skip
+    result = [("neoplasm", ["neoplasm", "none"], neoplasm)]
+    for name, pairs in (("organ", organ), ("diagnosis", diagnosis)):
+        labels = sorted({t for _, t in pairs})
+        result.append((name, [*labels, "other"], [(p if p in labels else "other", t) for p, t in pairs]))
+    return result
