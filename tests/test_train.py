@@ -101,21 +101,36 @@ def test_stage_2_lowers_the_loss_and_trains_lora(tmp_path: Path, weights: DemoWe
     assert any(".lora_B." in k and not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_an_interrupted_run_resumes_on_the_same_loss_curve(tmp_path: Path, weights: DemoWeights) -> None:
+@pytest.mark.parametrize("setup", [{}, {"stage": 2, "quant": "bf16"}], ids=["fp32", "stage2-bf16-base"])
+def test_an_interrupted_run_resumes_on_the_same_loss_curve(tmp_path: Path, weights: DemoWeights, setup: dict) -> None:
     whole, parted = tmp_path / "whole", tmp_path / "parted"
     whole.mkdir(), parted.mkdir()
-    _trainer(_config(whole, weights)).run()
+    _trainer(_config(whole, weights, **setup)).run()
 
     def interrupt(metrics: dict) -> None:
         if metrics["step"] == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _trainer(_config(parted, weights)).run(interrupt)
-    resumed = _trainer(_config(parted, weights))
+        _trainer(_config(parted, weights, **setup)).run(interrupt)
+    resumed = _trainer(_config(parted, weights, **setup))
     assert resumed.resume().name == "checkpoint-2" and resumed.position.step == 2
+    assert {p.dtype for p in resumed.parameters} == {torch.float32}, "resuming must not round trained parts to bf16"
     resumed.run()
     assert _losses(parted / "out") == pytest.approx(_losses(whole / "out"), rel=1e-5)
+
+
+def test_a_checkpoint_from_before_data_parallelism_resumes(tmp_path: Path, weights: DemoWeights) -> None:
+    _trainer(_config(tmp_path, weights, max_steps=2)).run()
+    path = tmp_path / "out" / "checkpoint-2" / "training_state.pt"
+    state = torch.load(path, weights_only=False)
+    del state["layout"]
+    state["rng"] = state["rng"][0]  # one process's generators, unwrapped, as written then
+    torch.save(state, path)
+    resumed = _trainer(_config(tmp_path, weights))
+    assert resumed.resume().name == "checkpoint-2"
+    resumed.run()
+    assert len(_losses(tmp_path / "out")) == 6
 
 
 def test_the_trained_checkpoint_loads_in_the_daemon_and_answers(tmp_path: Path, weights: DemoWeights) -> None:
@@ -304,9 +319,9 @@ def test_two_processes_under_accelerate_launch_follow_the_one_process_loss_curve
     for key, value in ours.items():
         torch.testing.assert_close(theirs[key], value, rtol=1e-3, atol=1e-5)
     state = torch.load(two / "out" / "checkpoint-6" / "training_state.pt", weights_only=False)
-    assert state["processes"] == 2 and len(state["rng"]) == 2
+    assert state["layout"]["processes"] == 2 and len(state["rng"]) == 2
     alone = run_cli("train", "--config", str(config))
-    assert alone.returncode == 2 and "written by 2 training process(es)" in alone.stderr, alone.stderr
+    assert alone.returncode == 2 and "written with processes 2, batch size 1" in alone.stderr, alone.stderr
 
 
 def test_rewriting_a_checkpoint_that_fails_keeps_the_old_one(

@@ -94,10 +94,13 @@ class AntoniModel(nn.Module):
         source = llm_source or _relative_or_id(weights, config.llm_model_id)
         model = cls(config, load_llm(source, torch.device(device), quant))
         model.load_trained(read_state_dict(weights, "ANTONI-Alpha"))
+        if model.loaded.quant != "none":
+            model._to_bf16()
         return model
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        """Load the trained parts strictly; the frozen base weights in a full checkpoint are accepted and skipped.
+        """Load the trained parts strictly, into the parameters' own dtypes; the frozen base weights in a full
+        checkpoint are accepted and skipped.
 
         Keys are first brought to transformers 5's names: the release was saved with transformers 4.56,
         whose SigLIP tower sits one level deeper (`vision_tower.vision_model.`).
@@ -119,8 +122,6 @@ class AntoniModel(nn.Module):
             )
         self.load_state_dict({k: state[k] for k in required}, strict=False)
         self.prefixes.clear()
-        if self.loaded.quant != "none":
-            self._to_bf16()
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds, under the published key names: projector, LoRA matrices, trained copies."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -48,12 +49,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from antoni_bridge.train.config import read_config
     from antoni_bridge.train.data import InstructData
-    from antoni_bridge.train.trainer import Trainer, accelerator, load_model
+    from antoni_bridge.train.trainer import Trainer, accelerator, agreed_quant, load_model
 
     config = read_config(args.config, {"max_steps": args.max_steps} if args.max_steps else None)
     data = InstructData(config.train_data, config.text_attributes)
     val = InstructData(config.val_data, config.text_attributes) if config.val_data else None
     processes = accelerator()
+    config = replace(config, quant=agreed_quant(config.quant, processes))
     main = processes.is_main_process
     if args.restart and main:
         _clear_checkpoints(config.output_dir)

@@ -58,21 +58,34 @@ def accelerator() -> Any:
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
+def agreed_quant(requested: str, processes: Any) -> str:
+    """One precision for every process: "auto" decides per GPU from its free memory, and DDP needs the
+    same weights everywhere, so 4-bit wins if any process needs it."""
+    from accelerate.utils import gather_object
+
+    from antoni_bridge.model.llm import choose_quant
+
+    mine = choose_quant(requested, processes.device)
+    if processes.num_processes == 1:
+        return mine
+    return "4bit" if "4bit" in gather_object([mine]) else mine
+
+
 def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> AntoniModel:
     """The model to train: from `weights` (e.g. the newest stage-1 checkpoint), or a fresh projector and
     zero LoRA on `llm`."""
-    from antoni_bridge.encoders.sources import resolve_model_dir
+    from antoni_bridge.encoders.sources import read_state_dict, resolve_model_dir
     from antoni_bridge.model.config import AntoniConfig
     from antoni_bridge.model.llm import load_llm
 
     seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it, alike in every process
-    if config.weights:
-        model = AntoniModel.load(
-            resolve_model_dir(config.weights, "ANTONI-Alpha weights"), config.llm, device, config.quant
-        )
+    llm = load_llm(config.llm, device, config.quant)
+    if config.weights:  # not AntoniModel.load: that rounds the trained parts to bf16 for inference
+        folder = resolve_model_dir(config.weights, "ANTONI-Alpha weights")
+        model = AntoniModel(AntoniConfig.read(folder), llm)
+        model.load_trained(read_state_dict(folder, "ANTONI-Alpha"))
     else:
-        fresh = AntoniConfig(llm_model_id=config.llm, projector_input_dim=latent_width)
-        model = AntoniModel(fresh, load_llm(config.llm, device, config.quant))
+        model = AntoniModel(AntoniConfig(llm_model_id=config.llm, projector_input_dim=latent_width), llm)
     if model.config.projector_input_dim != latent_width:
         raise BridgeError(
             f"The data's latents are {latent_width} wide; the projector takes {model.config.projector_input_dim}.",
@@ -235,7 +248,8 @@ class Trainer:
         if self.processes.is_main_process:
             tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
             old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-            shutil.rmtree(tmp, ignore_errors=True)
+            for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a run killed while writing
+                shutil.rmtree(stale, ignore_errors=True)
             self.model.save(tmp)
             if state is not None:
                 torch.save(state, tmp / STATE_FILE)
@@ -261,7 +275,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "position": vars(self.position).copy(),
             "rng": gather_object([rng]) if self.processes.num_processes > 1 else [rng],
-            "processes": self.processes.num_processes,
+            "layout": self._layout(),
             "stage": self.config.stage,
         }
 
@@ -277,17 +291,19 @@ class Trainer:
         state = torch.load(newest / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
         if state["stage"] != self.config.stage:
             raise BridgeError(f"{newest} is a stage {state['stage']} checkpoint.", "use another output_dir")
-        if state["processes"] != self.processes.num_processes:
+        written = state.get("layout", {"processes": 1})  # checkpoints before data parallelism have none
+        changed = {k: v for k, v in written.items() if self._layout()[k] != v}
+        if changed:
             raise BridgeError(
-                f"{newest} was written by {state['processes']} training process(es); "
-                f"this run has {self.processes.num_processes}.",
-                f"launch {state['processes']} processes to resume, or pass --restart",
+                f"{newest} was written with {_settings(written)}; this run has {_settings(self._layout())}.",
+                f"resume with {_settings(changed)}, or pass --restart",
             )
         self.model.load_trained(read_state_dict(newest, "checkpoint"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.position = Position(**state["position"])
-        rng = state["rng"][self.processes.process_index]
+        rng = state["rng"]
+        rng = rng[self.processes.process_index] if isinstance(rng, list) else rng
         torch.set_rng_state(rng["torch"])
         if rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -296,6 +312,14 @@ class Trainer:
         if self.processes.is_main_process:
             self._truncate_log(self.position.step)
         return newest
+
+    def _layout(self) -> dict[str, int]:
+        """What fixes the data position's meaning: a checkpoint resumes only under the same."""
+        return {
+            "processes": self.processes.num_processes,
+            "batch_size": self.config.batch_size,
+            "gradient_accumulation": self.config.gradient_accumulation,
+        }
 
     # ------------------------------------------------------------------ metrics
 
@@ -316,6 +340,10 @@ class Trainer:
         if log.is_file():
             kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
             log.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _settings(layout: dict[str, int]) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in layout.items())
 
 
 def _trained_parameters(model: AntoniModel, stage: int) -> list[nn.Parameter]:
