@@ -24,14 +24,13 @@ from antoni_bridge.batch import command as batch
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.model_sources import ANTONI_ID, encoder_options, load_encoders, load_model, model_sources
 from antoni_bridge.model_sources import device as _device
-from antoni_bridge.model_sources import model_sources
 from antoni_bridge.model_sources import weights_folder as _weights_folder
 from antoni_bridge.train import command as training
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-ANTONI_ID = "SaltySander/ANTONI-Alpha"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("slide", type=Path)
     _output_options(embed)
     _region_options(embed)
-    _encoder_options(embed)
+    encoder_options(embed)
     embed.set_defaults(run=_embed)
 
     ask = commands.add_parser("ask", help="ask ANTONI-Alpha about a slide, a region or a features file")
@@ -122,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, token ids, timings)")
     ask.add_argument("--follow-up", action="store_true", help="continue the last conversation about this slide")
     _region_options(ask)
-    _encoder_options(ask)
+    encoder_options(ask)
     ask.set_defaults(run=_ask)
 
     serve = commands.add_parser("serve", help="run the daemon that hosts the models (front ends talk to it)")
@@ -139,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address (CURVE-encrypted)")
     serve.add_argument("--authorized-keys", type=Path, help="with --allow-remote: folder of client public keys")
     serve.add_argument("--log-file", type=Path, help="rotating log (default in ~/.cache/antoni-bridge/logs)")
-    _encoder_options(serve)
+    encoder_options(serve)
     serve.set_defaults(run=_serve)
     for name, helptext, run in (
         ("status", "the daemon's queue and GPU memory", _status),
@@ -174,19 +173,6 @@ def _region_options(command: argparse.ArgumentParser) -> None:
     where.add_argument("--geojson", type=Path, help="QuPath GeoJSON export holding the region")
     command.add_argument("--name", help="which annotation of --geojson (name, class or id)")
     command.add_argument("--slide-mpp", type=float, help="microns per pixel of the slide, when its file has none")
-
-
-def _encoder_options(command: argparse.ArgumentParser) -> None:
-    from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
-
-    command.add_argument("--tile-encoder", default=VIRCHOW_ID, help=f"folder or hub id (default {VIRCHOW_ID})")
-    command.add_argument("--slide-encoder", default=PRISM_ID, help=f"folder or hub id (default {PRISM_ID})")
-    command.add_argument("--demo", action="store_true", help="use the embedded demo weights (made on first use)")
-    command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    command.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16", help="encoders on CUDA")
-    command.add_argument("--batch-size", type=int, default=64)
-    command.add_argument("--threads", type=int, default=None, help="tile decoding threads")
-    command.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default in ~/.cache)")
 
 
 # ---------------------------------------------------------------------------------------------- demo assets
@@ -304,7 +290,7 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
 
     try:
         device = _device(args.device)
-        encoders = _load_encoders(args, device)
+        encoders = load_encoders(args, device)
     except BaseException:
         planned.slide.close()
         raise
@@ -312,19 +298,6 @@ def _embed_request(args: argparse.Namespace, request):  # -> EmbedResult
     with _ProgressBars() as bars:
         settings = EmbedSettings(batch_size=args.batch_size, threads=args.threads)
         return embed_planned(planned, request, encoders, cache, bars.update, settings)
-
-
-def _load_encoders(args: argparse.Namespace, device: str):  # -> Encoders
-    from antoni_bridge.encoders.pipeline import Encoders
-
-    if args.demo:
-        from antoni_bridge.demo_assets import demo_weights
-
-        weights = demo_weights()
-        tile_source, slide_source = weights.tile_encoder, weights.slide_encoder
-    else:
-        tile_source, slide_source = args.tile_encoder, args.slide_encoder
-    return Encoders.load(str(tile_source), str(slide_source), device=device, precision=args.precision)
 
 
 def _embedding_line(result) -> str:  # result: EmbedResult
@@ -404,7 +377,7 @@ def _answer_local(args: argparse.Namespace, request, conversation: list[dict[str
     from antoni_bridge.model.generation import GenerationOptions
 
     latents, weights = _local_latents(args, request)
-    model = _load_model(args, weights)
+    model = load_model(args, weights)
     stream = None if args.json else (lambda text: print(text, end="", flush=True))
     result = model.answer(latents, conversation, GenerationOptions(**_options(args)), on_text=stream)
     demo = bool(model.config.demo)
@@ -475,7 +448,7 @@ def _answer_daemon(args: argparse.Namespace, request, conversation: list[dict[st
 
 def _ask_choices_local(args: argparse.Namespace, request, question: str, choices) -> int:
     latents, weights = _local_latents(args, request)
-    model = _load_model(args, weights)
+    model = load_model(args, weights)
     start = time.perf_counter()
     scores = model.score_choices(latents, question, choices[1])
     return _print_choices(args, choices, scores.mean_nll, bool(model.config.demo), time.perf_counter() - start)
@@ -580,16 +553,6 @@ def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
     if len(args.words) != 2:
         raise BridgeError("Give a slide and a question, or --features and a question.", 'ask SLIDE "QUESTION"')
     return Path(args.words[0]), args.words[1]
-
-
-def _load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
-    from transformers.utils import logging as hf_logging
-
-    from antoni_bridge.model.antoni import AntoniModel
-
-    if not args.verbose:
-        hf_logging.disable_progress_bar()
-    return AntoniModel.load(weights, args.llm, device=_device(args.device), quant=args.quant)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

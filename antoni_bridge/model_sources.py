@@ -1,5 +1,6 @@
-"""Which models a command runs on, from its options: the device, the ANTONI weights, and the full set the
-daemon's runtime loads (`serve`, and `batch --local`, which runs the daemon's runtime in-process)."""
+"""Which models a command runs on, from its options: the device, the ANTONI weights, the encoders, and the
+full set the daemon's runtime loads (`serve`, and `batch --local`, which runs the daemon's runtime
+in-process). Shared by every command that loads a model, so each names and finds models alike."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 from pathlib import Path
 
 from antoni_bridge.errors import BridgeError
+
+ANTONI_ID = "SaltySander/ANTONI-Alpha"
 
 
 def device(requested: str | None) -> str:
@@ -36,12 +39,47 @@ def model_sources(args: argparse.Namespace):  # -> daemon.runtime.ModelSources
     """Encoders, weights and LLM as the options name them (the demo set with --demo)."""
     from antoni_bridge.daemon.runtime import ModelSources
 
-    weights = weights_folder(args)
+    tile, slide = encoder_sources(args)
+    return ModelSources(tile, slide, weights_folder(args), args.llm, device(args.device), args.quant, args.demo)
+
+
+def encoder_sources(args: argparse.Namespace) -> tuple[str, str]:
+    """The tile and slide encoders the options name (the demo pair with --demo)."""
     if args.demo:
         from antoni_bridge.demo_assets import demo_weights
 
         demo = demo_weights()
-        tile, slide_encoder = str(demo.tile_encoder), str(demo.slide_encoder)
-    else:
-        tile, slide_encoder = args.tile_encoder, args.slide_encoder
-    return ModelSources(tile, slide_encoder, weights, args.llm, device(args.device), args.quant, args.demo)
+        return str(demo.tile_encoder), str(demo.slide_encoder)
+    return args.tile_encoder, args.slide_encoder
+
+
+def encoder_options(command: argparse.ArgumentParser) -> None:
+    """The options naming the tile and slide encoders and how they run."""
+    from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
+
+    command.add_argument("--tile-encoder", default=VIRCHOW_ID, help=f"folder or hub id (default {VIRCHOW_ID})")
+    command.add_argument("--slide-encoder", default=PRISM_ID, help=f"folder or hub id (default {PRISM_ID})")
+    command.add_argument("--demo", action="store_true", help="use the embedded demo weights (made on first use)")
+    command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    command.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16", help="encoders on CUDA")
+    command.add_argument("--batch-size", type=int, default=64)
+    command.add_argument("--threads", type=int, default=None, help="tile decoding threads")
+    command.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default in ~/.cache)")
+
+
+def load_encoders(args: argparse.Namespace, on: str):  # -> Encoders
+    from antoni_bridge.encoders.pipeline import Encoders
+
+    tile, slide = encoder_sources(args)
+    return Encoders.load(tile, slide, device=on, precision=args.precision)
+
+
+def load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
+    """ANTONI-Alpha for `ask --local`, `eval` and the like (the daemon loads through its runtime)."""
+    from transformers.utils import logging as hf_logging
+
+    from antoni_bridge.model.antoni import AntoniModel
+
+    if not args.verbose:
+        hf_logging.disable_progress_bar()
+    return AntoniModel.load(weights, args.llm, device=device(args.device), quant=args.quant)

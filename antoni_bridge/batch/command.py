@@ -19,8 +19,8 @@ FAILURES_SHOWN = 10
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    from antoni_bridge.cli import ANTONI_ID
     from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
+    from antoni_bridge.model_sources import ANTONI_ID
 
     batch = commands.add_parser(
         "batch", help="ask questions about every image and annotation of a QuPath project, slide or folder"

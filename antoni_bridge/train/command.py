@@ -10,11 +10,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.model_sources import device, weights_folder
+from antoni_bridge.model_sources import ANTONI_ID, device, encoder_options, load_encoders, load_model, weights_folder
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    from antoni_bridge import cli
 
     train = commands.add_parser("train", help="train ANTONI-Alpha (stage 1 projector, stage 2 LoRA) from a config")
     train.add_argument("--config", type=Path, required=True, help="YAML over antoni_bridge/train/configs/stageN.yaml")
@@ -28,13 +27,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--slides", type=Path, required=True, help="folder of slides")
     build.add_argument("--conversations", type=Path, required=True, help="JSON lines, one slide each")
     build.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
-    cli._encoder_options(build)
+    encoder_options(build)
     build.set_defaults(run=_dataset_build)
 
     evaluate = commands.add_parser("eval", help="the published evaluation, with a no-adapter baseline row")
     evaluate.add_argument("--data", type=Path, required=True, help="HDF5 in the HISTAI-Instruct layout")
     evaluate.add_argument("--labels", type=Path, required=True, help="JSON: key, organ, neoplasm, diagnosis, options")
-    evaluate.add_argument("--weights", default=cli.ANTONI_ID, help="folder or hub id")
+    evaluate.add_argument("--weights", default=ANTONI_ID, help="folder or hub id")
     evaluate.add_argument("--revision")
     evaluate.add_argument("--llm")
     evaluate.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
@@ -90,7 +89,7 @@ def _clear_checkpoints(output_dir: Path) -> None:
 
 
 def _dataset_build(args: argparse.Namespace) -> int:
-    from antoni_bridge import cli, paths
+    from antoni_bridge import paths
     from antoni_bridge.features.cache import FeatureCache
     from antoni_bridge.train.data import write_instruct_data
     from antoni_bridge.train.dataset import build_dataset, read_entries
@@ -98,7 +97,7 @@ def _dataset_build(args: argparse.Namespace) -> int:
     if not args.slides.is_dir():
         raise BridgeError(f"--slides {args.slides} is not a folder.", "give the folder that holds the slides")
     entries = read_entries(args.slides, args.conversations)
-    encoders = cli._load_encoders(args, device(args.device))
+    encoders = load_encoders(args, device(args.device))
     cache = FeatureCache(args.cache_dir or paths.feature_cache_dir())
     with tqdm(total=len(entries), unit="slide") as bar:
         cases = build_dataset(entries, encoders, cache, lambda entry: bar.update(1))
@@ -110,7 +109,6 @@ def _dataset_build(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from antoni_bridge import cli
     from antoni_bridge.model.antoni import check_latents
     from antoni_bridge.train.data import InstructData
     from antoni_bridge.train.evaluate import OrganTree, predict, read_labels, score, write_report
@@ -121,7 +119,7 @@ def _eval(args: argparse.Namespace) -> int:
     missing = [case.key for case in cases if case.key not in data.h5["embeddings"]]
     if missing:
         raise BridgeError(f"{args.data.name} lacks {len(missing)} labelled case(s), e.g. {missing[0]}.", "check keys")
-    model = cli._load_model(args, weights_folder(args))
+    model = load_model(args, weights_folder(args))
 
     def latents_of(key: str) -> torch.Tensor:
         return check_latents(torch.from_numpy(data.case(key).latents), model.config)
