@@ -91,6 +91,7 @@ def test_stage_1_lowers_the_loss_and_changes_only_the_projector(tmp_path: Path, 
     assert changed and all(k.startswith("projection_layer.") for k in changed)
 
 
+@pytest.mark.parametrize("setup", [{}, {"stage": 2, "quant": "bf16"}], ids=["fp32", "stage2-bf16-base"])
 def test_an_interrupted_run_resumes_on_the_same_loss_curve(tmp_path: Path, weights: DemoWeights, setup: dict) -> None:
     whole, parted = tmp_path / "whole", tmp_path / "parted"
     whole.mkdir(), parted.mkdir()
