@@ -14,7 +14,7 @@ import torch
 import zmq
 
 from antoni_bridge.client import Client
-from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Session
+from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.demo import DemoLayout
 from tests.conftest import run_cli
@@ -385,3 +385,31 @@ def test_stop_ends_the_process_and_removes_the_connection_file(daemon: Path) -> 
     while daemon.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not daemon.exists()
+
+
+def test_shutdown_ends_the_running_and_the_waiting_jobs_with_cancelled(tmp_path: Path) -> None:
+    from antoni_bridge.daemon.launch import start_daemon
+
+    connection = tmp_path / "own.json"
+    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+    try:
+        long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
+        with _client(connection) as asker:
+            sent = {asker.send("ask", long).msg_id for _ in range(2)}  # one runs, one waits
+            ends: dict[str, Message] = {}
+            started = False
+            while len(ends) < 2:
+                assert asker.socket.poll(20_000), f"no terminal message for {sent - ends.keys()}"
+                message = asker.session.parse(asker.socket.recv_multipart())
+                if message.type == "token" and not started:
+                    started = True
+                    with _client(connection) as stopper:
+                        stopper.request("shutdown")
+                if message.type in ("done", "cancelled", "error"):
+                    ends[message.parent_id] = message
+        assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
+        assert [m.content.get("reason") for m in ends.values()].count("shutdown") == 1  # the one still waiting
+        assert process.wait(timeout=30) == 0 and not connection.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -92,6 +92,18 @@ class JobQueue:
                     return job, True
         return None, False
 
+    def stop(self) -> list[Job]:
+        """Flag the running job and drop every waiting one; return those dropped (their ends are the
+        caller's to send, as no worker will take them)."""
+        with self.lock:
+            if self.running is not None:
+                self.running.cancel.set()
+            dropped = list(self.waiting)
+            self.waiting.clear()
+        for job in dropped:
+            job.cancel.set()
+        return dropped
+
     def jobs(self) -> list[Job]:
         """The running job, then the waiting ones."""
         with self.lock:

@@ -31,6 +31,7 @@ from antoni_bridge.errors import BridgeError
 log = logging.getLogger("antoni_bridge.daemon")
 POLL_MS = 10
 CLIENT_DEAD_S = 3.0  # a client silent this long (no request, no heartbeat) has its jobs cancelled
+SHUTDOWN_GRACE_S = 10.0  # how long a shutdown waits for the running job to end and say so
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Daemon:
                 self._drain(socket)
                 self._cancel_jobs_of_silent_clients()
         finally:
+            worker.join(timeout=SHUTDOWN_GRACE_S)  # the running job sees its cancel within a step, then ends
             self._drain(socket)
             self._remove_connection_file()
             socket.close()
@@ -262,8 +264,8 @@ class Daemon:
     def _shutdown(self, identity: bytes, message: Message) -> None:
         log.info("shutdown requested")
         self._reply(identity, message, "shutdown", {})
-        if self.jobs.running:
-            self.jobs.running.cancel.set()
+        for job in self.jobs.stop():
+            self._event(job, "cancelled", {"reason": "shutdown"})
         self.stopping.set()
 
     # ------------------------------------------------------------------ the worker
