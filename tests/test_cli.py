@@ -81,6 +81,15 @@ def _slide_without_mpp(path: Path) -> Path:
     return path
 
 
+def _triangle(properties: object) -> dict:
+    """A GeoJSON feature with these properties and a small triangle."""
+    return {
+        "type": "Feature",
+        "properties": properties,
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]},
+    }
+
+
 def _bad_inputs(demo: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     text = tmp / "notes.svs"
     text.write_text("not a slide")
@@ -91,15 +100,7 @@ def _bad_inputs(demo: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     broken_json = tmp / "broken.geojson"
     broken_json.write_text('{"type": "FeatureCollection", "features": [')
     named = tmp / "named.geojson"
-    named.write_text(
-        json.dumps(
-            {
-                "type": "Feature",
-                "properties": {"name": "stroma"},
-                "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]},
-            }
-        )
-    )
+    named.write_text(json.dumps(_triangle({"name": "stroma"})))
     no_mpp = _slide_without_mpp(tmp / "no-mpp.tif")
     cut_ifd = tmp / "cut-ifd.svs"
     cut_ifd.write_bytes(demo.read_bytes()[:1500])
@@ -114,17 +115,7 @@ def _bad_inputs(demo: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     null_features = tmp / "null.geojson"
     null_features.write_text('{"type": "FeatureCollection", "features": null}')
     odd_properties = tmp / "odd.geojson"
-    odd_properties.write_text(
-        json.dumps(
-            [
-                {
-                    "type": "Feature",
-                    "properties": ["x"],
-                    "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9], [0, 0]]]},
-                }
-            ]
-        )
-    )
+    odd_properties.write_text(json.dumps([_triangle(["x"])]))
     d = str(demo)
     return {
         "missing file": ([str(tmp / "nowhere.svs")], "No slide at"),

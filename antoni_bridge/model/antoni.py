@@ -176,7 +176,7 @@ class AntoniModel(nn.Module):
         return embeds.masked_scatter(mask[..., None], image.to(embeds.dtype))
 
     def forward(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """Logits of (B, T) prompts about one slide (used by scoring and training)."""
+        """Logits of (B, T) prompts about one slide (used by scoring; training takes `train.loss`)."""
         embeds = self.input_embeddings(input_ids, self.image_embeddings(latents))
         mask = attention_mask if attention_mask is not None else input_ids != self.ids.pad
         return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long()).logits

@@ -73,37 +73,27 @@ def agreed_quant(requested: str, processes: Any) -> str:
 
 def load_model(config: TrainConfig, latent_width: int, device: torch.device) -> AntoniModel:
     """The model to train: from `weights` (e.g. the newest stage-1 checkpoint), or a fresh projector and
-    zero LoRA on `llm`."""
+    zero LoRA on `llm`. The config's dropouts are set before the model is built, so peft builds its LoRA
+    dropout layers with them."""
     from antoni_bridge.encoders.sources import read_state_dict, resolve_model_dir
     from antoni_bridge.model.config import AntoniConfig
     from antoni_bridge.model.llm import load_llm
 
-    seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it, alike in every process
-    llm = load_llm(config.llm, device, config.quant)
-    if config.weights:  # not AntoniModel.load: that rounds the trained parts to bf16 for inference
-        folder = resolve_model_dir(config.weights, "ANTONI-Alpha weights")
-        model = AntoniModel(AntoniConfig.read(folder), llm)
-        model.load_trained(read_state_dict(folder, "ANTONI-Alpha"))
-    else:
-        model = AntoniModel(AntoniConfig(llm_model_id=config.llm, projector_input_dim=latent_width), llm)
-    if model.config.projector_input_dim != latent_width:
+    folder = resolve_model_dir(config.weights, "ANTONI-Alpha weights") if config.weights else None
+    base = AntoniConfig.read(folder) if folder else AntoniConfig(projector_input_dim=latent_width)
+    if base.projector_input_dim != latent_width:  # checked before the language model loads
         raise BridgeError(
-            f"The data's latents are {latent_width} wide; the projector takes {model.config.projector_input_dim}.",
+            f"The data's latents are {latent_width} wide; the projector takes {base.projector_input_dim}.",
             "train on latents made by the same slide encoder",
         )
-    _set_dropout(model, config)
+    dropouts = {"projector_dropout": config.projector_dropout}
+    if config.lora_dropout is not None:
+        dropouts["lora_dropout"] = config.lora_dropout
+    seed_everything(config.seed)  # the fresh projector and LoRA matrices are drawn from it, alike in every process
+    model = AntoniModel(replace(base, llm_model_id=config.llm, **dropouts), load_llm(config.llm, device, config.quant))
+    if folder:  # not AntoniModel.load: that rounds the trained parts to bf16 for inference
+        model.load_trained(read_state_dict(folder, "ANTONI-Alpha"))
     return model
-
-
-def _set_dropout(model: AntoniModel, config: TrainConfig) -> None:
-    model.config = replace(model.config, llm_model_id=config.llm, projector_dropout=config.projector_dropout)
-    model.projection_layer.dropout = config.projector_dropout
-    if config.lora_dropout is None:
-        return
-    for name, module in model.llm.named_modules():
-        if ".lora_dropout." in f"{name}." and isinstance(module, nn.Dropout):
-            module.p = config.lora_dropout
-    model.config = replace(model.config, lora_dropout=config.lora_dropout)
 
 
 def trainable(name: str, stage: int) -> bool:
