@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
 import zmq
 
+from antoni_bridge.daemon import protocol
 from antoni_bridge.daemon.protocol import (
+    CLOCK_WINDOW_S,
     MAX_MESSAGE_BYTES,
     TAG,
     ConnectionInfo,
@@ -110,3 +113,49 @@ def test_connection_file_is_private_atomic_and_read_back(tmp_path: Path) -> None
     path.write_text('{"address": 1')
     with pytest.raises(BridgeError, match="damaged"):
         ConnectionInfo.read(path)
+
+
+def _signed(session: Session, header: dict) -> list[bytes]:
+    head = json.dumps(header).encode()
+    return [TAG, session.sign(head, b"{}"), head, b"{}"]
+
+
+def test_a_message_outside_the_clock_window_is_stale_and_a_replay_inside_it_is_replayed() -> None:
+    session = Session(b"k")
+    base = {"msg_id": "1", "type": "status", "session": "s", "version": 1}
+    for date in (1.0, 4102444800.0, time.time() - CLOCK_WINDOW_S - 5, time.time() + CLOCK_WINDOW_S + 5):
+        with pytest.raises(ProtocolError) as stale:
+            session.parse(_signed(session, {**base, "date": date}))
+        assert stale.value.code == "stale" and stale.value.parent_id == "1"
+    fresh = _signed(session, {**base, "date": time.time()})
+    session.parse(fresh)
+    with pytest.raises(ProtocolError) as replay:
+        session.parse(fresh)
+    assert replay.value.code == "replayed"
+
+
+def test_replay_memory_outlasts_the_window_and_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = Session(b"k", clock_window_s=0.2)
+    monkeypatch.setattr(protocol, "REPLAY_MEMORY", 3)
+    frames = [session.frames(session.message("heartbeat", {})) for _ in range(4)]
+    for sent in frames[:3]:
+        session.parse(sent)
+    with pytest.raises(ProtocolError) as full:  # remembering no more would let a replay through
+        session.parse(frames[3])
+    assert full.value.code == "too-many"
+    time.sleep(0.45)  # past twice the window: forgotten, and a replay of them is stale now
+    with pytest.raises(ProtocolError) as stale:
+        session.parse(frames[0])
+    assert stale.value.code == "stale" and not session._seen
+
+
+def test_lone_surrogates_and_unbounded_dates_are_refused_not_raised() -> None:
+    session = Session(b"k")
+    base = {"msg_id": "1", "type": "status", "session": "s", "version": 1, "date": time.time()}
+    cases = {"invalid-json": {**base, "msg_id": "\udc80"}, "bad-message": {**base, "date": 10**400}}
+    for code, header in cases.items():
+        with pytest.raises(ProtocolError) as refused:
+            session.parse(_signed(session, header))
+        assert refused.value.code == code
+    paired = session.parse(_signed(session, {**base, "msg_id": "\ud83d\ude00"}))  # an escaped pair is fine
+    assert paired.msg_id == "\U0001f600"

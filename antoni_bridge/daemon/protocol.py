@@ -18,6 +18,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import time
 import uuid
@@ -31,7 +32,10 @@ from antoni_bridge.errors import BridgeError
 TAG = b"antoni/1"
 VERSION = 1
 MAX_MESSAGE_BYTES = 32 * 2**20  # a field-of-view image for view mode fits; a runaway client does not
-REPLAY_MEMORY = 100_000  # signatures remembered per session key
+CLOCK_WINDOW_S = 300.0  # a message dated further from the receiver's clock is refused as stale
+REPLAY_MEMORY = 250_000  # signatures remembered (each for twice the clock window); past that: refused
+MAX_ID_CHARS = 128  # a msg_id longer than this is not echoed in a refusal's parent_id
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into a JSON frame
 
 
 class ProtocolError(Exception):
@@ -40,6 +44,7 @@ class ProtocolError(Exception):
     def __init__(self, code: str, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.code, self.message, self.hint = code, message, hint
+        self.parent_id: str | None = None  # the refused message's msg_id, when its header could be read
 
 
 @dataclass(frozen=True)
@@ -74,18 +79,29 @@ def loads(data: bytes) -> Any:
         raise ValueError(f"bare {constant} is not JSON")
 
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=refuse)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        value = json.loads(data.decode("utf-8"), parse_constant=refuse)
+        if _SURROGATE_ESCAPE.search(data):  # rare: pairs are fine, a lone half cannot be written back as UTF-8
+            dumps(value)
+        return value
+    except (UnicodeError, ValueError, RecursionError) as exc:
         raise ProtocolError("invalid-json", f"A frame is not valid UTF-8 JSON ({exc}).", "send RFC 8259 JSON") from exc
+    except ProtocolError as exc:  # dumps refused it
+        raise ProtocolError("invalid-json", "A frame holds a value JSON cannot carry.", "send RFC 8259 JSON") from exc
 
 
 @dataclass
 class Session:
-    """Signs outgoing and checks incoming messages with one key; remembers signatures to refuse replays."""
+    """Signs outgoing and checks incoming messages with one key; refuses stale messages and replays.
+
+    A message is accepted only when its `date` lies within CLOCK_WINDOW_S of this side's clock, and its
+    signature is remembered for twice that window (a message dated at the window's future edge stays
+    fresh that long), so a replay is refused as stale or as replayed, never accepted.
+    """
 
     key: bytes
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    clock_window_s: float = CLOCK_WINDOW_S
+    _seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)  # signature -> when to forget it
 
     def sign(self, header: bytes, content: bytes) -> bytes:
         mac = hmac.new(self.key, digestmod=hashlib.sha256)
@@ -101,7 +117,15 @@ class Session:
         return [TAG, self.sign(header, content), header, content]
 
     def parse(self, frames: list[bytes]) -> Message:
-        """A checked message from the frames after the routing id, or a ProtocolError saying what is wrong."""
+        """A checked message from the frames after the routing id, or a ProtocolError saying what is wrong
+        (carrying the message's msg_id as `parent_id` whenever its header could be read)."""
+        try:
+            return self._parse(frames)
+        except ProtocolError as exc:
+            exc.parent_id = _peek_msg_id(frames)
+            raise
+
+    def _parse(self, frames: list[bytes]) -> Message:
         size = sum(len(f) for f in frames)
         if size > MAX_MESSAGE_BYTES:
             raise ProtocolError("too-large", f"The message has {size:,} bytes; the limit is {MAX_MESSAGE_BYTES:,}.")
@@ -119,16 +143,45 @@ class Session:
                 "The message's signature does not match the key.",
                 "the daemon restarted with a new key: read the connection file again",
             )
+        now = time.monotonic()
+        self._forget_until(now)
         if signature in self._seen:
             raise ProtocolError("replayed", "This message was already received (a replay).", "send each message once")
-        self._remember(signature)
-        header, content = loads(header_bytes), loads(content_bytes)
-        return _message(header, content)
+        if len(self._seen) >= REPLAY_MEMORY:
+            raise ProtocolError(
+                "too-many",
+                f"More than {REPLAY_MEMORY:,} messages arrived within {2 * self.clock_window_s:.0f} s.",
+                "send fewer messages (heartbeats every 0.25 s are plenty) and try again shortly",
+            )
+        message = _message(loads(header_bytes), loads(content_bytes))
+        self._check_fresh(message.date)
+        self._seen[signature] = now + 2 * self.clock_window_s
+        return message
 
-    def _remember(self, signature: bytes) -> None:
-        self._seen[signature] = None
-        while len(self._seen) > REPLAY_MEMORY:
+    def _check_fresh(self, date: float) -> None:
+        skew = date - time.time()
+        if abs(skew) > self.clock_window_s:
+            raise ProtocolError(
+                "stale",
+                f"The message is dated {skew:+.0f} s from this side's clock; at most "
+                f"{self.clock_window_s:.0f} s either way is accepted.",
+                "set the date of each message to the current time (seconds since 1970, UTC); check both clocks",
+            )
+
+    def _forget_until(self, now: float) -> None:
+        while self._seen and next(iter(self._seen.values())) < now:
             self._seen.popitem(last=False)
+
+
+def _peek_msg_id(frames: list[bytes]) -> str | None:
+    """The msg_id of a refused message, when its header frame is small, JSON and names a short one."""
+    if len(frames) < 3 or len(frames[2]) > 4096:
+        return None
+    try:
+        msg_id = loads(frames[2]).get("msg_id")
+    except (ProtocolError, AttributeError):
+        return None
+    return msg_id if isinstance(msg_id, str) and len(msg_id) <= MAX_ID_CHARS else None
 
 
 def _message(header: Any, content: Any) -> Message:
@@ -144,8 +197,12 @@ def _message(header: Any, content: Any) -> Message:
             f"The message is protocol {header['version']}; this side speaks {VERSION}.",
             "update the older of the two (antoni-bridge and its front end)",
         )
-    if not math.isfinite(header["date"]):
-        raise ProtocolError("bad-message", "The header's date is not a finite number.")
+    try:
+        date = float(header["date"])
+    except OverflowError:  # an integer past float's range
+        date = math.inf
+    if not math.isfinite(date):
+        raise ProtocolError("bad-message", "The header's date is not a finite number.", "seconds since 1970, UTC")
     parent = header.get("parent_id")
     return Message(
         header["type"],
@@ -153,7 +210,7 @@ def _message(header: Any, content: Any) -> Message:
         header["msg_id"],
         header["session"],
         parent if isinstance(parent, str) else None,
-        float(header["date"]),
+        date,
     )
 
 

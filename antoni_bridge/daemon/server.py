@@ -22,6 +22,7 @@ import zmq
 
 from antoni_bridge import __version__
 from antoni_bridge.daemon.jobs import Busy, Cancelled, Job, JobQueue
+from antoni_bridge.daemon.logs import REFUSAL, shorten
 from antoni_bridge.daemon.protocol import MAX_MESSAGE_BYTES, VERSION, ConnectionInfo, Message, ProtocolError, Session
 from antoni_bridge.daemon.requests import JOB_CHECKS
 from antoni_bridge.daemon.runtime import Runtime
@@ -151,8 +152,9 @@ class Daemon:
             try:
                 message = self.session.parse(frames)
             except ProtocolError as exc:
-                log.warning("refused a message from client %s: %s", identity.hex(), exc.message)
-                self._send_error(identity, None, exc.code, exc.message, exc.hint)
+                log.warning("refused a message from client %s: %s", identity.hex(), exc.message, extra=REFUSAL)
+                parent = Message("", {}, exc.parent_id, "") if exc.parent_id else None
+                self._send_error(identity, parent, exc.code, exc.message, exc.hint)
                 continue
             try:
                 self._handle(identity, message)
@@ -176,7 +178,7 @@ class Daemon:
         self.outbox.put((identity, self.session.frames(self.session.message(type_, content, parent))))
 
     def _send_error(self, identity: bytes, parent: Message | None, code: str, message: str, hint: str = "") -> None:
-        self._reply(identity, parent, "error", {"code": code, "message": message, "hint": hint})
+        self._reply(identity, parent, "error", {"code": code, "message": shorten(message, 1000), "hint": hint})
 
     def _cancel_jobs_of_silent_clients(self) -> None:
         """A client that stopped heartbeating is gone: its jobs would only keep the GPU busy."""
@@ -230,7 +232,7 @@ class Daemon:
     def _submit(self, identity: bytes, message: Message) -> None:
         problem = JOB_CHECKS[message.type](message.content)
         if problem:
-            log.info("refused a %s request: %s", message.type, problem)
+            log.info("refused a %s request: %s", message.type, problem, extra=REFUSAL)
             self._send_error(identity, message, "bad-request", problem, "see docs/protocol.md")
             return
         job = Job(message.type, identity, message.msg_id, message.content)

@@ -1,0 +1,98 @@
+"""What a hostile local client can reach: a real `antoni-bridge serve --demo` process over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from antoni_bridge.client import Client
+from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
+
+
+class Raw:
+    """A DEALER that sends whatever frames a test makes, signed with the daemon's key or not."""
+
+    def __init__(self, connection: Path) -> None:
+        info = ConnectionInfo.read(connection)
+        self.session = Session(info.key_bytes)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger, self.socket.rcvtimeo, self.socket.sndtimeo = 0, 10_000, 10_000
+        self.socket.connect(info.address)
+
+    def signed(self, header: dict, content: dict | None = None) -> list[bytes]:
+        head = json.dumps(header).encode()
+        body = json.dumps(content or {}).encode()
+        return [TAG, self.session.sign(head, body), head, body]
+
+    def reply(self, frames: list[bytes]) -> Message:
+        self.socket.send_multipart(frames)
+        return self.session.parse(self.socket.recv_multipart())
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture
+def raw(daemon: Path) -> Iterator[Raw]:
+    client = Raw(daemon)
+    yield client
+    client.close()
+
+
+def _header(**changes: object) -> dict:
+    return {
+        "msg_id": "m-" + str(time.monotonic_ns()),
+        "type": "status",
+        "session": "s",
+        "date": time.time(),
+        "version": 1,
+    } | changes
+
+
+def _still_serving(daemon: Path) -> None:
+    with Client(daemon, timeout_s=30) as client:
+        assert client.request("hello").content["protocol"] == 1
+
+
+def test_lone_surrogates_and_huge_dates_in_the_header_get_error_replies(daemon: Path, raw: Raw) -> None:
+    for header in (
+        _header(msg_id="\udc80"),
+        _header(session="\udc80x"),
+        _header(type="\ud800"),
+        _header(date=10**29),
+        _header(date=10**400),
+    ):
+        frames = raw.signed(header)
+        reply = raw.reply(frames)
+        assert reply.type == "error" and reply.content["code"] in ("invalid-json", "bad-message", "stale"), reply
+    _still_serving(daemon)
+
+
+def test_wire_refusals_carry_the_refused_messages_id(daemon: Path, raw: Raw) -> None:
+    wrong = Session(b"not-the-key")
+    header = _header(msg_id="mine-1")
+    cases = {
+        "bad-signature": wrong.frames(Message("status", {}, "mine-1", "s", None, time.time())),
+        "bad-version": raw.signed(_header(msg_id="mine-1", version=2)),
+        "bad-message": raw.signed(_header(msg_id="mine-1", date="today")),
+        "invalid-json": [TAG, raw.session.sign(json.dumps(header).encode(), b"{"), json.dumps(header).encode(), b"{"],
+        "bad-frames": [TAG, b"sig", json.dumps(header).encode()],
+        "stale": raw.signed(_header(msg_id="mine-1", date=time.time() - 3600)),
+        "too-large": [TAG, b"sig", json.dumps(header).encode(), b" " * (32 * 2**20 + 1)],
+    }
+    for code, frames in cases.items():
+        reply = raw.reply(frames)
+        assert (reply.content["code"], reply.parent_id) == (code, "mine-1")
+    accepted = raw.signed(_header(msg_id="mine-1"))
+    assert raw.reply(accepted).type == "status"
+    replayed = raw.reply(accepted)
+    assert (replayed.content["code"], replayed.parent_id) == ("replayed", "mine-1")
+    unreadable = raw.reply([b"hello"])  # no header to read an id from: no parent_id
+    assert unreadable.content["code"] == "bad-frames" and unreadable.parent_id is None
