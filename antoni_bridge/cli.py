@@ -500,11 +500,11 @@ def _curve(args: argparse.Namespace):  # -> server.Curve | None
     """CURVE keys when the daemon may be reached from other machines; refuse a remote address without."""
     import zmq
 
+    from antoni_bridge.daemon.protocol import is_loopback
     from antoni_bridge.daemon.server import Curve
 
-    loopback = args.address.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]", "ipc://"))
     if not args.allow_remote:
-        if not loopback:
+        if not is_loopback(args.address):
             raise BridgeError(
                 f"{args.address} is not a loopback address.",
                 "add --allow-remote to accept other machines (encrypted with CURVE), or use 127.0.0.1",

@@ -18,6 +18,7 @@ from antoni_bridge.daemon.protocol import (
     ConnectionInfo,
     ProtocolError,
     Session,
+    is_loopback,
 )
 from antoni_bridge.errors import BridgeError
 
@@ -159,3 +160,18 @@ def test_lone_surrogates_and_unbounded_dates_are_refused_not_raised() -> None:
         assert refused.value.code == code
     paired = session.parse(_signed(session, {**base, "msg_id": "\ud83d\ude00"}))  # an escaped pair is fine
     assert paired.msg_id == "\U0001f600"
+
+
+def test_only_loopback_endpoints_count_as_loopback() -> None:
+    local = ("tcp://127.0.0.1:5555", "tcp://127.9.9.9:*", "tcp://localhost:1", "tcp://[::1]:7", "ipc:///tmp/a")
+    remote = (
+        "tcp://127.0.0.1:1;0.0.0.0:5555",  # ZeroMQ binds every endpoint of a `;` list
+        "tcp://0.0.0.0:5555",
+        "tcp://*:5555",
+        "tcp://eth0:5555",
+        "tcp://127.evil.example:5555",
+        "tcp://[::]:5555",
+        "tcp://10.0.0.1:5555",
+        "udp://127.0.0.1:5555",
+    )
+    assert all(is_loopback(a) for a in local) and not any(is_loopback(a) for a in remote)

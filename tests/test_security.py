@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket as socket_module
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import zmq
 
 from antoni_bridge.client import Client
 from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
+from tests.conftest import run_cli
 
 
 class Raw:
@@ -96,3 +98,14 @@ def test_wire_refusals_carry_the_refused_messages_id(daemon: Path, raw: Raw) -> 
     assert (replayed.content["code"], replayed.parent_id) == ("replayed", "mine-1")
     unreadable = raw.reply([b"hello"])  # no header to read an id from: no parent_id
     assert unreadable.content["code"] == "bad-frames" and unreadable.parent_id is None
+
+
+def test_an_address_list_with_a_public_endpoint_is_refused_by_name(tmp_path: Path) -> None:
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port};0.0.0.0:{port + 1}"
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(tmp_path / "d.json")}
+    result = run_cli("serve", "--demo", "--address", address, env=env, timeout=120)
+    assert result.returncode != 0 and "is not a loopback address" in result.stderr and "--allow-remote" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "d.json").exists()

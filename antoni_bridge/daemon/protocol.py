@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
@@ -212,6 +213,28 @@ def _message(header: Any, content: Any) -> Message:
         parent if isinstance(parent, str) else None,
         date,
     )
+
+
+# ------------------------------------------------------------------------------ addresses
+
+_TCP = re.compile(r"tcp://(?:\[(?P<ip6>[0-9A-Fa-f:]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>[0-9]{1,5}|\*)")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether `address` binds loopback only: one `tcp://HOST:PORT` with HOST a loopback IP or `localhost`,
+    or an `ipc://` path. Anything else (a `;` list of endpoints, an interface name, `*`) is not."""
+    if address.startswith("ipc://"):
+        return ";" not in address
+    match = _TCP.fullmatch(address)
+    if match is None:
+        return False
+    host = match["ip6"] or match["host"]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an interface or host name: it may be any address
+        return False
 
 
 # ------------------------------------------------------------------------------ the connection file

@@ -23,7 +23,15 @@ import zmq
 from antoni_bridge import __version__
 from antoni_bridge.daemon.jobs import Busy, Cancelled, Job, JobQueue
 from antoni_bridge.daemon.logs import REFUSAL, shorten
-from antoni_bridge.daemon.protocol import MAX_MESSAGE_BYTES, VERSION, ConnectionInfo, Message, ProtocolError, Session
+from antoni_bridge.daemon.protocol import (
+    MAX_MESSAGE_BYTES,
+    VERSION,
+    ConnectionInfo,
+    Message,
+    ProtocolError,
+    Session,
+    is_loopback,
+)
 from antoni_bridge.daemon.requests import JOB_CHECKS
 from antoni_bridge.daemon.runtime import Runtime
 from antoni_bridge.daemon.worker import RUNNERS
@@ -104,6 +112,8 @@ class Daemon:
             log.info("stopped")
 
     def _bind(self, context: zmq.Context) -> zmq.Socket:
+        if self.curve is None and not is_loopback(self.address):  # unencrypted and reachable from elsewhere
+            raise BridgeError(f"{self.address} is not a loopback address.", "listen on 127.0.0.1, or use CURVE")
         socket = context.socket(zmq.ROUTER)
         socket.linger = 0
         # A frame past twice the limit drops the connection (libzmq); between the two, it gets an error reply.
