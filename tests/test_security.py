@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket as socket_module
 import time
 from collections.abc import Iterator
@@ -109,3 +111,32 @@ def test_an_address_list_with_a_public_endpoint_is_refused_by_name(tmp_path: Pat
     result = run_cli("serve", "--demo", "--address", address, env=env, timeout=120)
     assert result.returncode != 0 and "is not a loopback address" in result.stderr and "--allow-remote" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_daemon_as_shutdown_does(tmp_path: Path, signum: int) -> None:
+    from antoni_bridge.daemon.launch import start_daemon
+    from tests.test_daemon import ASK, _seeded_latents
+
+    connection = tmp_path / "own.json"
+    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+    try:
+        long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
+        with Client(connection, timeout_s=30) as asker:
+            sent = {asker.send("ask", long).msg_id for _ in range(2)}  # one runs, one waits
+            ends: dict[str, Message] = {}
+            signalled = False
+            while len(ends) < 2:
+                assert asker.socket.poll(20_000), f"no terminal message for {sent - ends.keys()}"
+                message = asker.session.parse(asker.socket.recv_multipart())
+                if message.type == "token" and not signalled:
+                    os.kill(process.pid, signum)
+                    signalled = True
+                if message.type in ("done", "cancelled", "error"):
+                    ends[message.parent_id] = message
+        assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
+        assert process.wait(timeout=30) == 0 and not connection.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Daemon:
         self.outbox: queue.Queue[tuple[bytes, list[bytes]]] = queue.Queue()
         self.authenticator: Any = None
         self.stopping = threading.Event()
+        self.signalled = threading.Event()
         self.info: ConnectionInfo | None = None
         self.session: Session | None = None
         self.last_seen: dict[bytes, float] = {}
@@ -96,13 +98,19 @@ class Daemon:
         worker = threading.Thread(target=self._work, name="gpu-worker", daemon=True)
         worker.start()
         log.info("listening on %s (protocol %s%s)", endpoint, VERSION, ", CURVE" if self.curve else "")
+        previous = self._stop_on_signals()
         try:
             while not self.stopping.is_set():
                 if socket.poll(POLL_MS, zmq.POLLIN):
                     self._receive(socket)
                 self._drain(socket)
                 self._cancel_jobs_of_silent_clients()
+                if self.signalled.is_set():
+                    log.info("stopping on a signal")
+                    self._stop_jobs()
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             worker.join(timeout=SHUTDOWN_GRACE_S)  # the running job sees its cancel within a step, then ends
             self._drain(socket)
             self._remove_connection_file()
@@ -110,6 +118,17 @@ class Daemon:
             self._stop_authenticator()  # a running authenticator would keep context.term() waiting forever
             context.term()
             log.info("stopped")
+
+    def _stop_on_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM stop the daemon as `shutdown` does (the loop acts on the flag: a handler
+        runs between any two bytecodes, maybe inside a held lock); returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        signums = [signal.SIGINT, signal.SIGTERM]
+        previous = {signum: signal.getsignal(signum) for signum in signums}
+        for signum in signums:
+            signal.signal(signum, lambda *_: self.signalled.set())
+        return previous
 
     def _bind(self, context: zmq.Context) -> zmq.Socket:
         if self.curve is None and not is_loopback(self.address):  # unencrypted and reachable from elsewhere
@@ -276,6 +295,10 @@ class Daemon:
     def _shutdown(self, identity: bytes, message: Message) -> None:
         log.info("shutdown requested")
         self._reply(identity, message, "shutdown", {})
+        self._stop_jobs()
+
+    def _stop_jobs(self) -> None:
+        """Waiting jobs end here; the running one sees its cancel and ends with its own terminal message."""
         for job in self.jobs.stop():
             self._event(job, "cancelled", {"reason": "shutdown"})
         self.stopping.set()
