@@ -12,7 +12,6 @@ when the daemon does not answer (the Lazy Pirate pattern).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import zmq
 
 from antoni_bridge import paths
-from antoni_bridge.daemon.protocol import ConnectionInfo, Message, ProtocolError, Session
+from antoni_bridge.daemon.protocol import ConnectionInfo, Message, ProtocolError, Session, is_loopback
 from antoni_bridge.errors import BridgeError
 
 TERMINAL = ("done", "error", "cancelled", "busy")
@@ -30,7 +29,6 @@ HEARTBEAT_S = 0.25  # while waiting for an answer; the daemon cancels the jobs o
 IDEMPOTENT = ("hello", "status")
 RETRIES = 3
 RETRY_WAIT_S = 0.5
-LOCAL = ("tcp://127.", "tcp://localhost:", "tcp://[::1]", "ipc://")
 NOT_RUNNING_HINT = "start it with `antoni-bridge serve`"
 
 
@@ -44,7 +42,7 @@ class Client:
         self.timeout_s = timeout_s
         self.context = zmq.Context()
         self.socket: zmq.Socket | None = None
-        self._connect(ConnectionInfo.read(self.connection_file))
+        self._connect(ConnectionInfo.read_running(self.connection_file))
 
     def _connect(self, info: ConnectionInfo) -> None:
         """A fresh socket to the daemon `info` describes (anything queued on the old one is dropped)."""
@@ -53,6 +51,7 @@ class Client:
         self.info, self.session = info, Session(info.key_bytes)
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
+        self.socket.sndtimeo = int(self.timeout_s * 1000)  # with no daemon taking messages, send would block for ever
         if info.curve_server_key:
             public, secret = zmq.curve_keypair()
             self.socket.curve_publickey, self.socket.curve_secretkey = public, secret
@@ -63,7 +62,7 @@ class Client:
     def _refresh(self) -> None:
         """Reconnect when the daemon restarted since the last request (new key or address)."""
         try:
-            info = ConnectionInfo.read(self.connection_file)
+            info = ConnectionInfo.read_running(self.connection_file)
         except BridgeError as exc:  # stopped, or restarting: a retry may find it
             raise DaemonUnreachable(exc.message, exc.hint) from None
         if (info.key, info.address) != (self.info.key, self.info.address):
@@ -81,7 +80,13 @@ class Client:
 
     def send(self, type_: str, content: dict[str, Any]) -> Message:
         message = self.session.message(type_, content)
-        self.socket.send_multipart(self.session.frames(message))
+        try:
+            self.socket.send_multipart(self.session.frames(message))
+        except zmq.Again:
+            raise DaemonUnreachable(
+                f"The daemon at {self.info.address} takes no messages (none for {self.timeout_s:.0f} s).",
+                NOT_RUNNING_HINT,
+            ) from None
         self.last_sent = time.monotonic()
         return message
 
@@ -144,7 +149,7 @@ class Client:
 
     def _check_daemon_alive(self) -> None:
         """A daemon that died never sends its terminal message: notice it."""
-        if self.info.address.startswith(LOCAL) and not self._local_daemon_alive():
+        if is_loopback(self.info.address) and not self._local_daemon_alive():
             raise DaemonUnreachable("The daemon stopped before answering.", f"see its log, then {NOT_RUNNING_HINT}")
         if time.monotonic() - self.last_heard > DEAD_AFTER_S:
             raise DaemonUnreachable(
@@ -154,9 +159,6 @@ class Client:
 
     def _local_daemon_alive(self) -> bool:
         try:
-            os.kill(self.info.pid, 0)
-            return ConnectionInfo.read(self.connection_file).key == self.info.key
-        except (ProcessLookupError, BridgeError):
+            return ConnectionInfo.read_running(self.connection_file).key == self.info.key
+        except BridgeError:
             return False
-        except PermissionError:  # another user's process: it exists
-            return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import time
 from pathlib import Path
@@ -175,3 +176,23 @@ def test_only_loopback_endpoints_count_as_loopback() -> None:
         "udp://127.0.0.1:5555",
     )
     assert all(is_loopback(a) for a in local) and not any(is_loopback(a) for a in remote)
+
+
+def test_a_planted_temporary_file_never_becomes_the_connection_file(tmp_path: Path) -> None:
+    folder = tmp_path / "conn"
+    folder.mkdir(mode=0o700)
+    path = folder / "daemon.json"
+    planted = folder / f".daemon.json.{os.getpid()}.tmp"  # the name a writer using its pid would pick
+    planted.write_text("planted")
+    planted.chmod(0o666)
+    ConnectionInfo.new("tcp://127.0.0.1:5555").write(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and planted.read_text() == "planted"
+
+
+def test_a_folder_other_users_can_write_is_refused_for_the_key(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(BridgeError, match="can be written by other users") as refused:
+        ConnectionInfo.new("tcp://127.0.0.1:5555").write(shared / "daemon.json")
+    assert "ANTONI_BRIDGE_CONNECTION_FILE" in refused.value.hint and not list(shared.iterdir())

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket as socket_module
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from antoni_bridge.client import Client
+from antoni_bridge.client import Client, DaemonUnreachable
 from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
+from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import pid_alive
 from tests.conftest import run_cli
 
 
@@ -140,3 +144,35 @@ def test_a_signal_stops_the_daemon_as_shutdown_does(tmp_path: Path, signum: int)
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_connection_file_left_by_a_dead_daemon_reads_as_not_running(tmp_path: Path) -> None:
+    connection = tmp_path / "daemon.json"
+    dead = ConnectionInfo("tcp://127.0.0.1:9", "00" * 32, _dead_pid())
+    dead.write(connection)
+    assert not pid_alive(dead.pid) and pid_alive(os.getpid()) and not pid_alive(2**40)
+    with pytest.raises(BridgeError, match="has ended: the daemon is not running"):
+        Client(connection)
+    result = run_cli("status", env={"ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}, timeout=60)
+    assert result.returncode != 0 and "the daemon is not running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_client_gives_up_sending_to_a_daemon_that_takes_nothing(tmp_path: Path) -> None:
+    """A DEALER with no peer queues up to its high-water mark, then would block for ever."""
+    with socket_module.socket() as listener:  # a port that accepts TCP but speaks no ZeroMQ
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        connection = tmp_path / "daemon.json"
+        ConnectionInfo(f"tcp://127.0.0.1:{listener.getsockname()[1]}", "00" * 32, os.getpid()).write(connection)
+        with Client(connection, timeout_s=1) as client:
+            start = time.monotonic()
+            with pytest.raises(DaemonUnreachable, match="takes no messages"):
+                for _ in range(5000):
+                    client.send("heartbeat", {})
+            assert time.monotonic() - start < 10

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import pid_alive, write_private
 
 TAG = b"antoni/1"
 VERSION = 1
@@ -260,17 +261,7 @@ class ConnectionInfo:
 
     def write(self, path: Path) -> None:
         """Atomically, readable by the owner only (the key is a password)."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(dumps(self.__dict__))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_private(path, dumps(self.__dict__))
 
     @classmethod
     def read(cls, path: Path) -> ConnectionInfo:
@@ -286,3 +277,16 @@ class ConnectionInfo:
             ) from None
         except (OSError, ProtocolError, KeyError, TypeError) as exc:
             raise BridgeError(f"The connection file {path} is damaged ({exc}).", "restart the daemon") from exc
+
+    @classmethod
+    def read_running(cls, path: Path) -> ConnectionInfo:
+        """The connection file's contents, refused as "not running" when it names a local daemon whose
+        process has ended (a daemon killed without a chance to remove its file)."""
+        info = cls.read(path)
+        if is_loopback(info.address) and not (isinstance(info.pid, int) and pid_alive(info.pid)):
+            raise BridgeError(
+                f"The connection file {path} was left by a daemon (pid {info.pid}) that has ended: "
+                "the daemon is not running.",
+                "start it with `antoni-bridge serve` (it replaces the file)",
+            )
+        return info

@@ -10,7 +10,6 @@ ZeroMQ sockets must stay on one thread.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -37,6 +36,7 @@ from antoni_bridge.daemon.requests import JOB_CHECKS
 from antoni_bridge.daemon.runtime import Runtime
 from antoni_bridge.daemon.worker import RUNNERS
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import pid_alive
 
 log = logging.getLogger("antoni_bridge.daemon")
 POLL_MS = 10
@@ -356,11 +356,10 @@ def _refuse_if_running(connection_file: Path) -> None:
     """One daemon per connection file: a second would orphan the first, which `stop` could then not reach."""
     try:
         info = ConnectionInfo.read(connection_file)
-        os.kill(info.pid, 0)
-    except (BridgeError, ProcessLookupError):  # none, damaged, or left by a daemon that died
+    except BridgeError:  # none, or damaged
         return
-    except PermissionError:  # another user's process holds the pid
-        pass
+    if not (isinstance(info.pid, int) and pid_alive(info.pid)):  # left by a daemon that died
+        return
     raise BridgeError(
         f"A daemon (pid {info.pid}) is already running at {info.address}.",
         f"stop it with `antoni-bridge stop` (or delete {connection_file} if no daemon runs), or give this "
