@@ -207,8 +207,10 @@ def _make_demo_weights(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (imported lazily: --help stays fast)
     from antoni_bridge.slides.grid import GridSpec
     from antoni_bridge.slides.planning import SlideRequest
+    from antoni_bridge.slides.reader import check_input_file
     from antoni_bridge.slides.regions import Region, read_geojson_region
 
+    check_input_file(slide)
     if args.name and not args.geojson:
         raise BridgeError("--name picks an annotation of --geojson, but no --geojson was given.", "add --geojson FILE")
     numbers = (args.mpp, args.min_tissue, args.slide_mpp if args.slide_mpp is not None else 1.0)
@@ -250,8 +252,8 @@ def _tiles(args: argparse.Namespace) -> int:
     from antoni_bridge.slides.overview import write_overview
     from antoni_bridge.slides.planning import feature_file, plan
 
-    _check_outputs(args, args.slide, args.geojson)
     request = _request(args, args.slide)
+    _check_outputs(args, args.slide, args.geojson)
     planned = plan(request)
     with planned.slide as slide:
         write_feature_file(args.out, feature_file(slide, planned.grid, request))
@@ -269,8 +271,8 @@ def _tiles(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from antoni_bridge.features.h5 import write_feature_file
 
-    _check_outputs(args, args.slide, args.geojson)
     request = _request(args, args.slide)
+    _check_outputs(args, args.slide, args.geojson)
     result = _embed_request(args, request)
     write_feature_file(args.out, result.data)
     print(_embedding_line(result) + f" -> {args.out}")

@@ -176,3 +176,29 @@ def test_the_client_gives_up_sending_to_a_daemon_that_takes_nothing(tmp_path: Pa
                 for _ in range(5000):
                     client.send("heartbeat", {})
             assert time.monotonic() - start < 10
+
+
+@pytest.fixture
+def not_files(tmp_path: Path) -> dict[str, Path]:
+    """A named pipe (reading it blocks until a writer comes) and a symbolic link that points at itself."""
+    fifo, loop = tmp_path / "pipe.svs", tmp_path / "loop.svs"
+    os.mkfifo(fifo)
+    loop.symlink_to(loop)
+    return {"named pipe": fifo, "symbolic link that loops": loop}
+
+
+def test_the_cli_refuses_pipes_and_link_loops_by_name(not_files: dict[str, Path], tmp_path: Path) -> None:
+    for kind, path in not_files.items():
+        result = run_cli("tiles", str(path), "--out", str(tmp_path / "t.h5"), timeout=60)
+        assert result.returncode == 2 and kind in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_daemon_refuses_pipes_and_link_loops_and_keeps_working(daemon: Path, not_files: dict[str, Path]) -> None:
+    from tests.test_daemon import ASK
+
+    with Client(daemon, timeout_s=30) as client:
+        for kind, path in not_files.items():
+            events = list(client.events("ask", {**ASK, "slide": str(path)}, idle_timeout_s=30))
+            assert events[-1].type == "error" and kind in events[-1].content["message"], events[-1].content
+            assert events[-1].content["code"] in ("bad-request", "bad-input")
+        assert client.request("status").content["queue"]["running"] is None

@@ -121,6 +121,9 @@ class Runtime:
 
     def allowed(self, path: str) -> Path:
         """The path, resolved, when it lies under an allowed slide root (any path when none is set)."""
+        from antoni_bridge.slides.reader import check_input_file
+
+        check_input_file(Path(path).expanduser())  # a named pipe would block the worker; a link loop has no end
         resolved = Path(path).expanduser().resolve()
         if self.slide_roots and not any(resolved.is_relative_to(root) for root in self.slide_roots):
             roots = ", ".join(str(root) for root in self.slide_roots)

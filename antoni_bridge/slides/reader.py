@@ -7,9 +7,11 @@ without a physical scale.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,7 +51,7 @@ class Slide:
     def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, backend: str = "auto") -> None:
         """`backend` "auto" tries tiffslide, then openslide; "openslide" or "tiffslide" forces one."""
         self.path = Path(path)
-        _check_path(self.path)
+        check_input_file(self.path)
         self._backend, self._handle = _open_backend(self.path, backend)
         self.file_identity = _identity(os.stat(self.path))  # the native reader checks it reads this file
         try:
@@ -196,11 +198,22 @@ def same_file(slide: Slide, fd: int) -> bool:
     return _identity(os.fstat(fd)) == slide.file_identity
 
 
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise BridgeError(f"No slide at {path}.", "check the path; it must be a file on this machine")
-    if path.is_dir():
+def check_input_file(path: Path) -> None:
+    """Refuse by name what is not a regular file: reading a named pipe or a device blocks or never ends,
+    and a symbolic link loop has no file at its end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise BridgeError(f"No slide at {path}.", "check the path; it must be a file on this machine") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BridgeError(f"{path} is a symbolic link that loops.", "give the path of the file itself") from None
+        raise BridgeError(f"Cannot read {path} ({exc.strerror}).", "check the path and its permissions") from None
+    if stat.S_ISDIR(mode):
         raise BridgeError(f"{path} is a folder, not a slide file.", "give the slide's file itself")
+    if not stat.S_ISREG(mode):
+        kind = "named pipe" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+        raise BridgeError(f"{path} is a {kind}, not a file.", "give a slide file stored on disk")
 
 
 def _open_backend(path: Path, backend: str) -> tuple[str, Any]:
