@@ -474,6 +474,7 @@ def _serve(args: argparse.Namespace) -> int:
     from antoni_bridge.daemon.logs import setup_logging
     from antoni_bridge.daemon.runtime import Runtime
     from antoni_bridge.daemon.server import Daemon
+    from antoni_bridge.files import keep_files_private
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
@@ -488,6 +489,7 @@ def _serve(args: argparse.Namespace) -> int:
     sources = model_sources(args)
     runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir(), args.slide_root)
     log_file = args.log_file or paths.log_file()
+    keep_files_private()  # logs, caches and the key: the user's alone
     setup_logging(log_file, args.verbose)
     print(
         f"antoni-bridge daemon on {args.address} ({'demo' if args.demo else 'real'} weights"

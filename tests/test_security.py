@@ -202,3 +202,27 @@ def test_the_daemon_refuses_pipes_and_link_loops_and_keeps_working(daemon: Path,
             assert events[-1].type == "error" and kind in events[-1].content["message"], events[-1].content
             assert events[-1].content["code"] in ("bad-request", "bad-input")
         assert client.request("status").content["queue"]["running"] is None
+
+
+def test_temporaries_of_dead_writers_are_swept_at_start_and_live_ones_kept(tmp_path: Path) -> None:
+    from antoni_bridge.features.cache import FeatureCache
+
+    (tmp_path / "partial" / "key").mkdir(parents=True)
+    dead, alive = _dead_pid(), os.getpid()
+    left = [tmp_path / f".k.h5.{dead}.tmp", tmp_path / "partial" / "key" / f".000000064.{dead}.tmp.npy"]
+    kept = [tmp_path / f".k2.h5.{alive}.tmp", tmp_path / "partial" / "key" / f".000000128.{alive}.tmp.npy"]
+    for path in left + kept:
+        path.write_bytes(b"x" * 1024)
+    FeatureCache(tmp_path)
+    assert [p.exists() for p in left + kept] == [False, False, True, True]
+
+
+def test_the_daemons_log_and_cache_files_are_the_users_alone(daemon: Path, demo_20x: Path) -> None:
+    with Client(daemon, timeout_s=30) as client:
+        events = list(client.events("embed", {"slide": str(demo_20x)}))
+    assert events[-1].type == "done", events[-1].content
+    home = daemon.parent
+    written = [p for folder in ("logs", "features") for p in (home / folder).rglob("*")]
+    assert any(p.suffix == ".h5" for p in written) and any(p.name == "daemon.log" for p in written)
+    shared = {str(p): oct(p.stat().st_mode & 0o777) for p in [*written, daemon] if p.stat().st_mode & 0o077}
+    assert not shared

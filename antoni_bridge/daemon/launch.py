@@ -32,7 +32,7 @@ def start_daemon(
     log_file = log_file or paths.home() / "daemon-start.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ANTONI_BRIDGE_CONNECTION_FILE": str(connection_file)}
-    with log_file.open("wb") as output:
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "antoni_bridge.cli", "serve", *serve_args],
             env=env,

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from antoni_bridge.features.h5 import FeatureFile, durable_replace, read_feature_file, write_feature_file
+from antoni_bridge.files import pid_alive
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -31,6 +33,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 STALE_AFTER_S = 24 * 3600  # temporary files older than this were left by killed runs
+_WRITER_PID = re.compile(r"\.(\d{1,10})\.tmp(?:\.npy)?$")  # `.NAME.PID.tmp`, `.START.PID.tmp.npy`
 
 
 class FeatureCache:
@@ -39,13 +42,15 @@ class FeatureCache:
         self._sweep_stale_temporaries()
 
     def _sweep_stale_temporaries(self) -> None:
-        """Remove what killed runs left (a finished slide's features can be a gigabyte)."""
+        """Remove what killed runs left (a finished slide's features can be a gigabyte): at once when the
+        writer named in the file's name has ended, else after STALE_AFTER_S (its pid may be reused)."""
         if not self.root.is_dir():
             return
         cutoff = time.time() - STALE_AFTER_S
         for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("partial/*/.*.tmp.npy")]:
+            writer = _WRITER_PID.search(tmp.name)
             with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < cutoff:
+                if (writer and not pid_alive(int(writer[1]))) or tmp.stat().st_mtime < cutoff:
                     tmp.unlink()
 
     def entry(self, key: str) -> Path:
