@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket as socket_module
@@ -16,6 +17,7 @@ import pytest
 import zmq
 
 from antoni_bridge.client import Client, DaemonUnreachable
+from antoni_bridge.daemon import logs
 from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.files import pid_alive
@@ -226,3 +228,96 @@ def test_the_daemons_log_and_cache_files_are_the_users_alone(daemon: Path, demo_
     assert any(p.suffix == ".h5" for p in written) and any(p.name == "daemon.log" for p in written)
     shared = {str(p): oct(p.stat().st_mode & 0o777) for p in [*written, daemon] if p.stat().st_mode & 0o077}
     assert not shared
+
+
+def test_a_flood_of_unsigned_messages_leaves_the_start_up_lines_in_a_small_log(daemon: Path, raw: Raw) -> None:
+    log = daemon.parent / "logs" / "daemon.log"
+    before = log.stat().st_size
+    wrong = Session(b"not-the-key")
+    for _ in range(20_000):
+        raw.socket.send_multipart(wrong.frames(wrong.message("status", {})))
+    raw.reply(raw.signed(_header()))  # answered after every refusal: all of them were logged or held back
+    text = log.read_text()
+    assert "listening on" in text and log.stat().st_size - before < 20_000, log.stat().st_size - before
+    assert text.count("signature does not match") <= logs.REFUSALS_PER_WINDOW
+
+
+def test_huge_texts_are_cut_in_the_log_and_in_replies(daemon: Path, raw: Raw) -> None:
+    from tests.test_daemon import ASK
+
+    huge = "/no/such/" + "a" * 3_000_000
+    with Client(daemon, timeout_s=30) as client:
+        events = list(client.events("ask", {**ASK, "slide": huge}, idle_timeout_s=30))
+    assert events[-1].type == "error" and len(events[-1].content["message"]) < 2000
+    unknown = raw.reply(raw.signed(_header(type="x" * 1_000_000)))
+    assert unknown.content["code"] == "unknown-type" and len(unknown.content["message"]) < 2000
+    lines = (daemon.parent / "logs" / "daemon.log").read_text().splitlines()
+    assert max(len(line) for line in lines) < 3000
+
+
+def test_refusals_past_the_rate_are_held_back_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "REFUSAL_WINDOW_S", 0.2)
+    bounded, logger = logs.Bounded(), logging.getLogger("test-bounded")
+    records = [
+        logger.makeRecord("t", logging.WARNING, "f", 1, "refused %d", (i,), None, extra=logs.REFUSAL) for i in range(50)
+    ]
+    passed = [bounded.filter(r) for r in records]
+    assert passed.count(True) == logs.REFUSALS_PER_WINDOW
+    time.sleep(0.3)
+    late = logger.makeRecord("t", logging.WARNING, "f", 1, "refused late", (), None, extra=logs.REFUSAL)
+    assert bounded.filter(late) and "30 more refusals were not logged" in late.getMessage()
+    error = logger.makeRecord("t", logging.ERROR, "f", 1, "x" * 10_000, (), None)
+    assert bounded.filter(error) and len(error.getMessage()) < logs.MAX_RECORD_CHARS + 100
+
+
+def _rss_mib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) // 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the daemon's RSS from /proc")
+def test_big_messages_and_many_connections_leave_memory_where_it_was(daemon: Path, raw: Raw) -> None:
+    pid = ConnectionInfo.read(daemon).pid
+    _still_serving(daemon)
+    before = _rss_mib(pid)
+    context = zmq.Context()
+    senders = [context.socket(zmq.DEALER) for _ in range(4)]
+    try:
+        for sender in senders:
+            sender.linger, sender.rcvtimeo = 0, 60_000
+            sender.connect(ConnectionInfo.read(daemon).address)
+        for mib in (10, 20, 30, 33):  # the last ones are past the limit: refused as too-large
+            for sender in senders:
+                head = json.dumps(_header()).encode()
+                body = b'{"p":"' + b"a" * (mib * 2**20 - 100) + b'"}'
+                sender.send_multipart([TAG, raw.session.sign(head, body), head, body], copy=False)
+        for sender in senders:
+            for _ in range(4):
+                sender.recv_multipart()
+        for _ in range(2000):
+            once = context.socket(zmq.DEALER)
+            once.linger = 0
+            once.connect(ConnectionInfo.read(daemon).address)
+            once.send_multipart(raw.session.frames(raw.session.message("heartbeat", {})))
+            once.close()
+        _still_serving(daemon)
+        time.sleep(2)
+        assert _rss_mib(pid) - before < 150, (before, _rss_mib(pid))
+    finally:
+        for sender in senders:
+            sender.close()
+        context.term()
+
+
+def test_the_table_of_clients_keeps_only_recent_ones_and_those_with_jobs(tmp_path: Path) -> None:
+    from antoni_bridge.daemon.jobs import Job
+    from antoni_bridge.daemon.server import Daemon
+
+    server = Daemon("tcp://127.0.0.1:*", None, tmp_path / "d.json", client_dead_s=1.0)  # runtime: unused here
+    long_ago = time.monotonic() - 60
+    server.last_seen = {i.to_bytes(4, "big"): long_ago for i in range(10_000)}
+    server.jobs.submit(Job("ask", b"\x00\x00\x00\x07", "m", {}))
+    server.last_seen[b"recent"] = time.monotonic()
+    server.last_pruned = long_ago
+    server._forget_silent_clients()
+    assert set(server.last_seen) == {b"\x00\x00\x00\x07", b"recent"}

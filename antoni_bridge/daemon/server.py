@@ -23,6 +23,7 @@ import zmq
 from antoni_bridge import __version__
 from antoni_bridge.daemon.jobs import Busy, Cancelled, Job, JobQueue
 from antoni_bridge.daemon.logs import REFUSAL, shorten
+from antoni_bridge.daemon.memory import return_big_blocks
 from antoni_bridge.daemon.protocol import (
     MAX_MESSAGE_BYTES,
     VERSION,
@@ -78,12 +79,14 @@ class Daemon:
         self.info: ConnectionInfo | None = None
         self.session: Session | None = None
         self.last_seen: dict[bytes, float] = {}
+        self.last_pruned = time.monotonic()
         self.cache_summary: dict[str, Any] = {}  # refreshed by the worker: `status` must not touch the disk
 
     # ------------------------------------------------------------------ socket loop
 
     def serve(self) -> None:
         _refuse_if_running(self.connection_file)
+        return_big_blocks()
         context = zmq.Context()
         try:
             socket = self._bind(context)
@@ -105,6 +108,7 @@ class Daemon:
                     self._receive(socket)
                 self._drain(socket)
                 self._cancel_jobs_of_silent_clients()
+                self._forget_silent_clients()
                 if self.signalled.is_set():
                     log.info("stopping on a signal")
                     self._stop_jobs()
@@ -216,6 +220,17 @@ class Daemon:
             if now - self.last_seen.get(job.client, now) > self.client_dead_s and not job.cancel.is_set():
                 log.info("client of job %s is silent; cancelling", job.id)
                 self._cancel_job(job.id)
+
+    def _forget_silent_clients(self) -> None:
+        """Once a second, drop the clients silent past client_dead_s that own no job: one entry per
+        connection ever made would grow for as long as the daemon runs."""
+        now = time.monotonic()
+        if now - self.last_pruned < 1.0:
+            return
+        self.last_pruned = now
+        owners = {job.client for job in self.jobs.jobs()}
+        cutoff = now - self.client_dead_s
+        self.last_seen = {who: seen for who, seen in self.last_seen.items() if seen > cutoff or who in owners}
 
     # ------------------------------------------------------------------ requests
 
@@ -331,7 +346,7 @@ class Daemon:
             self._event(job, "cancelled", {})
             return "cancelled"
         except BridgeError as exc:
-            self._event(job, "error", {"code": "bad-input", "message": exc.message, "hint": exc.hint})
+            self._event(job, "error", {"code": "bad-input", "message": shorten(exc.message, 1000), "hint": exc.hint})
         except Exception as exc:  # a bug must end the job, not the daemon
             if type(exc).__name__ == "OutOfMemoryError":  # torch's; imported only by the worker
                 from antoni_bridge.gpu import release_unused
