@@ -141,7 +141,7 @@ def test_a_signal_stops_the_daemon_as_shutdown_does(tmp_path: Path, signum: int)
                 if message.type in ("done", "cancelled", "error"):
                     ends[message.parent_id] = message
         assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
-        assert process.wait(timeout=30) == 0 and not connection.exists()
+        assert process.wait(timeout=60) == 0 and not connection.exists()  # the interpreter's exit takes seconds
     finally:
         if process.poll() is None:
             process.kill()
@@ -203,7 +203,7 @@ def test_the_daemon_refuses_pipes_and_link_loops_and_keeps_working(daemon: Path,
             events = list(client.events("ask", {**ASK, "slide": str(path)}, idle_timeout_s=30))
             assert events[-1].type == "error" and kind in events[-1].content["message"], events[-1].content
             assert events[-1].content["code"] in ("bad-request", "bad-input")
-        assert client.request("status").content["queue"]["running"] is None
+    _still_serving(daemon)
 
 
 def test_temporaries_of_dead_writers_are_swept_at_start_and_live_ones_kept(tmp_path: Path) -> None:
@@ -238,8 +238,8 @@ def test_a_flood_of_unsigned_messages_leaves_the_start_up_lines_in_a_small_log(d
         raw.socket.send_multipart(wrong.frames(wrong.message("status", {})))
     raw.reply(raw.signed(_header()))  # answered after every refusal: all of them were logged or held back
     text = log.read_text()
-    assert "listening on" in text and log.stat().st_size - before < 20_000, log.stat().st_size - before
-    assert text.count("signature does not match") <= logs.REFUSALS_PER_WINDOW
+    assert "listening on" in text and len(text) - before < 20_000, len(text) - before
+    assert text[before:].count("signature does not match") <= logs.REFUSALS_PER_WINDOW
 
 
 def test_huge_texts_are_cut_in_the_log_and_in_replies(daemon: Path, raw: Raw) -> None:
@@ -294,12 +294,15 @@ def test_big_messages_and_many_connections_leave_memory_where_it_was(daemon: Pat
         for sender in senders:
             for _ in range(4):
                 sender.recv_multipart()
-        for _ in range(2000):
-            once = context.socket(zmq.DEALER)
-            once.linger = 0
-            once.connect(ConnectionInfo.read(daemon).address)
-            once.send_multipart(raw.session.frames(raw.session.message("heartbeat", {})))
-            once.close()
+        for _ in range(10):  # 1000 connections, 100 open at a time (each holds a file descriptor)
+            batch = zmq.Context()
+            for _ in range(100):
+                once = batch.socket(zmq.DEALER)
+                once.linger = 0
+                once.connect(ConnectionInfo.read(daemon).address)
+                once.send_multipart(raw.session.frames(raw.session.message("heartbeat", {})))
+                once.close()
+            batch.term()
         _still_serving(daemon)
         time.sleep(2)
         assert _rss_mib(pid) - before < 150, (before, _rss_mib(pid))
