@@ -92,10 +92,10 @@ def pid_alive(pid: int) -> bool:
 def _windows_pid_alive(pid: int) -> bool:
     import ctypes
 
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
     handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
-        return kernel32.GetLastError() == 5  # ERROR_ACCESS_DENIED: it exists, another user's
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists, another user's
     try:
         code = ctypes.c_ulong()
         kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
