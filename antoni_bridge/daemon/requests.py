@@ -1,7 +1,10 @@
-"""Shape checks of job requests, run in the socket loop so a malformed request is refused at once.
+"""Checks of job requests, run in the socket loop so a malformed request is refused at once.
 
-Each check returns one sentence saying what is wrong, or None. What needs files or models (does the
-slide exist, is the geometry valid, do the latents fit) is checked by the worker.
+Each check returns one sentence saying what is wrong, or None: then the request is answered with
+`bad-request` and never becomes a job. Everything that can be decided from the message alone is
+decided here (types, ranges, path form, region size, conversation shape); only what needs files or
+models (does the slide exist, is the geometry an area, is there tissue, do the latents fit) is
+checked by the worker, after `accepted`, and ends the job with `bad-input`.
 """
 
 from __future__ import annotations
