@@ -227,3 +227,25 @@ def test_self_crossing_outlines_are_repaired_quickly_or_refused() -> None:
     ]
     with pytest.raises(BridgeError, match="vertices; the limit is"):
         Region.from_geojson_dict({"type": "Polygon", "coordinates": [ring]})
+
+
+def test_tissue_detection_reads_in_strips_and_stops_when_told(
+    demo_40x: tuple[Path, DemoLayout], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's cancel is seen between strips: detection on a large level took 24 s with no way out."""
+    from antoni_bridge.slides import tissue as tissue_module
+
+    with Slide(demo_40x[0]) as slide:
+        whole = ThresholdTissueDetector().detect(slide)
+        monkeypatch.setattr(tissue_module, "STRIP_PIXELS", 5000)  # level 2 (500x375) in 38 strips
+        steps: list[tuple[int, int]] = []
+        strips = ThresholdTissueDetector().detect(slide, lambda done, total: steps.append((done, total)))
+        np.testing.assert_array_equal(strips.labels, whole.labels)
+        assert len(steps) > 30 and steps[-1][0] == steps[-1][1]
+
+        def stop(done: int, total: int) -> None:
+            if done == 3:
+                raise KeyboardInterrupt  # what a callback raises (the daemon's Cancelled) ends detection there
+
+        with pytest.raises(KeyboardInterrupt):
+            ThresholdTissueDetector().detect(slide, stop)
