@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import zmq
@@ -397,9 +401,12 @@ def test_shutdown_ends_the_running_and_the_waiting_jobs_with_cancelled(tmp_path:
         with _client(connection) as asker:
             sent = {asker.send("ask", long).msg_id for _ in range(2)}  # one runs, one waits
             ends: dict[str, Message] = {}
-            started = False
+            started, deadline = False, time.monotonic() + 60
             while len(ends) < 2:
-                assert asker.socket.poll(20_000), f"no terminal message for {sent - ends.keys()}"
+                assert time.monotonic() < deadline, f"no terminal message for {sent - ends.keys()}"
+                asker.send("heartbeat", {})  # or its jobs end as the jobs of a client gone
+                if not asker.socket.poll(250):
+                    continue
                 message = asker.session.parse(asker.socket.recv_multipart())
                 if message.type == "token" and not started:
                     started = True
@@ -408,8 +415,177 @@ def test_shutdown_ends_the_running_and_the_waiting_jobs_with_cancelled(tmp_path:
                 if message.type in ("done", "cancelled", "error"):
                     ends[message.parent_id] = message
         assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
-        assert [m.content.get("reason") for m in ends.values()].count("shutdown") == 1  # the one still waiting
+        assert [m.content["reason"] for m in ends.values()] == ["shutdown", "shutdown"]  # running and waiting
         assert process.wait(timeout=30) == 0 and not connection.exists()
     finally:
         if process.poll() is None:
             process.kill()
+
+
+class RawClient:
+    """A client written from docs/protocol.md alone: it signs what it is told to, escapes text as ASCII
+    JSON (so a lone surrogate reaches the daemon), and heartbeats while it waits."""
+
+    def __init__(self, connection: Path) -> None:
+        info = ConnectionInfo.read(connection)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.connect(info.address)
+        self.session = Session(info.key_bytes)
+
+    def send(self, type_: str, content: Any, msg_id: str | None = None, signed: bool = True) -> str:
+        header = {"msg_id": msg_id or uuid.uuid4().hex, "type": type_, "session": "raw", "date": time.time()}
+        head, body = json.dumps({**header, "version": 1}).encode(), json.dumps(content).encode()
+        self.socket.send_multipart([TAG, self.session.sign(head, body) if signed else b"0" * 64, head, body])
+        return header["msg_id"]
+
+    def replies(self, wait_s: float = 30.0) -> Iterator[Message]:
+        """Every reply but heartbeats, until none came for `wait_s`; a heartbeat goes out every 0.25 s."""
+        quiet_since, beat = time.monotonic(), 0.0
+        while time.monotonic() - quiet_since < wait_s:
+            if time.monotonic() - beat >= 0.25:
+                self.socket.send_multipart(self.session.frames(self.session.message("heartbeat", {})))
+                beat = time.monotonic()
+            if self.socket.poll(100):
+                message = self.session.parse(self.socket.recv_multipart())
+                if message.type != "heartbeat":
+                    quiet_since = time.monotonic()
+                    yield message
+
+    def until_end(self, msg_id: str, wait_s: float = 30.0) -> list[Message]:
+        """The replies to one request, up to its terminal one (or its refusal)."""
+        got = []
+        for message in self.replies(wait_s):
+            if message.parent_id == msg_id:
+                got.append(message)
+                if message.type in ("done", "error", "cancelled", "busy"):
+                    return got
+        raise AssertionError(f"no terminal reply to {msg_id}: {[m.type for m in got]}")
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+@pytest.fixture
+def raw(daemon: Path) -> Iterator[RawClient]:
+    client = RawClient(daemon)
+    yield client
+    client.close()
+
+
+def _spiral(vertices: int) -> dict:
+    """An outline that winds round seven times, crossing itself: the kind that blocked the worker."""
+    t = np.linspace(0, 2 * np.pi * 7, vertices)
+    r = 1000 + 400 * np.sin(t * 13.7)
+    points = np.stack([2000 + r * np.cos(t), 1500 + r * np.sin(t)], axis=1).round(1).tolist()
+    return {"type": "Polygon", "coordinates": [[*points, points[0]]]}
+
+
+def test_what_the_message_shows_wrong_is_refused_at_once_and_the_worker_survives(
+    raw: RawClient, demo_20x: Path
+) -> None:
+    """A lone surrogate in `slide` killed the worker (every later job waited forever); NUL bytes, long
+    paths and absurd scales ended as `internal` errors after being accepted."""
+    slide, turns = str(demo_20x), ASK["conversation"]
+    cases = {
+        "surrogate": {**ASK, "slide": "/slides/\udc80.svs"},
+        "NUL": {**ASK, "slide": "/slides/a\0b.svs"},
+        "long path": {**ASK, "slide": "/" + "a" * 100_000},
+        "scale": {**ASK, "slide": slide, "slide_mpp": 1e29},
+        "relative": {**ASK, "slide": "slides/a.svs"},
+        "ends with an answer": {**ASK, "slide": slide, "conversation": [*turns, {"role": "assistant", "content": "A"}]},
+        "no role": {**ASK, "slide": slide, "conversation": [{"content": "Q"}]},
+        "endless answer": {**ASK, "slide": slide, "options": {"max_new_tokens": 10**6}},
+        "zero temperature": {**ASK, "slide": slide, "options": {"greedy": False, "temperature": 0}},
+        "huge region": {"slide": slide, "region": _spiral(200_000)},
+    }
+    for name, content in cases.items():
+        replies = raw.until_end(raw.send("embed" if "region" in content else "ask", content))
+        assert [m.type for m in replies] == ["error"], (name, replies[-1].content)
+        error = replies[0].content
+        assert error["code"] == "bad-request" and error["message"].endswith("."), (name, error)
+        assert "object has no attribute" not in error["message"] and "Error" not in error["message"], error
+    replies = raw.until_end(raw.send("ask", {**ASK, "slide": slide}), wait_s=120)
+    assert replies[-1].type == "done", replies[-1].content
+
+
+def test_a_reused_msg_id_gets_one_job_and_one_refusal(raw: RawClient) -> None:
+    """The same msg_id sent on 11 `unload`s drew 11 terminal replies a client could not tell apart."""
+    msg_id = uuid.uuid4().hex
+    for models in (["model"], ["encoders"], ["model", "encoders"]):  # different content, so not replays
+        raw.send("load", {"models": models}, msg_id=msg_id)
+    replies = [m for m in raw.replies(wait_s=3) if m.parent_id == msg_id]
+    kinds = [m.type for m in replies]
+    assert kinds.count("accepted") == 1 and kinds.count("done") == 1 and kinds.count("error") == 2, kinds
+    assert all(m.content["code"] == "bad-request" for m in replies if m.type == "error")
+
+
+def test_cancelled_says_why_waiting_jobs_appear_in_recent_and_positions_count_what_is_ahead(
+    daemon: Path, tmp_path: Path
+) -> None:
+    long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
+    with _client(daemon) as client:
+        for _ in range(5):  # nothing is ahead of a job sent right after the last one's end
+            events = list(client.events("load", {}))
+            assert events[0].content["position"] == 0 and events[-1].type == "done"
+        first, second = client.send("ask", long), client.send("ask", long)
+        ends: dict[str, Message] = {}
+        accepted: dict[str, Message] = {}
+        for message in iter(lambda: client.session.parse(client.socket.recv_multipart()), None):
+            if message.type == "accepted":
+                accepted[message.parent_id] = message
+                if len(accepted) == 2:
+                    client.send("cancel", {"job_id": accepted[second.msg_id].content["job_id"]})
+                    client.send("cancel", {"job_id": accepted[first.msg_id].content["job_id"]})
+            if message.type in ("done", "error", "cancelled"):
+                ends[message.parent_id] = message
+                if len(ends) == 2:
+                    break
+        recent = {r["job_id"]: r["end"] for r in client.request("status").content["queue"]["recent"]}
+    assert [accepted[m.msg_id].content["position"] for m in (first, second)] == [0, 1]
+    assert {m.type for m in ends.values()} == {"cancelled"}
+    assert {m.content["reason"] for m in ends.values()} == {"request"}
+    assert recent[accepted[second.msg_id].content["job_id"]] == "cancelled", "the waiting job's end is recorded"
+
+
+def test_regions_beyond_the_slide_are_clipped_and_say_so(daemon: Path, demo_20x: Path) -> None:
+    partly = {
+        "type": "Polygon",
+        "coordinates": [[[3000, 1000], [9000, 1000], [9000, 2500], [3000, 2500], [3000, 1000]]],
+    }
+    outside = {"type": "Polygon", "coordinates": [[[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]]]}
+    with _client(daemon) as client:
+        clipped = _done(client, "embed", {"slide": str(demo_20x), "region": partly})
+        inside = _done(client, "view", {**ASK, "slide": str(demo_20x), "region": _spiral(80_000)})
+        refused = list(client.events("embed", {"slide": str(demo_20x), "region": outside}))[-1]
+    assert clipped["region_clipped"] is True and inside["region_clipped"] is False
+    assert refused.type == "error" and refused.content["code"] == "bad-input"
+    assert "lies outside the slide (4000x3000 px)" in refused.content["message"]
+
+
+def test_a_tangled_region_is_refused_quickly_and_tissue_detection_stops_on_cancel(
+    raw: RawClient, demo_40x: tuple[Path, DemoLayout]
+) -> None:
+    """500 random points made a region that kept the worker busy for two minutes; finding tissue on a
+    large level (48 Mpx here, as a slide given `slide_mpp` 8 reads its full resolution) could not be
+    cancelled."""
+    points = np.random.default_rng(0).uniform(0, 8000, (500, 2)).tolist()
+    tangle = {"type": "Polygon", "coordinates": [[*points, points[0]]]}
+    start = time.monotonic()
+    replies = raw.until_end(raw.send("embed", {"slide": str(demo_40x[0]), "region": tangle}))
+    assert replies[-1].type == "error" and "crosses itself" in replies[-1].content["message"]
+    assert time.monotonic() - start < 10
+    msg_id = raw.send("embed", {"slide": str(demo_40x[0]), "slide_mpp": 8.0})
+    cancel_sent = None
+    for message in raw.replies():
+        tissue = message.type == "progress" and message.content["stage"] == "tissue" and message.content["done"] >= 1
+        if tissue and cancel_sent is None:
+            raw.send("cancel", {"job_id": message.content["job_id"]})
+            cancel_sent = time.monotonic()
+        if message.parent_id == msg_id and message.type in ("done", "error", "cancelled"):
+            break
+    assert cancel_sent is not None, "no progress while finding tissue"
+    assert message.type == "cancelled" and message.content["reason"] == "request"
+    assert time.monotonic() - cancel_sent < 2.0

@@ -43,6 +43,7 @@ class Latents:
     key: str  # identity of the latents, also the key of the model's KV prefix cache
     source: str  # "memory", "disk" (the feature cache), "computed" or "file" (a features file)
     tiles: int | None = None
+    clipped: bool = False  # the region reached beyond the slide and was clipped to it
 
 
 class Runtime:
@@ -117,14 +118,18 @@ class Runtime:
         region = request.region.key() if request.region else ""
         key = f"{result.data.attrs['slide_fingerprint']}:{region}"
         source = "disk" if result.cache_hit else "computed"
-        return Latents(torch.from_numpy(result.data.latents), key, source, len(result.data.coords))
+        clipped = result.grid.region is not request.region  # clip_to_slide returns a region inside as it is
+        return Latents(torch.from_numpy(result.data.latents), key, source, len(result.data.coords), clipped)
 
     def allowed(self, path: str) -> Path:
         """The path, resolved, when it lies under an allowed slide root (any path when none is set)."""
         from antoni_bridge.slides.reader import check_input_file
 
         check_input_file(Path(path).expanduser())  # a named pipe would block the worker; a link loop has no end
-        resolved = Path(path).expanduser().resolve()
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # a link loop; ~user of no user
+            raise BridgeError(f"{path[:300]} cannot be resolved ({exc.strerror or exc}).", "check the path") from None
         if self.slide_roots and not any(resolved.is_relative_to(root) for root in self.slide_roots):
             roots = ", ".join(str(root) for root in self.slide_roots)
             raise BridgeError(f"{path} is outside the daemon's slide folders.", f"this daemon reads only under {roots}")

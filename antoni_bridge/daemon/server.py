@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from antoni_bridge import __version__
-from antoni_bridge.daemon.jobs import Busy, Cancelled, Job, JobQueue
+from antoni_bridge.daemon.jobs import Busy, Cancelled, DuplicateId, Job, JobQueue
 from antoni_bridge.daemon.logs import REFUSAL, shorten
 from antoni_bridge.daemon.memory import return_big_blocks
 from antoni_bridge.daemon.protocol import (
@@ -33,7 +33,7 @@ from antoni_bridge.daemon.protocol import (
     Session,
     is_loopback,
 )
-from antoni_bridge.daemon.requests import JOB_CHECKS
+from antoni_bridge.daemon.requests import JOB_CHECKS, check_job
 from antoni_bridge.daemon.runtime import Runtime
 from antoni_bridge.daemon.worker import RUNNERS
 from antoni_bridge.errors import BridgeError
@@ -219,7 +219,7 @@ class Daemon:
         for job in self.jobs.jobs():
             if now - self.last_seen.get(job.client, now) > self.client_dead_s and not job.cancel.is_set():
                 log.info("client of job %s is silent; cancelling", job.id)
-                self._cancel_job(job.id)
+                self._cancel_job(job.id, "client-gone")
 
     def _forget_silent_clients(self) -> None:
         """Once a second, drop the clients silent past client_dead_s that own no job: one entry per
@@ -274,7 +274,7 @@ class Daemon:
         self._reply(identity, message, "status", {**content, "cache": self.cache_summary})
 
     def _submit(self, identity: bytes, message: Message) -> None:
-        problem = JOB_CHECKS[message.type](message.content)
+        problem = check_job(message.type, message.content)
         if problem:
             log.info("refused a %s request: %s", message.type, problem, extra=REFUSAL)
             self._send_error(identity, message, "bad-request", problem, "see docs/protocol.md")
@@ -287,20 +287,24 @@ class Daemon:
                 busy = {"message": "The queue is full.", "capacity": self.jobs.capacity}
                 self._reply(identity, message, "busy", busy)
                 return
+            except DuplicateId:
+                hint = "give every message a new msg_id (a UUID)"
+                self._send_error(identity, message, "bad-request", "This msg_id is already a job's.", hint)
+                return
             self._reply(identity, message, "accepted", {"job_id": job.id, "position": position})
         log.info("job %s: %s from client %s, position %d", job.id, job.kind, identity.hex(), position)
 
     def _cancel(self, identity: bytes, message: Message) -> None:
-        job = self._cancel_job(str(message.content.get("job_id", "")))
+        job = self._cancel_job(str(message.content.get("job_id", "")), "request")
         if job is None:
             self._send_error(identity, message, "unknown-job", "No such job is queued or running.", "check the id")
             return
         self._reply(identity, message, "cancel", {"job_id": job.id})
 
-    def _cancel_job(self, job_id: str) -> Job | None:
-        job, was_waiting = self.jobs.cancel(job_id)
+    def _cancel_job(self, job_id: str, reason: str) -> Job | None:
+        job, was_waiting = self.jobs.cancel(job_id, reason)
         if was_waiting:  # a waiting job never starts: it ends here
-            self._event(job, "cancelled", {})
+            self._end(job, "cancelled", {"reason": job.reason})
         return job
 
     def _heartbeat(self, identity: bytes, message: Message) -> None:
@@ -315,7 +319,7 @@ class Daemon:
     def _stop_jobs(self) -> None:
         """Waiting jobs end here; the running one sees its cancel and ends with its own terminal message."""
         for job in self.jobs.stop():
-            self._event(job, "cancelled", {"reason": "shutdown"})
+            self._end(job, "cancelled", {"reason": job.reason})
         self.stopping.set()
 
     # ------------------------------------------------------------------ the worker
@@ -325,9 +329,10 @@ class Daemon:
         while not self.stopping.is_set():
             job = self.jobs.take(timeout=0.1)
             if job is not None:
-                end = self._run_to_one_end(job)
+                end, content = self._run(job)
                 log.info("job %s: %s", job.id, end)
                 self.jobs.finish(job, end)
+                self._end(job, end, content)
                 self._refresh_cache_summary()
 
     def _refresh_cache_summary(self) -> None:
@@ -336,35 +341,43 @@ class Daemon:
         except OSError:  # a cache folder changing underneath: keep the last figures, keep working
             log.warning("could not read the cache's size", exc_info=True)
 
-    def _run_to_one_end(self, job: Job) -> str:
-        """Run a job and send exactly one terminal message; return how it ended."""
+    def _run(self, job: Job) -> tuple[str, dict[str, Any]]:
+        """Run a job; return its terminal message (done, cancelled or error). Never raises: the worker
+        thread must outlive every job."""
         try:
-            done = RUNNERS[job.kind](job, self.runtime, lambda type_, content: self._event(job, type_, content))
-            self._event(job, "done", done)
-            return "done"
+            return "done", RUNNERS[job.kind](job, self.runtime, lambda type_, content: self._event(job, type_, content))
         except Cancelled:
-            self._event(job, "cancelled", {})
-            return "cancelled"
+            return "cancelled", {"reason": job.reason or "request"}
         except BridgeError as exc:
-            self._event(job, "error", {"code": "bad-input", "message": shorten(exc.message, 1000), "hint": exc.hint})
+            return "error", {"code": "bad-input", "message": shorten(exc.message, 1000), "hint": exc.hint}
         except Exception as exc:  # a bug must end the job, not the daemon
             if type(exc).__name__ == "OutOfMemoryError":  # torch's; imported only by the worker
                 from antoni_bridge.gpu import release_unused
 
                 release_unused()
                 hint = "use --quant 4bit, a smaller region, or close other programs using the GPU"
-                self._event(
-                    job, "error", {"code": "out-of-memory", "message": "The GPU ran out of memory.", "hint": hint}
-                )
-                return "error"
+                return "error", {"code": "out-of-memory", "message": "The GPU ran out of memory.", "hint": hint}
             log.exception("job %s failed", job.id)
-            message = f"{type(exc).__name__}: {exc}"
-            self._event(job, "error", {"code": "internal", "message": message, "hint": "see the daemon's log"})
-        return "error"
+            return "error", _internal(job)
+
+    def _end(self, job: Job, type_: str, content: dict[str, Any]) -> None:
+        """Send a job's one terminal message; one that cannot be serialised is replaced by `internal`."""
+        for end in ((type_, content), ("error", _internal(job))):
+            try:
+                self._event(job, *end)
+                return
+            except Exception:  # ProtocolError, UnicodeEncodeError: text that JSON or UTF-8 cannot carry
+                log.exception("the end of job %s could not be sent as %s", job.id, end[0])
 
     def _event(self, job: Job, type_: str, content: dict[str, Any]) -> None:
         parent = Message(job.kind, {}, job.request_id, "")
         self._reply(job.client, parent, type_, {"job_id": job.id, **content})
+
+
+def _internal(job: Job) -> dict[str, Any]:
+    """The end of a job that hit a bug: no Python error text, which means nothing to a user."""
+    message = f"Job {job.id} failed on an unexpected error in the daemon."
+    return {"code": "internal", "message": message, "hint": "the daemon's log has the details; please report it"}
 
 
 def _refuse_if_running(connection_file: Path) -> None:

@@ -98,6 +98,7 @@ def run_ask(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
         "latents_from": latents.source,
         "latents_shape": list(latents.values.shape),
         "tiles": latents.tiles,
+        "region_clipped": latents.clipped,
     }
 
 
@@ -113,6 +114,7 @@ def run_score(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
         "mean_nll": scores.mean_nll,  # per choice; lower is more likely
         "best": scores.best,
         "cache_hit": latents.source != "computed",
+        "region_clipped": latents.clipped,
         "demo": runtime.sources.demo,
         "timings": {"total_s": time.perf_counter() - start},
     }
@@ -120,7 +122,7 @@ def run_score(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
 
 def run_view(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
     start = time.perf_counter()
-    image = _field_of_view(job.content, runtime)
+    image, clipped = _field_of_view(job.content, runtime)
     _load(job, runtime, emit, ["model"])
     progress(job, emit, "generating", 0, 1)
     result = runtime.model.view(
@@ -130,10 +132,10 @@ def run_view(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
         on_text=lambda text: emit("token", {"text": text}),
         cancelled=job.cancel.is_set,
     )
-    return {**_generated(job, runtime, result, start), "image_size": list(image.shape[:2])}
+    return {**_generated(job, runtime, result, start), "image_size": list(image.shape[:2]), "region_clipped": clipped}
 
 
-def _field_of_view(content: dict[str, Any], runtime: Runtime):  # -> np.ndarray
+def _field_of_view(content: dict[str, Any], runtime: Runtime) -> tuple[Any, bool]:  # (np.ndarray, clipped)
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -146,15 +148,17 @@ def _field_of_view(content: dict[str, Any], runtime: Runtime):  # -> np.ndarray
                         f"The image is {opened.width} x {opened.height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.",
                         "send a field of view of a few thousand pixels at most: the model sees 896 x 896",
                     )
-                return np.asarray(opened.convert("RGB"))
+                return np.asarray(opened.convert("RGB")), False
         except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
     from antoni_bridge.slides.field_of_view import read_field_of_view
     from antoni_bridge.slides.reader import Slide
+    from antoni_bridge.slides.regions import clip_to_slide
 
     request = runtime.slide_request(content)
     with Slide(request.path, request.slide_mpp) as slide:
-        return read_field_of_view(slide, request.region)
+        region = clip_to_slide(request.region, *slide.dimensions) if request.region else None
+        return read_field_of_view(slide, region), region is not request.region
 
 
 def run_embed(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
@@ -166,6 +170,7 @@ def run_embed(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
         "latents_shape": list(latents.values.shape),
         "cache_hit": latents.source != "computed",
         "latents_from": latents.source,
+        "region_clipped": latents.clipped,
         "timings": {"total_s": time.perf_counter() - start},
     }
 

@@ -16,7 +16,7 @@ import shapely
 
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.reader import Slide
-from antoni_bridge.slides.regions import Region
+from antoni_bridge.slides.regions import Region, clip_to_slide
 from antoni_bridge.slides.tissue import TissueMask
 
 LEVEL_TOLERANCE = 1.01  # a level 1% coarser than wanted still counts (pyramids are rounded)
@@ -62,8 +62,13 @@ def choose_level(slide: Slide, downsample: float) -> int:
 
 
 def plan_grid(slide: Slide, tissue: TissueMask, spec: GridSpec, region: Region | None = None) -> TileGrid:
-    """Lay the grid over the tissue (of the region, when given) and keep the tiles worth embedding."""
+    """Lay the grid over the tissue (of the region, when given) and keep the tiles worth embedding.
+
+    A region reaching beyond the slide is clipped to it (the grid's `region` is the clipped one); one
+    entirely outside is refused."""
     step = spec.size * spec.mpp / slide.mpp
+    if region is not None:
+        region = clip_to_slide(region, *slide.dimensions)
     xs, ys = _lattice(slide, region, step)
     if len(xs) == 0 or len(ys) == 0:
         raise BridgeError(
@@ -113,7 +118,6 @@ def _lattice(slide: Slide, region: Region | None, step: float) -> tuple[np.ndarr
     width, height = slide.dimensions
     if region is None:
         return _axis(0.0, int(width // step), step, width), _axis(0.0, int(height // step), step, height)
-    _check_inside(slide, region, step)
     rx0, ry0, rx1, ry1 = region.bounds
     cols, rows = max(1, int(np.ceil((rx1 - rx0) / step))), max(1, int(np.ceil((ry1 - ry0) / step)))
     x0 = _inside((rx0 + rx1 - cols * step) / 2, cols * step, width)
@@ -129,20 +133,6 @@ def _inside(start: float, extent: float, limit: int) -> float:
 def _axis(start: float, count: int, step: float, limit: int) -> np.ndarray:
     corners = np.round(start + np.arange(count) * step).astype(np.int64)
     return corners[(corners >= 0) & (corners + step <= limit + 0.5)]
-
-
-def _check_inside(slide: Slide, region: Region, step: float) -> None:
-    width, height = slide.dimensions
-    rx0, ry0, rx1, ry1 = region.bounds
-    corners = f"({rx0:.0f},{ry0:.0f})-({rx1:.0f},{ry1:.0f})"
-    hint = "region coordinates are level-0 pixels of this slide; was it drawn on another image?"
-    if rx1 <= 0 or ry1 <= 0 or rx0 >= width or ry0 >= height:
-        raise BridgeError(f"The region {corners} lies outside the slide ({width}x{height}).", hint)
-    overhang = max(-rx0, -ry0, rx1 - width, ry1 - height)
-    if overhang > step:
-        raise BridgeError(
-            f"The region {corners} reaches {overhang:.0f} pixels beyond the slide ({width}x{height}).", hint
-        )
 
 
 def _too_many(count: int, spec: GridSpec) -> BridgeError:

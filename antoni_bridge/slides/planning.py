@@ -63,7 +63,7 @@ def plan(request: SlideRequest, progress: ProgressCallback = quiet) -> PlannedSl
     slide = Slide(request.path, mpp=request.slide_mpp)
     try:
         progress(Progress("tissue", 0, 1))
-        tissue = request.detector.detect(slide)
+        tissue = request.detector.detect(slide, lambda done, total: progress(Progress("tissue", done, total)))
         progress(Progress("tiling", 0, 1))
         grid = plan_grid(slide, tissue, request.spec, request.region)
     except BaseException:

@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 
 from antoni_bridge.errors import BridgeError
 
 Polygonal = Polygon | MultiPolygon
+MAX_REGION_VERTICES = 100_000  # a detailed brush annotation of a whole section has tens of thousands
+MAX_REGION_CROSSINGS = 10_000  # repairing an outline costs about the square of its self-crossings
+_CROSSING_BATCH = 4096  # outline segments tested at a time, so counting stops soon after the limit
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,16 @@ class Region:
 
     @classmethod
     def from_geojson_dict(cls, geometry: dict[str, Any], name: str | None = None) -> Region:
+        """A region from a GeoJSON geometry; an outline that crosses itself is repaired (its lobes
+        united), within bounds on its size so that no region can keep a worker busy for long."""
         try:
-            geom = shapely.make_valid(shape(geometry))
-        except Exception as exc:  # shapely raises several types for malformed coordinates
-            raise BridgeError(f"The region geometry is malformed ({exc}).", "export it again from QuPath") from exc
+            geom = shape(geometry)
+        except Exception:  # shapely raises several types for malformed coordinates
+            raise BridgeError(
+                "The region geometry is malformed.",
+                "send a GeoJSON Polygon or MultiPolygon of [x, y] level-0 pixel positions (export it from QuPath)",
+            ) from None
+        geom = _repaired(geom)
         polygonal = _polygonal_part(geom)
         if polygonal is None or polygonal.is_empty or polygonal.area <= 0:
             raise BridgeError(
@@ -79,6 +89,57 @@ class Region:
     def key(self) -> str:
         """A stable text form, for cache keys: the geometry's WKT rounded to 1/100 pixel."""
         return shapely.to_wkt(self.geometry, rounding_precision=2, trim=True)
+
+
+def clip_to_slide(region: Region, width: float, height: float) -> Region:
+    """The part of `region` on a `width` x `height` slide: the same region when it lies inside, a clipped
+    copy when it reaches beyond an edge, and a BridgeError when none of it is on the slide (one rule for
+    the daemon, the CLI and the desk)."""
+    if shapely.contains(box(0, 0, width, height), region.geometry):
+        return region
+    inside = _polygonal_part(shapely.intersection(region.geometry, box(0, 0, width, height)))
+    if inside is None or inside.is_empty or inside.area <= 0:
+        x0, y0, x1, y1 = region.bounds
+        raise BridgeError(
+            f"The region{f' {region.name!r}' if region.name else ''} ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}) "
+            f"lies outside the slide ({width:.0f}x{height:.0f} px).",
+            "region coordinates are level-0 pixels of this slide; was it drawn on another image?",
+        )
+    return Region(inside, region.name)
+
+
+def _repaired(geom: shapely.Geometry) -> shapely.Geometry:
+    """A valid geometry, refused with a sentence when too large to repair quickly."""
+    vertices = shapely.get_num_coordinates(geom)
+    if vertices > MAX_REGION_VERTICES:
+        raise BridgeError(
+            f"The region has {vertices:,} vertices; the limit is {MAX_REGION_VERTICES:,}.",
+            "simplify the annotation (QuPath: Objects > Annotations > Simplify shape)",
+        )
+    if geom.is_valid:
+        return geom
+    if _crossings_exceed(geom, MAX_REGION_CROSSINGS):
+        raise BridgeError(
+            f"The region's outline crosses itself more than {MAX_REGION_CROSSINGS:,} times.",
+            "draw the region again as a simple outline, or simplify it in QuPath",
+        )
+    return shapely.make_valid(geom, method="structure")
+
+
+def _crossings_exceed(geom: shapely.Geometry, limit: int) -> bool:
+    """Whether the outline's segments cross one another more than `limit` times (counted in batches
+    that stop once past the limit, so a tangle costs little to refuse)."""
+    rings = shapely.get_rings(shapely.get_parts(geom))
+    segments = [np.stack([c[:-1], c[1:]], axis=1) for c in map(shapely.get_coordinates, rings) if len(c) > 1]
+    if not segments:
+        return False
+    lines = shapely.linestrings(np.concatenate(segments))
+    tree, found = shapely.STRtree(lines), 0
+    for start in range(0, len(lines), _CROSSING_BATCH):
+        found += tree.query(lines[start : start + _CROSSING_BATCH], predicate="crosses").shape[1]
+        if found > 2 * limit:  # each crossing is found from both of its segments
+            return True
+    return False
 
 
 def read_geojson_region(path: str | os.PathLike[str], name: str | None = None) -> Region:

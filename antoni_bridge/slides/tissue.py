@@ -8,6 +8,7 @@ implementing `TissueDetector.detect` and returning the same `TissueMask`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,14 @@ from skimage import color, filters, measure, morphology, transform
 
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.reader import Slide
+
+Step = Callable[[int, int], None]  # (done, total): called between pieces of work; may raise to stop it
+STRIP_PIXELS = 4_000_000  # read at a time, so a cancel is seen within a fraction of a second
+ANALYSIS_STEPS = 4  # after reading: resize, colour, glass and pen, morphology
+
+
+def no_step(done: int, total: int) -> None:
+    """The default step callback: nothing to report, nothing to stop."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class TissueMask:
 class TissueDetector(Protocol):
     """Anything that turns a slide into a `TissueMask` (thresholds today, a learned model later)."""
 
-    def detect(self, slide: Slide) -> TissueMask: ...
+    def detect(self, slide: Slide, step: Step = no_step) -> TissueMask: ...
 
 
 @dataclass(frozen=True)
@@ -82,29 +91,40 @@ class ThresholdTissueDetector:
     reject_pen: bool = True
     max_mask_pixels: int = 64_000_000
 
-    def detect(self, slide: Slide) -> TissueMask:
-        rgb, downsample = self._low_resolution(slide)
+    def detect(self, slide: Slide, step: Step = no_step) -> TissueMask:
+        """The tissue mask; `step` is called between strips read and between analysis stages, which is
+        where a daemon job's cancel is seen."""
+        rgb, downsample = self._low_resolution(slide, step)
+        strips = _strip_count(slide.level_dimensions[self._level(slide)])
+        step(strips + 1, strips + ANALYSIS_STEPS)
         hsv = color.rgb2hsv(rgb)
         hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+        step(strips + 2, strips + ANALYSIS_STEPS)
         pen = self._pen(hue, sat, val) if self.reject_pen else np.zeros(sat.shape, dtype=bool)
         tissue = self._differs_from_glass(sat, val) & (val >= self.min_value) & ~pen
         mask_mpp = slide.mpp * downsample
+        step(strips + 3, strips + ANALYSIS_STEPS)
         tissue = self._clean(tissue, mask_mpp) & ~pen
         tissue = morphology.remove_small_objects(tissue, max_size=self._pixels(self.min_area_um2, mask_mpp))
+        step(strips + ANALYSIS_STEPS, strips + ANALYSIS_STEPS)
         return TissueMask(labels=_label_by_area(tissue), downsample=downsample, pen=pen)
 
-    def _low_resolution(self, slide: Slide) -> tuple[np.ndarray, float]:
-        """Read the coarsest level that is still at least as fine as `mpp`, then shrink it to `mpp`."""
+    def _level(self, slide: Slide) -> int:
+        """The coarsest level that is still at least as fine as `mpp`."""
+        fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= self.mpp / slide.mpp * 1.01]
+        return fine_enough[-1] if fine_enough else 0
+
+    def _low_resolution(self, slide: Slide, step: Step) -> tuple[np.ndarray, float]:
+        """Read the level `_level` picks, strip by strip, then shrink it to `mpp`."""
         wanted = self.mpp / slide.mpp
-        fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= wanted * 1.01]
-        level = fine_enough[-1] if fine_enough else 0
+        level = self._level(slide)
         w, h = slide.level_dimensions[level]
         if w * h > self.max_mask_pixels:
             raise BridgeError(
                 f"{slide.path.name} has no level small enough to find tissue on (smallest {w}x{h} px).",
                 "convert it to a pyramidal TIFF (e.g. with QuPath's or vips' pyramid export)",
             )
-        rgb = slide.read_level(level)
+        rgb = _read_in_strips(slide, level, step)
         downsample = slide.level_downsamples[level]
         factor = wanted / downsample
         if factor > 1.5:
@@ -141,6 +161,24 @@ class ThresholdTissueDetector:
     @staticmethod
     def _pixels(area_um2: float, mask_mpp: float) -> int:
         return max(1, round(area_um2 / mask_mpp**2))
+
+
+def _strip_count(size: tuple[int, int]) -> int:
+    width, height = size
+    return max(1, -(-width * height // STRIP_PIXELS))
+
+
+def _read_in_strips(slide: Slide, level: int, step: Step) -> np.ndarray:
+    """A whole level, read in bands of rows with `step` called after each."""
+    width, height = slide.level_dimensions[level]
+    strips, downsample = _strip_count((width, height)), slide.level_downsamples[level]
+    rows = -(-height // strips)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for index, top in enumerate(range(0, height, rows)):
+        band = min(rows, height - top)
+        out[top : top + band] = slide.read_region((0, round(top * downsample)), level, (width, band))
+        step(index + 1, strips + ANALYSIS_STEPS)
+    return out
 
 
 def _label_by_area(tissue: np.ndarray) -> np.ndarray:
