@@ -1,6 +1,8 @@
 """`antoni-bridge qupath install | uninstall` as users run them, into a QuPath user directory in a temporary
-home; Java's preferences (where QuPath keeps its startup script) go to a temporary folder too. The installed
-startup script is then run as QuPath runs it, inside the QuPath double."""
+home; Java's preferences (where QuPath keeps its user directory and startup script) go to an isolated
+preferences root (-Djava.util.prefs.userRoot) in a temporary folder, written through the installer's own Java
+helper as QuPath writes them. The installed startup script is then run as QuPath runs it, inside the QuPath
+double."""
 
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ from tests.conftest import run_cli
 from tests.qupath_runtime import JARS, require, run
 
 
+def _set_preference(key: str, version: str, value: str) -> None:
+    assert qupath_install._preference_tool("set", key, f"io.github.qupath/{version}", value) is not None
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A user's home with QuPath 0.6's default user directory; Java preferences kept beside it."""
+    """A user's home whose QuPath 0.6 made its user directory at QuPath/v0.6 (its `userPath` preference)."""
     (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    _set_preference("userPath", "0.6", str(tmp_path / "QuPath" / "v0.6"))
     return tmp_path
 
 
@@ -116,8 +123,35 @@ def test_uninstall_removes_what_install_added_and_nothing_else(home: Path) -> No
     assert _startup_script_of_qupath() == ""
 
 
-def test_no_qupath_user_directory_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_user_directory_is_the_one_qupaths_preferences_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QuPath loads extensions only from its `userPath`, wherever the user made it: ~/QuPath/v0.x is no fallback."""
+    require()
     monkeypatch.setenv("HOME", str(tmp_path))
-    result = run_cli("qupath", "install")
-    assert result.returncode == 2
-    assert "error: No QuPath user directory in" in result.stderr and "hint: pass --qupath-dir" in result.stderr
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # a folder of the same name QuPath does not use
+    for version in ("0.6", "0.7"):
+        (tmp_path / f"lab-qupath-{version}").mkdir()
+        _set_preference("userPath", version, str(tmp_path / f"lab-qupath-{version}"))
+    output = _install("--jeromq-jar", str(JARS["jeromq"]))
+    for version in ("0.6", "0.7"):
+        user_dir = tmp_path / f"lab-qupath-{version}"
+        assert f"QuPath {version}: user directory {user_dir}" in output
+        assert f"QuPath {version} runs {user_dir / 'antoni-bridge' / 'startup.groovy'} at startup" in output
+        assert (user_dir / "extensions" / JARS["jeromq"].resolve().name).is_file()
+    assert not (tmp_path / "QuPath" / "v0.6" / "antoni-bridge").exists()
+
+
+def test_no_qupath_user_directory_says_where_in_qupath_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # proposed by QuPath, but not chosen: no userPath
+    result = run_cli("qupath", "install", "--jeromq-jar", str(JARS["jeromq"]))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "QuPath 0.7: no user directory set" in result.stdout
+    assert "error: Neither QuPath 0.7 nor 0.6 has a user directory yet" in result.stderr
+    assert "hint: in QuPath: Edit > Preferences > Extensions > QuPath user directory" in result.stderr

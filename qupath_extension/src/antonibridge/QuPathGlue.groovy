@@ -10,6 +10,8 @@ import javafx.scene.input.MouseButton
 import javafx.scene.input.MouseEvent
 import qupath.fx.utils.FXUtils
 
+import java.nio.file.FileSystemNotFoundException
+import java.nio.file.Paths
 import java.util.regex.Matcher
 
 /**
@@ -118,7 +120,18 @@ class QuPathGlue {
                     "the daemon reads only the file's main image.",
                     'ask about the main image, or export this series as a slide file of its own')
         }
-        return new File(uri).path
+        return filePath(uri)
+    }
+
+    /** As QuPath's GeneralTools.toPath: Paths.get after dropping a fragment or query (UNC shares on Windows). */
+    private static String filePath(URI uri) {
+        try {
+            URI plain = uri.fragment == null && uri.query == null ? uri : new URI(uri.scheme, uri.host, uri.path, null)
+            return Paths.get(plain).toString()
+        } catch (URISyntaxException | IllegalArgumentException | FileSystemNotFoundException exc) {
+            throw refusal("The image's file address ${uri} cannot be read as a path here (${exc.message}).",
+                    'open a local or mounted copy of the slide')
+        }
     }
 
     /** The name of a TransformingImageServer class (rotated, cropped...) serving the image, or null. */
@@ -223,7 +236,8 @@ class QuPathGlue {
 
     private void addCommands() {
         MenuItem ask = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
-        ask.accelerator = KeyCombination.keyCombination(SHORTCUT)
+        // The item's accelerator is bound to its ControlsFX action, so setting it throws; QuPath sets the action's.
+        qupath.setAccelerator(ask, KeyCombination.keyCombination(SHORTCUT))
         qupath.installCommand("${MENU}>Describe this region", { describeRegion() } as Runnable)
         qupath.installCommand("${MENU}>Show the ANTONI panel", { showPanel() } as Runnable)
         MenuItem askItem = new MenuItem('Ask ANTONI about this region...')
