@@ -30,6 +30,7 @@ JARS = {  # Debian packages: libjeromq-java, libgoogle-gson-java, libjts-java
     "gson": JAVA_LIBS / "gson.jar",
     "jts": JAVA_LIBS / "jts-core.jar",
 }
+CONTROLSFX = JAVA_LIBS / "controlsfx.jar"  # libcontrolsfx-java: QuPath makes its menu items with ControlsFX
 JAVAFX = Path("/usr/share/openjfx/lib")  # openjfx
 FX_MODULES = ("base", "graphics", "controls", "swing")
 GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB")
@@ -40,6 +41,7 @@ def _missing(gui: bool) -> list[str]:
     missing += [str(path) for path in JARS.values() if not path.is_file()]
     if gui:
         missing += [str(JAVAFX / f"javafx.{m}.jar") for m in FX_MODULES if not (JAVAFX / f"javafx.{m}.jar").is_file()]
+        missing += [str(CONTROLSFX)] if not CONTROLSFX.is_file() else []
         missing += [name for name in ("xvfb-run",) if shutil.which(name) is None]
     return missing
 
@@ -50,7 +52,7 @@ def require(gui: bool = False) -> None:
     if missing:
         pytest.skip(
             f"needs {', '.join(missing)} (apt-get install groovy libjeromq-java libgoogle-gson-java "
-            "libjts-java openjfx xvfb; .ci/run does)"
+            "libjts-java openjfx libcontrolsfx-java xvfb; .ci/run does)"
         )
 
 
@@ -70,7 +72,7 @@ def command(script: str, *args: str, gui: bool = False, sources: bool = True, je
     jars = [jar for name, jar in JARS.items() if jeromq or name != "jeromq"]
     classpath = [*([SOURCES] if sources else []), SCRIPTS, *jars]
     if gui:
-        classpath += [DOUBLES, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
+        classpath += [DOUBLES, CONTROLSFX, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
     if GROOVY_LIB:
         java = str(Path(java_home()) / "bin" / "java")
         runtime = [

@@ -55,21 +55,36 @@ def test_install_copies_the_panel_and_jeromq_and_registers_the_startup_script(ho
     assert "restart QuPath" in output
 
 
-def test_the_installed_startup_script_adds_the_panel_to_qupath(home: Path) -> None:
+def _run_in_qupath(home: Path, *args: str) -> dict:
+    """The QuPath double started with the preferences the installer wrote; JeroMQ is not on its class path."""
+    return run("startup_check.groovy", *args, prefs=home / "java-prefs", gui=True, sources=False, jeromq=False)
+
+
+def test_qupath_runs_the_installed_startup_script_with_jeromq_from_its_extensions(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    seen = _run_in_qupath(home, "startup")
+    assert seen["tabs"] == [{"text": "ANTONI", "note": None}]
+    assert "Extensions>ANTONI>Describe this region" in seen["commands"]
+    assert "Extensions>ANTONI>Show the ANTONI panel" in seen["commands"]
+    assert seen["shortcut"] == "Alt+Shortcut+Q"  # set on the ControlsFX action, as QuPath does
+
+
+def test_the_startup_script_run_from_the_script_editor_runs_on_the_javafx_thread(home: Path) -> None:
     require(gui=True)
     _install("--jeromq-jar", str(JARS["jeromq"]))
     startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
-    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False)
+    seen = _run_in_qupath(home, "editor", str(startup))
+    assert seen["thread"] == "JavaFX Application Thread"  # its first line says guiscript=true
     assert seen["tabs"] == [{"text": "ANTONI", "note": None}]
-    assert "Extensions>ANTONI>Ask ANTONI about this region" in seen["commands"]
 
 
 def test_without_jeromq_the_startup_script_says_what_to_do(home: Path) -> None:
     require(gui=True)
     _install("--jeromq-jar", str(JARS["jeromq"]))
-    startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
-    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False, jeromq=False)
-    [tab] = seen["tabs"]
+    for jar in (home / "QuPath" / "v0.6" / "extensions").iterdir():
+        jar.unlink()
+    [tab] = _run_in_qupath(home, "startup")["tabs"]
     assert (
         tab["note"].startswith("The ANTONI panel needs the JeroMQ jar")
         and "antoni-bridge qupath install" in tab["note"]

@@ -36,7 +36,7 @@ Fx.waitFor('the connection to the daemon and its queue', 30) { (seen.status = pa
 
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
 qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
-qupath.imageData.hierarchy.selectionModel.selected << tumour
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
 
 /** Ask as a user does; returns what the panel showed while answering. */
 Closure askAndWait = { String question ->

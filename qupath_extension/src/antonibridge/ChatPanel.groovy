@@ -204,6 +204,8 @@ class ChatPanel {
         show(target.key)
         try {
             targets.save(target, conversation)
+        } catch (Problem p) {
+            say(p.message, p.hint)
         } catch (Exception exc) {
             exc.printStackTrace()
             say("The answer could not be saved with the annotation (${exc.message}).",

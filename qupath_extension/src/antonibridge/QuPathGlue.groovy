@@ -23,6 +23,7 @@ import java.util.regex.Matcher
  */
 class QuPathGlue {
     static final String TAB_ID = 'antoni-bridge-chat'
+    static final String FILTER_KEY = 'antoni-bridge.alt-right-click'
     static final String MENU = 'Extensions>ANTONI'
     static final String SHORTCUT = 'Shortcut+Alt+Q'
     static final String DESCRIBE = 'Describe the tissue in this region.'
@@ -58,7 +59,8 @@ class QuPathGlue {
         String slide = slideFile(server)
         String name = new File(slide).name
         if (wholeImage) {
-            return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server))
+            return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server),
+                    imageData: imageData)
         }
         def hierarchy = imageData.getHierarchy()
         List annotations = selectedAnnotations(hierarchy).sort { it.getID().toString() }
@@ -73,11 +75,17 @@ class QuPathGlue {
                 mpp: pixelSize(server),
                 objects: annotations,
                 hierarchy: hierarchy,
+                imageData: imageData,
                 savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
     }
 
     /** Keep the answer with its annotations, in their metadata and after the user's own description. */
     void save(AskTarget target, Conversation conversation) {
+        if (!target.imageData.is(qupath.getImageData())) {
+            throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
+                    'image, so it was not saved there; it stays in the panel.',
+                    'copy the conversation, or open that image again and ask once more to save it')
+        }
         if (!target.objects) {
             return // the whole image: the conversation stays in the panel and on the clipboard
         }
@@ -170,23 +178,42 @@ class QuPathGlue {
                         "draw an area (rectangle, ellipse, polygon or brush), or choose 'Whole image'")
             }
         }
-        long vertices = annotations.sum { it.getROI().getNumPoints() as long } as long
+        // ROI.getNumPoints() is 4 for an ellipse or rectangle (EllipseROI.java:121): count what is sent
+        long vertices = annotations.sum { it.getROI().getGeometry().getNumPoints() as long } as long
         if (vertices > MAX_VERTICES) {
             throw refusal(String.format('The selection has %,d vertices; the limit is %,d.', vertices, MAX_VERTICES),
                     "simplify it (Objects > Annotations > Simplify shape), select fewer annotations, " +
                             "or choose 'Whole image'")
         }
-        List geometries = annotations.collect { it.getROI().getGeometry() }
-        def geometry = geometries[0]
-        if (geometries.size() > 1) {
-            geometry = geometry.getFactory().buildGeometry(geometries).union()
-        }
         List polygons = []
+        def geometry = union(annotations)
         addPolygons(geometry, polygons)
         if (polygons.size() == 1) {
             return [type: 'Polygon', coordinates: polygons[0]]
         }
         return [type: 'MultiPolygon', coordinates: polygons]
+    }
+
+    /**
+     * The annotations' geometries merged. JTS's union throws on invalid polygons (self-crossing outlines drawn
+     * by hand); as QuPath's GeometryTools.union does, the shapes are then repaired with buffer(0) and merged again.
+     */
+    private static Object union(List annotations) {
+        List geometries = annotations.collect { it.getROI().getGeometry() }
+        if (geometries.size() == 1) {
+            return geometries[0]
+        }
+        def factory = geometries[0].getFactory()
+        try {
+            return factory.buildGeometry(geometries).union()
+        } catch (RuntimeException ignored) { // TopologyException, without naming a JTS class here
+            try {
+                return factory.buildGeometry(geometries.collect { it.buffer(0) }).union()
+            } catch (RuntimeException exc) {
+                throw refusal("The selected annotations cannot be merged: an outline crosses itself (${exc.message}).",
+                        'fix the shape (Objects > Annotations > Simplify shape, or redraw it), or select one annotation')
+            }
+        }
     }
 
     /** JTS polygons as GeoJSON rings: the outer ring, then the holes. */
@@ -257,15 +284,24 @@ class QuPathGlue {
         } as ListChangeListener)
     }
 
-    /** Alt+right-click opens our menu; the filter runs before QuPath's own right-click handler. */
+    /**
+     * Alt+right-click opens our menu; the filter runs before QuPath's own right-click handler. The filter of an
+     * earlier run of the script is removed first, so that running it again gives one menu, not two.
+     */
     private void watch(def viewer) {
         def view = viewer.getView()
-        view.addEventFilter(MouseEvent.MOUSE_PRESSED, { MouseEvent e ->
+        EventHandler old = view.properties.remove(FILTER_KEY) as EventHandler
+        if (old != null) {
+            view.removeEventFilter(MouseEvent.MOUSE_PRESSED, old)
+        }
+        EventHandler filter = { MouseEvent e ->
             if (e.button == MouseButton.SECONDARY && e.altDown) {
                 e.consume()
                 regionMenu.show(view, e.screenX, e.screenY)
             }
-        } as EventHandler)
+        } as EventHandler
+        view.properties.put(FILTER_KEY, filter)
+        view.addEventFilter(MouseEvent.MOUSE_PRESSED, filter)
     }
 
     void askAboutRegion() {
@@ -279,7 +315,17 @@ class QuPathGlue {
         panel.ask(DESCRIBE)
     }
 
+    /** The panel's tab selected, or, when it is undocked into a window of its own, that window to the front. */
     void showPanel() {
-        tab.tabPane?.selectionModel?.select(tab)
+        if (tab.tabPane != null) {
+            tab.tabPane.selectionModel.select(tab)
+            return
+        }
+        def window = panel.root.scene?.window
+        if (window != null) {
+            window.iconified = false
+            window.toFront()
+            window.requestFocus()
+        }
     }
 }
