@@ -2,8 +2,9 @@
 OpenJFX jars (`.ci/run` installs them), under Xvfb when a test needs a display. QuPath's own classes are the
 recording doubles in tests/qupath_double/.
 
-ANTONI_BRIDGE_GROOVY_LIB=FOLDER runs the same tests on another Groovy's jars instead, e.g. Groovy 4.0.26 (QuPath
-0.6's) from the npm package npm-groovy-lint: node_modules/npm-groovy-lint/lib/java/groovy/lib.
+The newest Groovy installable here is 4.0.26, QuPath 0.6's, bundled in the npm package npm-groovy-lint 18.0.0
+(Debian has 2.4.21; no Groovy 5 is on PyPI, npm or Debian): .ci/run unpacks it into build/npm-groovy-lint, and
+the tests use it when it is there. ANTONI_BRIDGE_GROOVY_LIB=FOLDER runs them on another Groovy's jars.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ JARS = {  # Debian packages: libjeromq-java, libgoogle-gson-java, libjts-java
 CONTROLSFX = JAVA_LIBS / "controlsfx.jar"  # libcontrolsfx-java: QuPath makes its menu items with ControlsFX
 JAVAFX = Path("/usr/share/openjfx/lib")  # openjfx
 FX_MODULES = ("base", "graphics", "controls", "swing")
-GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB")
+NPM_GROOVY = ROOT / "build" / "npm-groovy-lint" / "package" / "lib" / "java" / "groovy" / "lib"
+GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB") or (str(NPM_GROOVY) if NPM_GROOVY.is_dir() else None)
 
 
 def _missing(gui: bool) -> list[str]:
@@ -104,7 +106,7 @@ def run(
     gui: bool = False,
     sources: bool = True,
     jeromq: bool = True,
-    timeout: float = 120,
+    timeout: float = 300,
     **env: str,
 ) -> Any:
     """Run a Groovy check script to its end; its last stdout line is a JSON object of what it observed."""
