@@ -184,6 +184,7 @@ def _copy_sources(folder: Path) -> Path:
     assert count == 1, "startup.groovy lost its `File sources = ...` line"
     startup = folder / "startup.groovy"
     _write_atomically(startup, text.encode("utf-8"))
+    _write_atomically(folder / "self-test.groovy", (EXTENSION / "self-test.groovy").read_bytes())
     return startup
 
 

@@ -70,6 +70,16 @@ def test_qupath_runs_the_installed_startup_script_with_jeromq_from_its_extension
     assert seen["shortcut"] == "Alt+Shortcut+Q"  # set on the ControlsFX action, as QuPath does
 
 
+def test_the_installed_self_test_script_reports_from_inside_qupath(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    seen = _run_in_qupath(home, "startup", str(home / "QuPath" / "v0.6" / "antoni-bridge" / "self-test.groovy"))
+    report = seen["printed"]
+    assert "ANTONI self-test: QuPath 0.6.0 (test double)" in report
+    assert f"QuPath 0.6: {home / 'QuPath' / 'v0.6'}" in report and "ok   JeroMQ on the class path" in report
+    assert "skip the open image: file and pixel size: No image is open." in report  # nothing open: said, not failed
+
+
 def test_the_startup_script_run_from_the_script_editor_runs_on_the_javafx_thread(home: Path) -> None:
     require(gui=True)
     _install("--jeromq-jar", str(JARS["jeromq"]))

@@ -10,6 +10,7 @@ import javafx.scene.input.Clipboard
 import javafx.stage.Stage
 import qupath.lib.gui.QuPathGUI
 import qupathdouble.QuPathDouble
+import qupathdouble.Viewer
 
 import javax.imageio.ImageIO
 
@@ -18,7 +19,10 @@ File screenshot = new File(args[2])
 Fx.start()
 Map seen = [:]
 QuPathGUI qupath = QuPathGUI.getInstance()
-QuPathGlue glue = Fx.run { QuPathGlue.install(qupath) } as QuPathGlue
+QuPathGlue glue = Fx.run {
+    qupath.viewers.add(new Viewer())
+    QuPathGlue.install(qupath)
+} as QuPathGlue
 def panel = glue.panel
 Stage stage = Fx.run {
     Stage window = new Stage()
@@ -64,6 +68,15 @@ seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMet
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
+// The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
+Map before = new LinkedHashMap(tumour.getMetadata())
+QuPathDouble.calls.clear()
+seen.selfTest = Fx.run {
+    qupath.commands['Extensions>ANTONI>ANTONI self-test'].fire()
+    [report: Clipboard.systemClipboard.string, unchanged: tumour.getMetadata() == before,
+     changeEvents: QuPathDouble.calls.count { it.startsWith('fireObjectsChangedEvent') }]
+}
+Fx.run { javafx.stage.Window.windows.findAll { it != stage }.each { it.hide() } }
 seen.copied = Fx.run {
     panel.copy.fire()
     [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]

@@ -1,7 +1,8 @@
 // Runs the installed startup script inside the QuPath double as QuPath does (argument 1: "startup", from the
 // startupScriptPath preference at QuPath's start, or "editor", from the script editor with argument 2 the
 // script file): JeroMQ only from <userPath>/extensions, the panel's sources from where the script says.
-// Prints the thread it ran on, the tabs and the commands it added as JSON.
+// A further argument in "startup" mode: a script to run from the editor afterwards (the self-test), whose
+// output is kept. Prints the thread it ran on, the tabs, the commands it added and that output as JSON.
 import javafx.scene.control.Label
 import qupath.lib.gui.QuPathGUI
 
@@ -13,6 +14,17 @@ if (args[0] == 'editor') {
 } else {
     Fx.run { qupath.maybeRunStartupScript() }
     Fx.waitFor('the startup script', 60) { !qupath.analysisTabPane.tabs.isEmpty() }
+    if (args.length > 1) {
+        PrintStream stdout = System.out
+        ByteArrayOutputStream printed = new ByteArrayOutputStream()
+        System.out = new PrintStream(printed, true, 'UTF-8')
+        try {
+            qupath.runFromEditor(new File(args[1]))
+        } finally {
+            System.out = stdout
+        }
+        seen.printed = printed.toString('UTF-8')
+    }
 }
 seen += Fx.run {
     List tabs = qupath.analysisTabPane.tabs.collect {

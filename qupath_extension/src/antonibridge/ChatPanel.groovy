@@ -19,6 +19,8 @@ import javafx.scene.layout.GridPane
 import javafx.scene.layout.HBox
 import javafx.scene.layout.Priority
 import javafx.scene.layout.VBox
+import javafx.scene.Scene
+import javafx.stage.Stage
 
 import java.time.OffsetDateTime
 import java.time.temporal.ChronoUnit
@@ -121,6 +123,30 @@ class ChatPanel {
 
     void close() {
         link.close()
+    }
+
+    /** What the panel asks about and saves with (QuPathGlue in QuPath): for scripts such as the self-test. */
+    Object getGlue() {
+        targets
+    }
+
+    /** The link's latest report on the daemon: connected, server, demo, address, problem. */
+    Map daemonState() {
+        new LinkedHashMap(daemon)
+    }
+
+    /** A report in a window of its own, also put on the clipboard (for a bug report). */
+    void showReport(String title, String text) {
+        ClipboardContent content = new ClipboardContent()
+        content.putString(text)
+        Clipboard.systemClipboard.setContent(content)
+        TextArea area = new TextArea(text)
+        area.editable = false
+        area.style = '-fx-font-family: monospace;'
+        Stage window = new Stage()
+        window.title = "${title} (copied to the clipboard)"
+        window.scene = new Scene(area, 720, 360)
+        window.show()
     }
 
     // ------------------------------------------------------------------ reports from the link

@@ -32,6 +32,7 @@ class QuPathGlue {
     final Object qupath
     ChatPanel panel
     Tab tab
+    MenuItem shortcutItem // the command with the shortcut
     private ContextMenu regionMenu
 
     private QuPathGlue(Object qupath) {
@@ -262,11 +263,12 @@ class QuPathGlue {
     }
 
     private void addCommands() {
-        MenuItem ask = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
+        shortcutItem = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
         // The item's accelerator is bound to its ControlsFX action, so setting it throws; QuPath sets the action's.
-        qupath.setAccelerator(ask, KeyCombination.keyCombination(SHORTCUT))
+        qupath.setAccelerator(shortcutItem, KeyCombination.keyCombination(SHORTCUT))
         qupath.installCommand("${MENU}>Describe this region", { describeRegion() } as Runnable)
         qupath.installCommand("${MENU}>Show the ANTONI panel", { showPanel() } as Runnable)
+        qupath.installCommand("${MENU}>ANTONI self-test", { showSelfTest() } as Runnable)
         MenuItem askItem = new MenuItem('Ask ANTONI about this region...')
         askItem.onAction = { askAboutRegion() } as EventHandler
         MenuItem describeItem = new MenuItem('Describe this region')
@@ -313,6 +315,14 @@ class QuPathGlue {
         showPanel()
         panel.selection.selected = true
         panel.ask(DESCRIBE)
+    }
+
+    /** Run the self-test; its report goes to QuPath's log, the clipboard and a window. */
+    String showSelfTest() {
+        String report = new SelfTest(this).run()
+        println(report)
+        panel.showReport('ANTONI self-test', report)
+        return report
     }
 
     /** The panel's tab selected, or, when it is undocked into a window of its own, that window to the front. */

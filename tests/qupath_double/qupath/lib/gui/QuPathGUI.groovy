@@ -37,6 +37,9 @@ class QuPathGUI {
     private final Map<KeyCombination, Action> accelerators = [:]
     Object imageData
 
+    /** QuPathGUI.java:2530: QuPath's version (a Version there, its text here). */
+    static String getVersion() { '0.6.0 (test double)' }
+
     static QuPathGUI getInstance() {
         if (instance == null) {
             instance = new QuPathGUI()
