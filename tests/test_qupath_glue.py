@@ -32,6 +32,7 @@ def test_the_panel_is_an_undockable_tab_with_commands_and_a_shortcut(seen: dict[
         "Extensions>ANTONI>Ask ANTONI about this region",
         "Extensions>ANTONI>Describe this region",
         "Extensions>ANTONI>Show the ANTONI panel",
+        "Extensions>ANTONI>ANTONI self-test",
     ]
     assert seen["shortcut"] == "Alt+Shortcut+Q"  # on the ControlsFX action: the item's own is bound
     assert seen["afterShortcutCommand"] is True  # the command turns the panel to the selected annotations
@@ -125,6 +126,16 @@ def test_answers_are_saved_with_the_annotation_after_the_users_own_description(s
     assert saved["calls"].count("fireObjectsChangedEvent 1") == 2  # QuPath is told, so the project saves it
     assert seen["resumedTurns"] == 4  # selecting the annotation later continues its conversation
     assert "setDescription" not in seen["wholeImageSaveCalls"]
+    assert metadata["antoni.weights-id"] == "demo-weights" and metadata["antoni.adapter"] == "on"
+
+
+def test_a_whole_image_answer_is_saved_with_the_image_and_its_provenance(seen: dict[str, Any]) -> None:
+    saved = seen["wholeImageSaved"]
+    properties = saved["properties"]
+    assert properties["antoni.answer"] == "Low grade." and properties["antoni.question"] == "What grade?"
+    assert properties["antoni.model"] == "antoni-bridge 0.1.0" and properties["antoni.weights"] == "demo"
+    assert properties["antoni.weights-id"] == "demo-weights" and properties["antoni.adapter"] == "on"
+    assert saved["changed"] is True  # QuPath asks to save the image
 
 
 def test_without_a_daemon_the_panel_names_the_cause_and_the_fix(seen: dict[str, Any]) -> None:

@@ -107,7 +107,8 @@ seen.target = [key: target.key, label: target.label, mpp: target.mpp]
 def conversation = new Conversation(target.label)
 ['What is this?': 'Tumour.', 'What grade?': 'Low grade.'].each { question, answer ->
     conversation.ask(question)
-    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z')
+    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z',
+            [weightsId: 'demo-weights', llm: null, adapter: 'on'])
     Fx.run { glue.save(target, conversation) }
 }
 seen.saved = [description: tumour.getDescription(), metadata: new LinkedHashMap(tumour.getMetadata()),
@@ -117,6 +118,7 @@ seen.resumedTurns = Conversation.resume(again.label, again.savedConversation).tu
 QuPathDouble.calls.clear()
 Fx.run { glue.save(glue.target(true), conversation) }
 seen.wholeImageSaveCalls = new ArrayList(QuPathDouble.calls)
+seen.wholeImageSaved = [properties: new LinkedHashMap(qupath.imageData.getProperties()), changed: qupath.imageData.changed]
 def before = qupath.imageData
 qupath.imageData = QuPathDouble.image('file:/slides/other.svs') // the user opened another image meanwhile
 seen.switched = Fx.run {

@@ -225,7 +225,7 @@ class ChatPanel {
         Conversation conversation = conversations[target.key]
         String time = OffsetDateTime.now().truncatedTo(ChronoUnit.SECONDS).toString()
         conversation.answered(content.answer as String, (daemon.server ?: 'antoni-bridge') as String,
-                content.demo as boolean, time)
+                content.demo as boolean, time, [weightsId: daemon.weights, llm: daemon.llm, adapter: 'on'])
         idle()
         show(target.key)
         try {

@@ -80,30 +80,44 @@ class QuPathGlue {
                 savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
     }
 
-    /** Keep the answer with its annotations, in their metadata and after the user's own description. */
+    /**
+     * Keep the answer with its annotations (their metadata, and their description after the user's own text), or,
+     * for the whole image, in the image's properties (ImageData.setProperty, ImageData.java:487 in QuPath 0.6.0,
+     * saved in the image's data file; it marks the image changed so that QuPath asks to save).
+     */
     void save(AskTarget target, Conversation conversation) {
         if (!target.imageData.is(qupath.getImageData())) {
             throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
                     'image, so it was not saved there; it stays in the panel.',
                     'copy the conversation, or open that image again and ask once more to save it')
         }
+        Map<String, String> values = record(conversation)
         if (!target.objects) {
-            return // the whole image: the conversation stays in the panel and on the clipboard
+            values.each { key, value -> target.imageData.setProperty(key, value) }
+            return
         }
+        target.objects.each { annotation ->
+            values.each { key, value -> annotation.getMetadata().put(key, value) }
+            annotation.setDescription(conversation.describe(annotation.getDescription()))
+        }
+        target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+    }
+
+    /** The last answer with its provenance: the model and antoni-bridge version, the weights, the time. */
+    private static Map<String, String> record(Conversation conversation) {
         Map answer = conversation.lastAnswer()
-        Map<String, String> values = [
+        Map values = [
                 'antoni.question'    : conversation.lastQuestion(),
                 'antoni.answer'      : answer.content,
                 'antoni.model'       : answer.model,
                 'antoni.weights'     : answer.weights,
+                'antoni.weights-id'  : answer.weightsId,
+                'antoni.llm'         : answer.llm,
+                'antoni.adapter'     : answer.adapter,
                 'antoni.time'        : answer.time,
                 'antoni.conversation': conversation.toJson(),
         ]
-        target.objects.each { annotation ->
-            values.each { key, value -> annotation.getMetadata().put(key, value as String) }
-            annotation.setDescription(conversation.describe(annotation.getDescription()))
-        }
-        target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+        return values.findAll { it.value != null }.collectEntries { key, value -> [key, value as String] }
     }
 
     private static String slideFile(def server) {
