@@ -24,3 +24,5 @@ try {
 def loader = new GroovyClassLoader(getClass().classLoader)
 loader.addClasspath(sources.path)
 loader.loadClass('antonibridge.QuPathGlue').install(qupath)
+// For scripts (the panel's classes are not on their class path): AntoniBridge.ask(imageData, annotation, question)
+System.getProperties().put('antonibridge.AntoniBridge', loader.loadClass('antonibridge.AntoniBridge'))

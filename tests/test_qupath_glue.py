@@ -38,6 +38,13 @@ def test_the_panel_is_an_undockable_tab_with_commands_and_a_shortcut(seen: dict[
     assert seen["afterShortcutCommand"] is True  # the command turns the panel to the selected annotations
 
 
+def test_the_panel_offers_the_region_actions_as_buttons_and_shows_the_shortcut(seen: dict[str, Any]) -> None:
+    buttons = seen["panelButtons"]
+    assert buttons["buttons"] == ["Ask ANTONI about this region", "Describe this region"]
+    assert buttons["askTurnsToSelection"] is True
+    assert buttons["shortcuts"] == "Also: Ctrl+Alt+Q or Alt+right-click in the viewer"
+
+
 def test_running_the_script_again_keeps_one_shortcut_and_one_alt_right_click_menu(seen: dict[str, Any]) -> None:
     assert seen["shortcutAfterReinstall"] == "Alt+Shortcut+Q"
     menu = ["Ask ANTONI about this region...", "Describe this region"]

@@ -95,6 +95,13 @@ def test_the_self_test_passes_and_leaves_nothing_in_the_image(seen: dict[str, An
     assert self_test["unchanged"] is True and self_test["changeEvents"] == 0
 
 
+def test_scripts_ask_through_the_groovy_api_and_wait_for_the_answer(seen: dict[str, Any]) -> None:
+    assert isinstance(seen["api"]["answer"], str)
+    assert seen["api"]["onUiThread"].startswith(
+        "AntoniBridge.ask waits for the daemon, so it cannot run on QuPath's UI"
+    )
+
+
 def test_copy_conversation_puts_it_on_the_clipboard(seen: dict[str, Any]) -> None:
     assert seen["copied"] == {"same": True, "message": "The conversation is on the clipboard."}
 

@@ -175,6 +175,12 @@ Fx.run {
     qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].fire()
 }
 seen.afterShortcutCommand = Fx.run { glue.panel.selection.selected }
+seen.panelButtons = Fx.run {
+    glue.panel.wholeImage.selected = true
+    glue.panel.askRegion.fire()
+    [askTurnsToSelection: glue.panel.selection.selected, shortcuts: glue.panel.shortcuts.text,
+     buttons: [glue.panel.askRegion.text, glue.panel.describeRegion.text]]
+}
 
 // ---------------------------------------------------------------- no daemon: the panel says so
 Fx.run { qupath.commands['Extensions>ANTONI>Describe this region'].fire() }

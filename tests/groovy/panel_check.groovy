@@ -1,6 +1,8 @@
 // The chat panel as a user drives it, against a real daemon (ANTONI_BRIDGE_CONNECTION_FILE), inside the
 // QuPath double: asks about an annotation, follows up, takes a screenshot, then cancels a whole-slide question
 // while its tiles are embedded. Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG. Prints what it saw as JSON.
+import antonibridge.AntoniBridge
+import antonibridge.Problem
 import antonibridge.Protocol
 import antonibridge.QuPathGlue
 import javafx.beans.value.ChangeListener
@@ -77,6 +79,17 @@ seen.selfTest = Fx.run {
      changeEvents: QuPathDouble.calls.count { it.startsWith('fireObjectsChangedEvent') }]
 }
 Fx.run { javafx.stage.Window.windows.findAll { it != stage }.each { it.hide() } }
+
+// The scripting API, as a "Run for project" script calls it: off the UI thread, waiting for the answer.
+def api = System.getProperties().get('antonibridge.AntoniBridge') ?: AntoniBridge
+seen.api = [answer: api.ask(qupath.imageData, tumour, 'What organ is this tissue from?', 8),
+            onUiThread: Fx.run {
+                try {
+                    api.ask(qupath.imageData, null, 'Describe this slide.')
+                } catch (Problem p) {
+                    return p.message
+                }
+            }]
 seen.copied = Fx.run {
     panel.copy.fire()
     [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]

@@ -63,9 +63,13 @@ class ChatPanel {
     final TextField address = new TextField()
     final TextField answerTokens = new TextField()
     final Button apply = new Button('Apply and reconnect')
+    final Button askRegion = new Button('Ask ANTONI about this region')
+    final Button describeRegion = new Button('Describe this region')
+    final Label shortcuts = new Label("Also: ${QuPathGlue.SHORTCUT_TEXT} or Alt+right-click in the viewer")
 
     private final Object targets
-    private final Preferences settings = Preferences.userRoot().node('antoni-bridge/qupath')
+    static final String SETTINGS_NODE = 'antoni-bridge/qupath' // also read by AntoniBridge.ask
+    private final Preferences settings = Preferences.userRoot().node(SETTINGS_NODE)
     private final Map<String, Conversation> conversations = [:]
     private final DaemonLink link
     private Map daemon = [:] // the link's latest state
@@ -298,6 +302,7 @@ class ChatPanel {
 
     private void working(boolean busy) {
         askButton.disable = busy
+        describeRegion.disable = busy
         newConversation.disable = busy
         cancel.disable = !busy
         progress.progress = busy ? ProgressBar.INDETERMINATE_PROGRESS : 0
@@ -371,8 +376,12 @@ class ChatPanel {
         newConversation.onAction = { startNewConversation() } as EventHandler
         copy.onAction = { copyConversation() } as EventHandler
         apply.onAction = { applySettings() } as EventHandler
+        askRegion.onAction = { targets.askAboutRegion() } as EventHandler // the Alt+right-click menu's actions
+        describeRegion.onAction = { targets.describeRegion() } as EventHandler
+        shortcuts.style = '-fx-opacity: 0.75;'
         working(false)
-        root.children.addAll(status, connectionProblem, new HBox(12, new Label('About:'), selection, wholeImage),
+        root.children.addAll(status, connectionProblem, new HBox(6, askRegion, describeRegion), shortcuts,
+                new HBox(12, new Label('About:'), selection, wholeImage),
                 transcript, new HBox(6, progress, cancel), progressText, message, question,
                 new HBox(6, askButton, newConversation, copy), settingsPane())
     }

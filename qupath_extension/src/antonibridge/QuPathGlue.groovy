@@ -26,6 +26,7 @@ class QuPathGlue {
     static final String FILTER_KEY = 'antoni-bridge.alt-right-click'
     static final String MENU = 'Extensions>ANTONI'
     static final String SHORTCUT = 'Shortcut+Alt+Q'
+    static final String SHORTCUT_TEXT = System.getProperty('os.name').startsWith('Mac') ? 'Cmd+Option+Q' : 'Ctrl+Alt+Q'
     static final String DESCRIBE = 'Describe the tissue in this region.'
     static final long MAX_VERTICES = 250000 // far beyond any drawn region; keeps requests small and the UI quick
 
@@ -56,28 +57,31 @@ class QuPathGlue {
         if (imageData == null) {
             throw refusal('No image is open.', 'open a slide in QuPath first')
         }
+        return targetOf(imageData, wholeImage ? null : selectedAnnotations(imageData.getHierarchy()))
+    }
+
+    /** An image, or these annotations of it (null: the whole image), as an AskTarget; a Problem says why not. */
+    static AskTarget targetOf(def imageData, List annotations) {
         def server = imageData.getServer()
         String slide = slideFile(server)
         String name = new File(slide).name
-        if (wholeImage) {
+        if (annotations == null) {
             return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server),
                     imageData: imageData)
         }
-        def hierarchy = imageData.getHierarchy()
-        List annotations = selectedAnnotations(hierarchy).sort { it.getID().toString() }
-        Map region = regionOf(annotations)
-        boolean one = annotations.size() == 1
-        String about = one ? "annotation ${nameOf(annotations[0])}" : "${annotations.size()} annotations"
+        List sorted = annotations.sort(false) { it.getID().toString() }
+        boolean one = sorted.size() == 1
+        String about = one ? "annotation ${nameOf(sorted[0])}" : "${sorted.size()} annotations"
         return new AskTarget(
-                key: slide + '#' + annotations.collect { it.getID().toString() }.join(','),
+                key: slide + '#' + sorted.collect { it.getID().toString() }.join(','),
                 label: "${about} in ${name}",
                 slide: slide,
-                region: region,
+                region: regionOf(sorted),
                 mpp: pixelSize(server),
-                objects: annotations,
-                hierarchy: hierarchy,
+                objects: sorted,
+                hierarchy: imageData.getHierarchy(),
                 imageData: imageData,
-                savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
+                savedConversation: one ? sorted[0].getMetadata().get('antoni.conversation') : null)
     }
 
     /**
