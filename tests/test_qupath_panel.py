@@ -108,7 +108,7 @@ def test_copy_conversation_puts_it_on_the_clipboard(seen: dict[str, Any]) -> Non
 
 def test_cancel_during_embedding_stops_at_once_and_keeps_the_question(seen: dict[str, Any]) -> None:
     assert seen["embedding"]["text"].startswith("Embedding tiles")
-    assert seen["cancelSeconds"] < 2.0
+    assert seen["cancelSeconds"] < 5.0  # at once: not after the slide is embedded (2 s on a quiet machine)
     cancelled = seen["cancelled"]
     assert cancelled["message"] == "Cancelled; the question is back in the box."
     assert cancelled["question"] == "Describe this slide." and "You:" not in cancelled["transcript"]
