@@ -47,16 +47,19 @@ class QuPathGUI {
         return instance
     }
 
+    /** QuPathGUI.java:1283. */
     TabPane getAnalysisTabPane() {
         QuPathDouble.calls << 'getAnalysisTabPane'
         return analysisTabPane
     }
 
+    /** QuPathGUI.java:1335: a live list; viewers added later (a grid) appear in it. */
     ObservableList getAllViewers() {
         QuPathDouble.calls << 'getAllViewers'
         return viewers
     }
 
+    /** QuPathGUI.java:2659: the current viewer's image, or null. */
     Object getImageData() {
         QuPathDouble.calls << 'getImageData'
         return imageData
