@@ -18,8 +18,8 @@ import java.util.regex.Matcher
  * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
  * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
  * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
- * with annotations.
- * Called on the JavaFX thread.
+ * with annotations or the image.
+ * Called on the JavaFX thread, except `targetOf`, which reads only image data (AntoniBridge.ask calls it).
  */
 class QuPathGlue {
     static final String TAB_ID = 'antoni-bridge-chat'
