@@ -1,10 +1,11 @@
 """`antoni-bridge qupath install | uninstall`: the QuPath panel into QuPath's user directory.
 
-QuPath loads jars from `<user directory>/extensions/` and runs one startup script, named in its preferences
-(Edit > Preferences > General > Startup script path; node `io.github.qupath/<version>`, key
-`startupScriptPath`). So the install is: the panel's Groovy sources into `<user directory>/antoni-bridge/`,
-the JeroMQ jar into `extensions/`, and our startup script registered through Java's Preferences API (Java
-stores preferences differently on each system). A startup script the user already has is never replaced.
+QuPath loads jars only from `<user directory>/extensions/`, where the user directory is QuPath's preference
+`userPath` (node `io.github.qupath/<version>`; unset until the user makes one under Edit > Preferences >
+Extensions) and runs one startup script, the preference `startupScriptPath` of the same node. So the install
+is: the panel's Groovy sources into `<user directory>/antoni-bridge/`, the JeroMQ jar into `extensions/`, and
+our startup script registered. Both preferences go through Java's Preferences API (Java stores them
+differently on each system). A startup script the user already has is never replaced.
 """
 
 from __future__ import annotations
@@ -23,23 +24,28 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.files import replacing
 
 EXTENSION = Path(__file__).resolve().parents[1] / "qupath_extension"
-PREFERENCE_TOOL = EXTENSION / "installer" / "StartupScriptPreference.java"
+PREFERENCE_TOOL = EXTENSION / "installer" / "QuPathPreferences.java"
 FOLDER = "antoni-bridge"  # ours, inside the QuPath user directory
 MANIFEST = "installed.json"  # what we put outside our folder, so that uninstall removes exactly that
 QUPATH_VERSIONS = ("0.7", "0.6")
 SYSTEM_JAVA_DIRS = (Path("/usr/share/java"), Path("/usr/local/share/java"), Path("/opt/homebrew/share/java"))
 JEROMQ_URL = "https://repo1.maven.org/maven2/org/zeromq/jeromq/0.6.0/jeromq-0.6.0.jar"
+MAKE_USER_DIR = (
+    "in QuPath: Edit > Preferences > Extensions > QuPath user directory, create or choose one (or pass --qupath-dir)"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     qupath = subparsers.add_parser("qupath", help="install or remove the ANTONI panel in QuPath 0.6 / 0.7")
     actions = qupath.add_subparsers(title="actions")
     install = actions.add_parser("install", help="copy the panel and JeroMQ into QuPath; run it when QuPath starts")
-    install.add_argument("--qupath-dir", type=Path, help="QuPath's user directory (default: ~/QuPath/v0.7 or v0.6)")
+    install.add_argument(
+        "--qupath-dir", type=Path, help="QuPath's user directory (default: the one QuPath 0.7 and 0.6 name)"
+    )
     install.add_argument("--jeromq-jar", type=Path, help="the JeroMQ jar (default: the Maven cache or system Java)")
     install.set_defaults(run=install_panel)
     uninstall = actions.add_parser("uninstall", help="remove what `install` put into QuPath")
-    uninstall.add_argument("--qupath-dir", type=Path, help="QuPath's user directory (default: ~/QuPath/v0.7 or v0.6)")
+    uninstall.add_argument("--qupath-dir", type=Path, help="QuPath's user directory (default: as for install)")
     uninstall.set_defaults(run=uninstall_panel)
 
 
@@ -47,8 +53,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def install_panel(args: argparse.Namespace) -> int:
-    user_dir = qupath_user_dir(args.qupath_dir)
     jar = jeromq_jar(args.jeromq_jar)
+    for user_dir, versions in user_dirs(args.qupath_dir).items():
+        _install_into(user_dir, versions, jar)
+    print("restart QuPath: the ANTONI tab appears in the analysis pane (start the daemon: antoni-bridge serve)")
+    return 0
+
+
+def _install_into(user_dir: Path, versions: tuple[str, ...], jar: Path) -> None:
     folder = user_dir / FOLDER
     manifest = _read_manifest(folder)
     startup = _copy_sources(folder)
@@ -56,46 +68,59 @@ def install_panel(args: argparse.Namespace) -> int:
     _write_atomically(folder / MANIFEST, json.dumps({"jar": installed_jar}, indent=1).encode())
     print(f"installed the panel in {folder}")
     print(f"JeroMQ: {user_dir / 'extensions' / installed_jar if installed_jar else 'already in extensions/'}")
-    for line in _register(startup, _versions(user_dir)):
+    for line in _register(startup, versions):
         print(line)
-    print("restart QuPath: the ANTONI tab appears in the analysis pane (start the daemon: antoni-bridge serve)")
-    return 0
 
 
 def uninstall_panel(args: argparse.Namespace) -> int:
-    user_dir = qupath_user_dir(args.qupath_dir)
-    folder = user_dir / FOLDER
-    if not (folder / MANIFEST).is_file():
-        raise BridgeError(f"The ANTONI panel is not installed in {user_dir}.", "pass the --qupath-dir of the install")
-    jar = _read_manifest(folder).get("jar")
-    if jar:
-        (user_dir / "extensions" / jar).unlink(missing_ok=True)
-    for line in _unregister(folder / "startup.groovy", _versions(user_dir)):
-        print(line)
-    shutil.rmtree(folder)
-    print(f"removed the panel from {user_dir}; restart QuPath")
+    found = {d: v for d, v in user_dirs(args.qupath_dir).items() if (d / FOLDER / MANIFEST).is_file()}
+    if not found:
+        raise BridgeError(
+            "The ANTONI panel is not installed in QuPath's user directory.", "pass the --qupath-dir of the install"
+        )
+    for user_dir, versions in found.items():
+        folder = user_dir / FOLDER
+        jar = _read_manifest(folder).get("jar")
+        if jar:
+            (user_dir / "extensions" / jar).unlink(missing_ok=True)
+        for line in _unregister(folder / "startup.groovy", versions):
+            print(line)
+        shutil.rmtree(folder)
+        print(f"removed the panel from {user_dir}; restart QuPath")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- finding things
 
 
-def qupath_user_dir(given: Path | None) -> Path:
+def user_dirs(given: Path | None) -> dict[Path, tuple[str, ...]]:
+    """QuPath's user directories and the QuPath versions using each: `given`, else the preference `userPath`."""
+    named = qupath_preference("userPath", QUPATH_VERSIONS)
     if given is not None:
         if not given.is_dir():
-            raise BridgeError(
-                f"No QuPath user directory at {given}.",
-                "QuPath shows its user directory in Edit > Preferences > General; create it there first",
-            )
-        return given.resolve()
-    for version in QUPATH_VERSIONS:
-        candidate = Path.home() / "QuPath" / f"v{version}"
-        if candidate.is_dir():
-            return candidate
-    raise BridgeError(
-        f"No QuPath user directory in {Path.home() / 'QuPath'} (v0.6 or v0.7).",
-        "pass --qupath-dir: QuPath shows it in Edit > Preferences > General",
-    )
+            raise BridgeError(f"No QuPath user directory at {given}.", f"create it {MAKE_USER_DIR}")
+        using = tuple(v for v, path in (named or {}).items() if path and Path(path).resolve() == given.resolve())
+        return {given.resolve(): using or _versions(given)}
+    if named is None:
+        raise BridgeError(
+            "No Java (11 or newer) to read QuPath's preferences, which name its user directory.",
+            "install a JDK or set JAVA_HOME, or pass --qupath-dir (QuPath shows it in Edit > Preferences > Extensions)",
+        )
+    found: dict[Path, tuple[str, ...]] = {}
+    for version, path in named.items():
+        if not path:
+            print(f"QuPath {version}: no user directory set")
+        elif not Path(path).is_dir():
+            print(f"QuPath {version}: its user directory {path} does not exist; skipped")
+        else:
+            print(f"QuPath {version}: user directory {path}")
+            found[Path(path).resolve()] = (*found.get(Path(path).resolve(), ()), version)
+    if not found:
+        raise BridgeError(
+            f"Neither QuPath {' nor '.join(QUPATH_VERSIONS)} has a user directory yet (it holds the extensions).",
+            MAKE_USER_DIR,
+        )
+    return found
 
 
 def jeromq_jar(given: Path | None) -> Path:
@@ -132,7 +157,7 @@ def _version_order(jar: Path) -> tuple[int, ...]:
 
 
 def _versions(user_dir: Path) -> tuple[str, ...]:
-    """QuPath versions whose preferences to touch: the one the folder is named after (v0.6), or all."""
+    """QuPath versions whose startup script to set for a directory no preference names: by its name (v0.6), or all."""
     named = re.fullmatch(r"v(\d+\.\d+)", user_dir.name)
     return (named.group(1),) if named else QUPATH_VERSIONS
 
@@ -159,6 +184,7 @@ def _copy_sources(folder: Path) -> Path:
     assert count == 1, "startup.groovy lost its `File sources = ...` line"
     startup = folder / "startup.groovy"
     _write_atomically(startup, text.encode("utf-8"))
+    _write_atomically(folder / "self-test.groovy", (EXTENSION / "self-test.groovy").read_bytes())
     return startup
 
 
@@ -231,17 +257,36 @@ def _unregister(startup: Path, versions: Iterable[str]) -> list[str]:
 
 def startup_script_preference(action: str, version: str, value: str | None = None) -> str | None:
     """QuPath's startup script preference through Java; None when no Java can run the tool."""
+    if action == "get":
+        values = qupath_preference("startupScriptPath", (version,))
+        return None if values is None else values[version]
+    return (
+        None
+        if _preference_tool(action, "startupScriptPath", _node(version), *([value] if value else [])) is None
+        else ""
+    )
+
+
+def qupath_preference(key: str, versions: Iterable[str]) -> dict[str, str] | None:
+    """The preference `key` of each QuPath version ("" when unset); None when no Java can run the tool."""
+    versions = tuple(versions)
+    output = _preference_tool("get", key, *map(_node, versions))
+    return None if output is None else dict(zip(versions, output.split("\n"), strict=False))
+
+
+def _node(version: str) -> str:
+    return f"io.github.qupath/{version}"
+
+
+def _preference_tool(*args: str) -> str | None:
     java = _java()
     if java is None:
         return None
-    command = [java, str(PREFERENCE_TOOL), action, f"io.github.qupath/{version}", *([value] if value else [])]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([java, str(PREFERENCE_TOOL), *args], capture_output=True, text=True, timeout=120)
     except OSError:
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip()
+    return result.stdout if result.returncode == 0 else None
 
 
 def _java() -> str | None:

@@ -1,3 +1,4 @@
+// guiscript=true (QuPath's script editor runs a script on the JavaFX thread only when its first line says so)
 // antoni-bridge: the ANTONI chat panel for QuPath 0.6 and 0.7.
 // `antoni-bridge qupath install` registers this file as QuPath's startup script (Edit > Preferences > General >
 // Startup script path); it can also be run once from the script editor. It compiles the panel's Groovy sources
@@ -23,3 +24,5 @@ try {
 def loader = new GroovyClassLoader(getClass().classLoader)
 loader.addClasspath(sources.path)
 loader.loadClass('antonibridge.QuPathGlue').install(qupath)
+// For scripts (the panel's classes are not on their class path): AntoniBridge.ask(imageData, annotation, question)
+System.getProperties().put('antonibridge.AntoniBridge', loader.loadClass('antonibridge.AntoniBridge'))

@@ -2,8 +2,9 @@
 OpenJFX jars (`.ci/run` installs them), under Xvfb when a test needs a display. QuPath's own classes are the
 recording doubles in tests/qupath_double/.
 
-ANTONI_BRIDGE_GROOVY_LIB=FOLDER runs the same tests on another Groovy's jars instead, e.g. Groovy 4.0.26 (QuPath
-0.6's) from the npm package npm-groovy-lint: node_modules/npm-groovy-lint/lib/java/groovy/lib.
+The newest Groovy installable here is 4.0.26, QuPath 0.6's, bundled in the npm package npm-groovy-lint 18.0.0
+(Debian has 2.4.21; no Groovy 5 is on PyPI, npm or Debian): .ci/run unpacks it into build/npm-groovy-lint, and
+the tests use it when it is there. ANTONI_BRIDGE_GROOVY_LIB=FOLDER runs them on another Groovy's jars.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ JARS = {  # Debian packages: libjeromq-java, libgoogle-gson-java, libjts-java
     "gson": JAVA_LIBS / "gson.jar",
     "jts": JAVA_LIBS / "jts-core.jar",
 }
+CONTROLSFX = JAVA_LIBS / "controlsfx.jar"  # libcontrolsfx-java: QuPath makes its menu items with ControlsFX
 JAVAFX = Path("/usr/share/openjfx/lib")  # openjfx
 FX_MODULES = ("base", "graphics", "controls", "swing")
-GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB")
+NPM_GROOVY = ROOT / "build" / "npm-groovy-lint" / "package" / "lib" / "java" / "groovy" / "lib"
+GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB") or (str(NPM_GROOVY) if NPM_GROOVY.is_dir() else None)
 
 
 def _missing(gui: bool) -> list[str]:
@@ -40,6 +43,7 @@ def _missing(gui: bool) -> list[str]:
     missing += [str(path) for path in JARS.values() if not path.is_file()]
     if gui:
         missing += [str(JAVAFX / f"javafx.{m}.jar") for m in FX_MODULES if not (JAVAFX / f"javafx.{m}.jar").is_file()]
+        missing += [str(CONTROLSFX)] if not CONTROLSFX.is_file() else []
         missing += [name for name in ("xvfb-run",) if shutil.which(name) is None]
     return missing
 
@@ -50,7 +54,7 @@ def require(gui: bool = False) -> None:
     if missing:
         pytest.skip(
             f"needs {', '.join(missing)} (apt-get install groovy libjeromq-java libgoogle-gson-java "
-            "libjts-java openjfx xvfb; .ci/run does)"
+            "libjts-java openjfx libcontrolsfx-java xvfb; .ci/run does)"
         )
 
 
@@ -70,7 +74,7 @@ def command(script: str, *args: str, gui: bool = False, sources: bool = True, je
     jars = [jar for name, jar in JARS.items() if jeromq or name != "jeromq"]
     classpath = [*([SOURCES] if sources else []), SCRIPTS, *jars]
     if gui:
-        classpath += [DOUBLES, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
+        classpath += [DOUBLES, CONTROLSFX, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
     if GROOVY_LIB:
         java = str(Path(java_home()) / "bin" / "java")
         runtime = [
@@ -102,7 +106,7 @@ def run(
     gui: bool = False,
     sources: bool = True,
     jeromq: bool = True,
-    timeout: float = 120,
+    timeout: float = 300,
     **env: str,
 ) -> Any:
     """Run a Groovy check script to its end; its last stdout line is a JSON object of what it observed."""

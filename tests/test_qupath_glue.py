@@ -32,9 +32,33 @@ def test_the_panel_is_an_undockable_tab_with_commands_and_a_shortcut(seen: dict[
         "Extensions>ANTONI>Ask ANTONI about this region",
         "Extensions>ANTONI>Describe this region",
         "Extensions>ANTONI>Show the ANTONI panel",
+        "Extensions>ANTONI>ANTONI self-test",
     ]
-    assert seen["shortcut"] == "Alt+Shortcut+Q"
+    assert seen["shortcut"] == "Alt+Shortcut+Q"  # on the ControlsFX action: the item's own is bound
     assert seen["afterShortcutCommand"] is True  # the command turns the panel to the selected annotations
+
+
+def test_the_panel_offers_the_region_actions_as_buttons_and_shows_the_shortcut(seen: dict[str, Any]) -> None:
+    buttons = seen["panelButtons"]
+    assert buttons["buttons"] == ["Ask ANTONI about this region", "Describe this region"]
+    assert buttons["askTurnsToSelection"] is True
+    assert buttons["shortcuts"] == "Also: Ctrl+Alt+Q or Alt+right-click in the viewer"
+
+
+def test_running_the_script_again_keeps_one_shortcut_and_one_alt_right_click_menu(seen: dict[str, Any]) -> None:
+    assert seen["shortcutAfterReinstall"] == "Alt+Shortcut+Q"
+    menu = ["Ask ANTONI about this region...", "Describe this region"]
+    assert seen["altRightClickAfterReinstall"] == {"ourMenu": [menu], "reachedQuPath": 0}
+
+
+def test_show_the_panel_brings_an_undocked_panel_back(seen: dict[str, Any]) -> None:
+    assert seen["undocked"] == {"inPane": False, "iconified": False}
+
+
+def test_an_answer_for_an_image_no_longer_open_is_not_saved_into_another(seen: dict[str, Any]) -> None:
+    switched = seen["switched"]
+    assert switched["message"].startswith('The answer is about annotation "Tumour" in a.svs, which is no longer')
+    assert "stays in the panel" in switched["message"] and "copy the conversation" in switched["hint"]
 
 
 def test_alt_right_click_on_every_viewer_opens_our_menu_instead_of_qupaths(seen: dict[str, Any]) -> None:
@@ -54,6 +78,15 @@ def test_the_whole_image_is_its_file_and_pixel_size(seen: dict[str, Any]) -> Non
         "mpp": 0.25,
     }
     assert seen["firstSeries"] is None  # series 0 of a file is its main image: accepted
+    assert seen["withFragment"] == "/slides/a.svs"  # as QuPath's GeneralTools.toPath: fragment dropped
+
+
+def test_invalid_outlines_are_repaired_before_they_are_merged(seen: dict[str, Any]) -> None:
+    assert seen["invalidMerged"]["type"] in ("Polygon", "MultiPolygon")
+
+
+def test_the_selection_is_read_only_as_in_qupath(seen: dict[str, Any]) -> None:
+    assert seen["selectionIsReadOnly"] is True
 
 
 def test_a_region_is_level_0_geojson_with_holes_kept_and_overlaps_merged(seen: dict[str, Any]) -> None:
@@ -76,6 +109,7 @@ def test_a_region_is_level_0_geojson_with_holes_kept_and_overlaps_merged(seen: d
         ("points", 'Annotation "Mitoses" is not an area (its shape is Points).', "draw an area"),
         ("line", 'Annotation "Ruler" is not an area (its shape is Line).', "draw an area"),
         ("enormous", "The selection has 300,001 vertices; the limit is 250,000.", "Simplify shape"),
+        ("enormousEllipse", "The selection has 300,001 vertices; the limit is 250,000.", "Simplify shape"),
     ],
 )
 def test_what_cannot_be_asked_about_is_refused_in_one_sentence_and_a_hint(
@@ -92,12 +126,23 @@ def test_answers_are_saved_with_the_annotation_after_the_users_own_description(s
     assert "You: What is this?\nANTONI: Tumour." in description and "ANTONI: Low grade." in description
     assert "[demo weights: random, the answer means nothing]" in description
     metadata = saved["metadata"]
+    assert metadata["ANNOTATION_DESCRIPTION"] == description  # where QuPath keeps an annotation's description
     assert metadata["antoni.question"] == "What grade?" and metadata["antoni.answer"] == "Low grade."
     assert metadata["antoni.model"] == "antoni-bridge 0.1.0" and metadata["antoni.weights"] == "demo"
     assert metadata["antoni.time"] == "2025-01-01T00:00:00Z"
     assert saved["calls"].count("fireObjectsChangedEvent 1") == 2  # QuPath is told, so the project saves it
     assert seen["resumedTurns"] == 4  # selecting the annotation later continues its conversation
     assert "setDescription" not in seen["wholeImageSaveCalls"]
+    assert metadata["antoni.weights-id"] == "demo-weights" and metadata["antoni.adapter"] == "on"
+
+
+def test_a_whole_image_answer_is_saved_with_the_image_and_its_provenance(seen: dict[str, Any]) -> None:
+    saved = seen["wholeImageSaved"]
+    properties = saved["properties"]
+    assert properties["antoni.answer"] == "Low grade." and properties["antoni.question"] == "What grade?"
+    assert properties["antoni.model"] == "antoni-bridge 0.1.0" and properties["antoni.weights"] == "demo"
+    assert properties["antoni.weights-id"] == "demo-weights" and properties["antoni.adapter"] == "on"
+    assert saved["changed"] is True  # QuPath asks to save the image
 
 
 def test_without_a_daemon_the_panel_names_the_cause_and_the_fix(seen: dict[str, Any]) -> None:

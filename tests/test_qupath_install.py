@@ -1,6 +1,8 @@
 """`antoni-bridge qupath install | uninstall` as users run them, into a QuPath user directory in a temporary
-home; Java's preferences (where QuPath keeps its startup script) go to a temporary folder too. The installed
-startup script is then run as QuPath runs it, inside the QuPath double."""
+home; Java's preferences (where QuPath keeps its user directory and startup script) go to an isolated
+preferences root (-Djava.util.prefs.userRoot) in a temporary folder, written through the installer's own Java
+helper as QuPath writes them. The installed startup script is then run as QuPath runs it, inside the QuPath
+double."""
 
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ from tests.conftest import run_cli
 from tests.qupath_runtime import JARS, require, run
 
 
+def _set_preference(key: str, version: str, value: str) -> None:
+    assert qupath_install._preference_tool("set", key, f"io.github.qupath/{version}", value) is not None
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A user's home with QuPath 0.6's default user directory; Java preferences kept beside it."""
+    """A user's home whose QuPath 0.6 made its user directory at QuPath/v0.6 (its `userPath` preference)."""
     (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    _set_preference("userPath", "0.6", str(tmp_path / "QuPath" / "v0.6"))
     return tmp_path
 
 
@@ -48,21 +55,46 @@ def test_install_copies_the_panel_and_jeromq_and_registers_the_startup_script(ho
     assert "restart QuPath" in output
 
 
-def test_the_installed_startup_script_adds_the_panel_to_qupath(home: Path) -> None:
+def _run_in_qupath(home: Path, *args: str) -> dict:
+    """The QuPath double started with the preferences the installer wrote; JeroMQ is not on its class path."""
+    return run("startup_check.groovy", *args, prefs=home / "java-prefs", gui=True, sources=False, jeromq=False)
+
+
+def test_qupath_runs_the_installed_startup_script_with_jeromq_from_its_extensions(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    seen = _run_in_qupath(home, "startup")
+    assert seen["tabs"] == [{"text": "ANTONI", "note": None}]
+    assert "Extensions>ANTONI>Describe this region" in seen["commands"]
+    assert "Extensions>ANTONI>Show the ANTONI panel" in seen["commands"]
+    assert seen["shortcut"] == "Alt+Shortcut+Q"  # set on the ControlsFX action, as QuPath does
+
+
+def test_the_installed_self_test_script_reports_from_inside_qupath(home: Path) -> None:
+    require(gui=True)
+    _install("--jeromq-jar", str(JARS["jeromq"]))
+    seen = _run_in_qupath(home, "startup", str(home / "QuPath" / "v0.6" / "antoni-bridge" / "self-test.groovy"))
+    report = seen["printed"]
+    assert "ANTONI self-test: QuPath 0.6.0 (test double)" in report
+    assert f"QuPath 0.6: {home / 'QuPath' / 'v0.6'}" in report and "ok   JeroMQ on the class path" in report
+    assert "skip the open image: file and pixel size: No image is open." in report  # nothing open: said, not failed
+
+
+def test_the_startup_script_run_from_the_script_editor_runs_on_the_javafx_thread(home: Path) -> None:
     require(gui=True)
     _install("--jeromq-jar", str(JARS["jeromq"]))
     startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
-    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False)
+    seen = _run_in_qupath(home, "editor", str(startup))
+    assert seen["thread"] == "JavaFX Application Thread"  # its first line says guiscript=true
     assert seen["tabs"] == [{"text": "ANTONI", "note": None}]
-    assert "Extensions>ANTONI>Ask ANTONI about this region" in seen["commands"]
 
 
 def test_without_jeromq_the_startup_script_says_what_to_do(home: Path) -> None:
     require(gui=True)
     _install("--jeromq-jar", str(JARS["jeromq"]))
-    startup = home / "QuPath" / "v0.6" / "antoni-bridge" / "startup.groovy"
-    seen = run("startup_check.groovy", str(startup), prefs=home / "panel-prefs", gui=True, sources=False, jeromq=False)
-    [tab] = seen["tabs"]
+    for jar in (home / "QuPath" / "v0.6" / "extensions").iterdir():
+        jar.unlink()
+    [tab] = _run_in_qupath(home, "startup")["tabs"]
     assert (
         tab["note"].startswith("The ANTONI panel needs the JeroMQ jar")
         and "antoni-bridge qupath install" in tab["note"]
@@ -116,8 +148,35 @@ def test_uninstall_removes_what_install_added_and_nothing_else(home: Path) -> No
     assert _startup_script_of_qupath() == ""
 
 
-def test_no_qupath_user_directory_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_user_directory_is_the_one_qupaths_preferences_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QuPath loads extensions only from its `userPath`, wherever the user made it: ~/QuPath/v0.x is no fallback."""
+    require()
     monkeypatch.setenv("HOME", str(tmp_path))
-    result = run_cli("qupath", "install")
-    assert result.returncode == 2
-    assert "error: No QuPath user directory in" in result.stderr and "hint: pass --qupath-dir" in result.stderr
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # a folder of the same name QuPath does not use
+    for version in ("0.6", "0.7"):
+        (tmp_path / f"lab-qupath-{version}").mkdir()
+        _set_preference("userPath", version, str(tmp_path / f"lab-qupath-{version}"))
+    output = _install("--jeromq-jar", str(JARS["jeromq"]))
+    for version in ("0.6", "0.7"):
+        user_dir = tmp_path / f"lab-qupath-{version}"
+        assert f"QuPath {version}: user directory {user_dir}" in output
+        assert f"QuPath {version} runs {user_dir / 'antoni-bridge' / 'startup.groovy'} at startup" in output
+        assert (user_dir / "extensions" / JARS["jeromq"].resolve().name).is_file()
+    assert not (tmp_path / "QuPath" / "v0.6" / "antoni-bridge").exists()
+
+
+def test_no_qupath_user_directory_says_where_in_qupath_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # proposed by QuPath, but not chosen: no userPath
+    result = run_cli("qupath", "install", "--jeromq-jar", str(JARS["jeromq"]))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "QuPath 0.7: no user directory set" in result.stdout
+    assert "error: Neither QuPath 0.7 nor 0.6 has a user directory yet" in result.stderr
+    assert "hint: in QuPath: Edit > Preferences > Extensions > QuPath user directory" in result.stderr

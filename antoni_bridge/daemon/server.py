@@ -260,6 +260,8 @@ class Daemon:
                 "protocol": VERSION,
                 "server": f"antoni-bridge {__version__}",
                 "demo": self.runtime.sources.demo,
+                "weights": self.runtime.sources.weights.name,  # which ANTONI weights answer (a record's provenance)
+                "llm": self.runtime.sources.llm,
                 "capabilities": ["hello", "status", "cancel", "heartbeat", "shutdown", *JOB_CHECKS],
                 "loaded": self.runtime.loaded(),
                 "heartbeat_s": 0.25,

@@ -43,9 +43,7 @@ Closure refusal = { boolean wholeImage ->
     }
 }
 Closure select = { List objects ->
-    Set selected = qupath.imageData.hierarchy.selectionModel.selected
-    selected.clear()
-    selected.addAll(objects)
+    qupath.imageData.hierarchy.selectionModel.setSelectedObjects(objects, objects ? objects[-1] : null)
 }
 Closure regionOf = { List objects ->
     select(objects)
@@ -80,12 +78,24 @@ circle.numPoints = 300000
 circle.size = 50000
 select([QuPathDouble.annotation(circle.createCircle(), 'Huge')])
 seen.enormous = refusal(false)
+select([QuPathDouble.annotation(circle.createCircle(), 'Huge ellipse', 'Ellipse')]) // getNumPoints() says 4
+seen.enormousEllipse = refusal(false)
+seen.selectionIsReadOnly = Fx.run {
+    try {
+        qupath.imageData.hierarchy.selectionModel.selectedObjects.clear()
+        return false
+    } catch (UnsupportedOperationException ignored) {
+        return true
+    }
+}
 
 String withHole = 'POLYGON ((1000 1000, 3000 1000, 3000 3000, 1000 3000, 1000 1000), ' +
         '(1500 1500, 2000 1500, 2000 2000, 1500 2000, 1500 1500))'
 seen.withHole = regionOf([QuPathDouble.annotation(withHole)])
 seen.overlapping = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(50, 50, 100))])
 seen.apart = regionOf([QuPathDouble.annotation(square(0, 0, 100)), QuPathDouble.annotation(square(500, 500, 100))])
+String bowtie = 'POLYGON ((0 0, 100 100, 100 0, 0 100, 0 0))' // an outline that crosses itself: invalid
+seen.invalidMerged = regionOf([QuPathDouble.annotation(bowtie), QuPathDouble.annotation(square(50, 0, 100))])
 
 // ---------------------------------------------------------------- answers saved with the annotation
 def tumour = QuPathDouble.annotation(square(1000, 1000, 500), 'Tumour')
@@ -97,16 +107,32 @@ seen.target = [key: target.key, label: target.label, mpp: target.mpp]
 def conversation = new Conversation(target.label)
 ['What is this?': 'Tumour.', 'What grade?': 'Low grade.'].each { question, answer ->
     conversation.ask(question)
-    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z')
+    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z',
+            [weightsId: 'demo-weights', llm: null, adapter: 'on'])
     Fx.run { glue.save(target, conversation) }
 }
-seen.saved = [description: tumour.getDescription(), metadata: tumour.getMetadata(),
+seen.saved = [description: tumour.getDescription(), metadata: new LinkedHashMap(tumour.getMetadata()),
               calls: new ArrayList(QuPathDouble.calls)]
 def again = Fx.run { glue.target(false) }
 seen.resumedTurns = Conversation.resume(again.label, again.savedConversation).turns.size()
 QuPathDouble.calls.clear()
 Fx.run { glue.save(glue.target(true), conversation) }
 seen.wholeImageSaveCalls = new ArrayList(QuPathDouble.calls)
+seen.wholeImageSaved = [properties: new LinkedHashMap(qupath.imageData.getProperties()), changed: qupath.imageData.changed]
+def before = qupath.imageData
+qupath.imageData = QuPathDouble.image('file:/slides/other.svs') // the user opened another image meanwhile
+seen.switched = Fx.run {
+    try {
+        glue.save(target, conversation)
+        return null
+    } catch (Problem p) {
+        return [message: p.message, hint: p.hint]
+    }
+}
+qupath.imageData = before
+qupath.imageData = QuPathDouble.image('file:/slides/a.svs#tag')
+seen.withFragment = Fx.run { glue.target(true).slide }
+qupath.imageData = before
 
 // ---------------------------------------------------------------- QuPath's window
 seen.tabs = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }
@@ -149,6 +175,12 @@ Fx.run {
     qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].fire()
 }
 seen.afterShortcutCommand = Fx.run { glue.panel.selection.selected }
+seen.panelButtons = Fx.run {
+    glue.panel.wholeImage.selected = true
+    glue.panel.askRegion.fire()
+    [askTurnsToSelection: glue.panel.selection.selected, shortcuts: glue.panel.shortcuts.text,
+     buttons: [glue.panel.askRegion.text, glue.panel.describeRegion.text]]
+}
 
 // ---------------------------------------------------------------- no daemon: the panel says so
 Fx.run { qupath.commands['Extensions>ANTONI>Describe this region'].fire() }
@@ -160,6 +192,21 @@ seen.noDaemon = Fx.run {
 
 def reinstalled = Fx.run { QuPathGlue.install(qupath) }
 seen.tabsAfterReinstall = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }
+seen.shortcutAfterReinstall = qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].accelerator?.name
+seen.altRightClickAfterReinstall = rightClick(firstViewer, true)
+Fx.run { Window.windows.findAll { it instanceof ContextMenu }.each { it.hide() } }
+
+// ---------------------------------------------------------------- the tab undocked into a window of its own
+Stage undocked = Fx.run {
+    reinstalled.tab.contextMenu.items[0].fire() // "Undock tab", as the user right-clicks the tab
+    Stage window = reinstalled.panel.root.scene.window as Stage
+    window.iconified = true // minimised out of the way
+    return window
+} as Stage
+Fx.waitFor('the undocked panel minimised', 10) { undocked.iconified }
+Fx.run { reinstalled.showPanel() }
+Fx.waitFor('the undocked panel shown again', 10) { !undocked.iconified }
+seen.undocked = Fx.run { [inPane: reinstalled.tab.tabPane != null, iconified: undocked.iconified] }
 Fx.run {
     reinstalled.panel.close()
     stage.close()

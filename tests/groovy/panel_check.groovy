@@ -1,6 +1,8 @@
 // The chat panel as a user drives it, against a real daemon (ANTONI_BRIDGE_CONNECTION_FILE), inside the
 // QuPath double: asks about an annotation, follows up, takes a screenshot, then cancels a whole-slide question
 // while its tiles are embedded. Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG. Prints what it saw as JSON.
+import antonibridge.AntoniBridge
+import antonibridge.Problem
 import antonibridge.Protocol
 import antonibridge.QuPathGlue
 import javafx.beans.value.ChangeListener
@@ -10,6 +12,7 @@ import javafx.scene.input.Clipboard
 import javafx.stage.Stage
 import qupath.lib.gui.QuPathGUI
 import qupathdouble.QuPathDouble
+import qupathdouble.Viewer
 
 import javax.imageio.ImageIO
 
@@ -18,7 +21,10 @@ File screenshot = new File(args[2])
 Fx.start()
 Map seen = [:]
 QuPathGUI qupath = QuPathGUI.getInstance()
-QuPathGlue glue = Fx.run { QuPathGlue.install(qupath) } as QuPathGlue
+QuPathGlue glue = Fx.run {
+    qupath.viewers.add(new Viewer())
+    QuPathGlue.install(qupath)
+} as QuPathGlue
 def panel = glue.panel
 Stage stage = Fx.run {
     Stage window = new Stage()
@@ -36,7 +42,7 @@ Fx.waitFor('the connection to the daemon and its queue', 30) { (seen.status = pa
 
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
 qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
-qupath.imageData.hierarchy.selectionModel.selected << tumour
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
 
 /** Ask as a user does; returns what the panel showed while answering. */
 Closure askAndWait = { String question ->
@@ -64,6 +70,26 @@ seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMet
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
+// The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
+Map before = new LinkedHashMap(tumour.getMetadata())
+QuPathDouble.calls.clear()
+seen.selfTest = Fx.run {
+    qupath.commands['Extensions>ANTONI>ANTONI self-test'].fire()
+    [report: Clipboard.systemClipboard.string, unchanged: tumour.getMetadata() == before,
+     changeEvents: QuPathDouble.calls.count { it.startsWith('fireObjectsChangedEvent') }]
+}
+Fx.run { javafx.stage.Window.windows.findAll { it != stage }.each { it.hide() } }
+
+// The scripting API, as a "Run for project" script calls it: off the UI thread, waiting for the answer.
+def api = System.getProperties().get('antonibridge.AntoniBridge') ?: AntoniBridge
+seen.api = [answer: api.ask(qupath.imageData, tumour, 'What organ is this tissue from?', 8),
+            onUiThread: Fx.run {
+                try {
+                    api.ask(qupath.imageData, null, 'Describe this slide.')
+                } catch (Problem p) {
+                    return p.message
+                }
+            }]
 seen.copied = Fx.run {
     panel.copy.fire()
     [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]

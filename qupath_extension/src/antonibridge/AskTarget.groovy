@@ -12,6 +12,7 @@ class AskTarget {
     Double mpp // QuPath's pixel size, sent in case the file has none
     List objects = [] // the annotations the answer is saved with
     Object hierarchy // their hierarchy, told of the change so that QuPath saves it
+    Object imageData // QuPath's image the question is about: answers are saved only while it is open
     String savedConversation // JSON of an earlier conversation stored with the annotation
 
     /** The content of the protocol's `ask` request for this target and conversation. */

@@ -19,6 +19,8 @@ import javafx.scene.layout.GridPane
 import javafx.scene.layout.HBox
 import javafx.scene.layout.Priority
 import javafx.scene.layout.VBox
+import javafx.scene.Scene
+import javafx.stage.Stage
 
 import java.time.OffsetDateTime
 import java.time.temporal.ChronoUnit
@@ -61,9 +63,13 @@ class ChatPanel {
     final TextField address = new TextField()
     final TextField answerTokens = new TextField()
     final Button apply = new Button('Apply and reconnect')
+    final Button askRegion = new Button('Ask ANTONI about this region')
+    final Button describeRegion = new Button('Describe this region')
+    final Label shortcuts = new Label("Also: ${QuPathGlue.SHORTCUT_TEXT} or Alt+right-click in the viewer")
 
     private final Object targets
-    private final Preferences settings = Preferences.userRoot().node('antoni-bridge/qupath')
+    static final String SETTINGS_NODE = 'antoni-bridge/qupath' // also read by AntoniBridge.ask
+    private final Preferences settings = Preferences.userRoot().node(SETTINGS_NODE)
     private final Map<String, Conversation> conversations = [:]
     private final DaemonLink link
     private Map daemon = [:] // the link's latest state
@@ -121,6 +127,30 @@ class ChatPanel {
 
     void close() {
         link.close()
+    }
+
+    /** What the panel asks about and saves with (QuPathGlue in QuPath): for scripts such as the self-test. */
+    Object getGlue() {
+        targets
+    }
+
+    /** The link's latest report on the daemon: connected, server, demo, address, problem. */
+    Map daemonState() {
+        new LinkedHashMap(daemon)
+    }
+
+    /** A report in a window of its own, also put on the clipboard (for a bug report). */
+    void showReport(String title, String text) {
+        ClipboardContent content = new ClipboardContent()
+        content.putString(text)
+        Clipboard.systemClipboard.setContent(content)
+        TextArea area = new TextArea(text)
+        area.editable = false
+        area.style = '-fx-font-family: monospace;'
+        Stage window = new Stage()
+        window.title = "${title} (copied to the clipboard)"
+        window.scene = new Scene(area, 720, 360)
+        window.show()
     }
 
     // ------------------------------------------------------------------ reports from the link
@@ -199,11 +229,13 @@ class ChatPanel {
         Conversation conversation = conversations[target.key]
         String time = OffsetDateTime.now().truncatedTo(ChronoUnit.SECONDS).toString()
         conversation.answered(content.answer as String, (daemon.server ?: 'antoni-bridge') as String,
-                content.demo as boolean, time)
+                content.demo as boolean, time, [weightsId: daemon.weights, llm: daemon.llm, adapter: 'on'])
         idle()
         show(target.key)
         try {
             targets.save(target, conversation)
+        } catch (Problem p) {
+            say(p.message, p.hint)
         } catch (Exception exc) {
             exc.printStackTrace()
             say("The answer could not be saved with the annotation (${exc.message}).",
@@ -270,6 +302,7 @@ class ChatPanel {
 
     private void working(boolean busy) {
         askButton.disable = busy
+        describeRegion.disable = busy
         newConversation.disable = busy
         cancel.disable = !busy
         progress.progress = busy ? ProgressBar.INDETERMINATE_PROGRESS : 0
@@ -343,8 +376,12 @@ class ChatPanel {
         newConversation.onAction = { startNewConversation() } as EventHandler
         copy.onAction = { copyConversation() } as EventHandler
         apply.onAction = { applySettings() } as EventHandler
+        askRegion.onAction = { targets.askAboutRegion() } as EventHandler // the Alt+right-click menu's actions
+        describeRegion.onAction = { targets.describeRegion() } as EventHandler
+        shortcuts.style = '-fx-opacity: 0.75;'
         working(false)
-        root.children.addAll(status, connectionProblem, new HBox(12, new Label('About:'), selection, wholeImage),
+        root.children.addAll(status, connectionProblem, new HBox(6, askRegion, describeRegion), shortcuts,
+                new HBox(12, new Label('About:'), selection, wholeImage),
                 transcript, new HBox(6, progress, cancel), progressText, message, question,
                 new HBox(6, askButton, newConversation, copy), settingsPane())
     }

@@ -44,8 +44,10 @@ class Conversation {
         turns && turns[-1].role == 'user' ? turns.remove(turns.size() - 1).content : null
     }
 
-    void answered(String answer, String model, boolean demo, String time) {
-        turns << [role: 'assistant', content: answer, model: model, weights: demo ? 'demo' : 'real', time: time]
+    /** `provenance`: which weights answered (weightsId, llm, adapter), kept with the turn. */
+    void answered(String answer, String model, boolean demo, String time, Map provenance = [:]) {
+        turns << ([role: 'assistant', content: answer, model: model, weights: demo ? 'demo' : 'real', time: time] +
+                provenance)
     }
 
     /** The turns as the protocol's `conversation`: role and content only. */

@@ -10,7 +10,7 @@ import java.util.concurrent.TimeUnit
  * because JeroMQ sockets are neither thread-safe nor safe to interrupt: callers queue commands, and the
  * thread reports through `listener(kind, data)`, called on the link thread (a UI hands it to its own thread).
  *
- * Reports: ('state', [connected, server, demo, address, problem: [code, message, hint] or null, queue, notice])
+ * Reports: ('state', [connected, server, demo, weights, llm, address, problem: [code, message, hint] or null, queue, notice])
  * and ('job', [type, content]) for the events of the one question being answered: accepted, progress, token,
  * then exactly one of done, error, cancelled or busy. A job the link itself must end (daemon gone, restarted)
  * ends with an 'error' whose content has code, message and hint.
@@ -39,8 +39,8 @@ class DaemonLink {
     private ConnectionFile refused // a daemon we will not talk to (key or version mismatch) until it changes
     private final Map<String, Map> pending = [:] // request msg_id -> [type, deadline]
     private Map job // [askId, jobId, cancel, deadline]
-    private Map state = [connected: false, server: null, demo: null, address: null, problem: null, queue: null,
-                         notice: null]
+    private Map state = [connected: false, server: null, demo: null, weights: null, llm: null, address: null,
+                         problem: null, queue: null, notice: null]
     private Map published
     private long lastSent, lastStatus, lastFileCheck, nextAttempt
 
@@ -208,6 +208,8 @@ class DaemonLink {
         state.connected = true
         state.server = content.server
         state.demo = content.demo
+        state.weights = content.weights
+        state.llm = content.llm
         state.problem = null
         lastStatus = 0
     }

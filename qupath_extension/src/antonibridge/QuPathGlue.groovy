@@ -10,25 +10,30 @@ import javafx.scene.input.MouseButton
 import javafx.scene.input.MouseEvent
 import qupath.fx.utils.FXUtils
 
+import java.nio.file.FileSystemNotFoundException
+import java.nio.file.Paths
 import java.util.regex.Matcher
 
 /**
  * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
  * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
  * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
- * with annotations.
- * Called on the JavaFX thread.
+ * with annotations or the image.
+ * Called on the JavaFX thread, except `targetOf`, which reads only image data (AntoniBridge.ask calls it).
  */
 class QuPathGlue {
     static final String TAB_ID = 'antoni-bridge-chat'
+    static final String FILTER_KEY = 'antoni-bridge.alt-right-click'
     static final String MENU = 'Extensions>ANTONI'
     static final String SHORTCUT = 'Shortcut+Alt+Q'
+    static final String SHORTCUT_TEXT = System.getProperty('os.name').startsWith('Mac') ? 'Cmd+Option+Q' : 'Ctrl+Alt+Q'
     static final String DESCRIBE = 'Describe the tissue in this region.'
     static final long MAX_VERTICES = 250000 // far beyond any drawn region; keeps requests small and the UI quick
 
     final Object qupath
     ChatPanel panel
     Tab tab
+    MenuItem shortcutItem // the command with the shortcut
     private ContextMenu regionMenu
 
     private QuPathGlue(Object qupath) {
@@ -52,47 +57,71 @@ class QuPathGlue {
         if (imageData == null) {
             throw refusal('No image is open.', 'open a slide in QuPath first')
         }
+        return targetOf(imageData, wholeImage ? null : selectedAnnotations(imageData.getHierarchy()))
+    }
+
+    /** An image, or these annotations of it (null: the whole image), as an AskTarget; a Problem says why not. */
+    static AskTarget targetOf(def imageData, List annotations) {
         def server = imageData.getServer()
         String slide = slideFile(server)
         String name = new File(slide).name
-        if (wholeImage) {
-            return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server))
+        if (annotations == null) {
+            return new AskTarget(key: slide, label: "the whole image ${name}", slide: slide, mpp: pixelSize(server),
+                    imageData: imageData)
         }
-        def hierarchy = imageData.getHierarchy()
-        List annotations = selectedAnnotations(hierarchy).sort { it.getID().toString() }
-        Map region = regionOf(annotations)
-        boolean one = annotations.size() == 1
-        String about = one ? "annotation ${nameOf(annotations[0])}" : "${annotations.size()} annotations"
+        List sorted = annotations.sort(false) { it.getID().toString() }
+        boolean one = sorted.size() == 1
+        String about = one ? "annotation ${nameOf(sorted[0])}" : "${sorted.size()} annotations"
         return new AskTarget(
-                key: slide + '#' + annotations.collect { it.getID().toString() }.join(','),
+                key: slide + '#' + sorted.collect { it.getID().toString() }.join(','),
                 label: "${about} in ${name}",
                 slide: slide,
-                region: region,
+                region: regionOf(sorted),
                 mpp: pixelSize(server),
-                objects: annotations,
-                hierarchy: hierarchy,
-                savedConversation: one ? annotations[0].getMetadata().get('antoni.conversation') : null)
+                objects: sorted,
+                hierarchy: imageData.getHierarchy(),
+                imageData: imageData,
+                savedConversation: one ? sorted[0].getMetadata().get('antoni.conversation') : null)
     }
 
-    /** Keep the answer with its annotations, in their metadata and after the user's own description. */
+    /**
+     * Keep the answer with its annotations (their metadata, and their description after the user's own text), or,
+     * for the whole image, in the image's properties (ImageData.setProperty, ImageData.java:487 in QuPath 0.6.0,
+     * saved in the image's data file; it marks the image changed so that QuPath asks to save).
+     */
     void save(AskTarget target, Conversation conversation) {
-        if (!target.objects) {
-            return // the whole image: the conversation stays in the panel and on the clipboard
+        if (!target.imageData.is(qupath.getImageData())) {
+            throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
+                    'image, so it was not saved there; it stays in the panel.',
+                    'copy the conversation, or open that image again and ask once more to save it')
         }
+        Map<String, String> values = record(conversation)
+        if (!target.objects) {
+            values.each { key, value -> target.imageData.setProperty(key, value) }
+            return
+        }
+        target.objects.each { annotation ->
+            values.each { key, value -> annotation.getMetadata().put(key, value) }
+            annotation.setDescription(conversation.describe(annotation.getDescription()))
+        }
+        target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+    }
+
+    /** The last answer with its provenance: the model and antoni-bridge version, the weights, the time. */
+    private static Map<String, String> record(Conversation conversation) {
         Map answer = conversation.lastAnswer()
-        Map<String, String> values = [
+        Map values = [
                 'antoni.question'    : conversation.lastQuestion(),
                 'antoni.answer'      : answer.content,
                 'antoni.model'       : answer.model,
                 'antoni.weights'     : answer.weights,
+                'antoni.weights-id'  : answer.weightsId,
+                'antoni.llm'         : answer.llm,
+                'antoni.adapter'     : answer.adapter,
                 'antoni.time'        : answer.time,
                 'antoni.conversation': conversation.toJson(),
         ]
-        target.objects.each { annotation ->
-            values.each { key, value -> annotation.getMetadata().put(key, value as String) }
-            annotation.setDescription(conversation.describe(annotation.getDescription()))
-        }
-        target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+        return values.findAll { it.value != null }.collectEntries { key, value -> [key, value as String] }
     }
 
     private static String slideFile(def server) {
@@ -118,7 +147,18 @@ class QuPathGlue {
                     "the daemon reads only the file's main image.",
                     'ask about the main image, or export this series as a slide file of its own')
         }
-        return new File(uri).path
+        return filePath(uri)
+    }
+
+    /** As QuPath's GeneralTools.toPath: Paths.get after dropping a fragment or query (UNC shares on Windows). */
+    private static String filePath(URI uri) {
+        try {
+            URI plain = uri.fragment == null && uri.query == null ? uri : new URI(uri.scheme, uri.host, uri.path, null)
+            return Paths.get(plain).toString()
+        } catch (URISyntaxException | IllegalArgumentException | FileSystemNotFoundException exc) {
+            throw refusal("The image's file address ${uri} cannot be read as a path here (${exc.message}).",
+                    'open a local or mounted copy of the slide')
+        }
     }
 
     /** The name of a TransformingImageServer class (rotated, cropped...) serving the image, or null. */
@@ -157,23 +197,42 @@ class QuPathGlue {
                         "draw an area (rectangle, ellipse, polygon or brush), or choose 'Whole image'")
             }
         }
-        long vertices = annotations.sum { it.getROI().getNumPoints() as long } as long
+        // ROI.getNumPoints() is 4 for an ellipse or rectangle (EllipseROI.java:121): count what is sent
+        long vertices = annotations.sum { it.getROI().getGeometry().getNumPoints() as long } as long
         if (vertices > MAX_VERTICES) {
             throw refusal(String.format('The selection has %,d vertices; the limit is %,d.', vertices, MAX_VERTICES),
                     "simplify it (Objects > Annotations > Simplify shape), select fewer annotations, " +
                             "or choose 'Whole image'")
         }
-        List geometries = annotations.collect { it.getROI().getGeometry() }
-        def geometry = geometries[0]
-        if (geometries.size() > 1) {
-            geometry = geometry.getFactory().buildGeometry(geometries).union()
-        }
         List polygons = []
+        def geometry = union(annotations)
         addPolygons(geometry, polygons)
         if (polygons.size() == 1) {
             return [type: 'Polygon', coordinates: polygons[0]]
         }
         return [type: 'MultiPolygon', coordinates: polygons]
+    }
+
+    /**
+     * The annotations' geometries merged. JTS's union throws on invalid polygons (self-crossing outlines drawn
+     * by hand); as QuPath's GeometryTools.union does, the shapes are then repaired with buffer(0) and merged again.
+     */
+    private static Object union(List annotations) {
+        List geometries = annotations.collect { it.getROI().getGeometry() }
+        if (geometries.size() == 1) {
+            return geometries[0]
+        }
+        def factory = geometries[0].getFactory()
+        try {
+            return factory.buildGeometry(geometries).union()
+        } catch (RuntimeException ignored) { // TopologyException, without naming a JTS class here
+            try {
+                return factory.buildGeometry(geometries.collect { it.buffer(0) }).union()
+            } catch (RuntimeException exc) {
+                throw refusal("The selected annotations cannot be merged: an outline crosses itself (${exc.message}).",
+                        'fix the shape (Objects > Annotations > Simplify shape, or redraw it), or select one annotation')
+            }
+        }
     }
 
     /** JTS polygons as GeoJSON rings: the outer ring, then the holes. */
@@ -222,10 +281,12 @@ class QuPathGlue {
     }
 
     private void addCommands() {
-        MenuItem ask = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
-        ask.accelerator = KeyCombination.keyCombination(SHORTCUT)
+        shortcutItem = qupath.installCommand("${MENU}>Ask ANTONI about this region", { askAboutRegion() } as Runnable)
+        // The item's accelerator is bound to its ControlsFX action, so setting it throws; QuPath sets the action's.
+        qupath.setAccelerator(shortcutItem, KeyCombination.keyCombination(SHORTCUT))
         qupath.installCommand("${MENU}>Describe this region", { describeRegion() } as Runnable)
         qupath.installCommand("${MENU}>Show the ANTONI panel", { showPanel() } as Runnable)
+        qupath.installCommand("${MENU}>ANTONI self-test", { showSelfTest() } as Runnable)
         MenuItem askItem = new MenuItem('Ask ANTONI about this region...')
         askItem.onAction = { askAboutRegion() } as EventHandler
         MenuItem describeItem = new MenuItem('Describe this region')
@@ -243,15 +304,24 @@ class QuPathGlue {
         } as ListChangeListener)
     }
 
-    /** Alt+right-click opens our menu; the filter runs before QuPath's own right-click handler. */
+    /**
+     * Alt+right-click opens our menu; the filter runs before QuPath's own right-click handler. The filter of an
+     * earlier run of the script is removed first, so that running it again gives one menu, not two.
+     */
     private void watch(def viewer) {
         def view = viewer.getView()
-        view.addEventFilter(MouseEvent.MOUSE_PRESSED, { MouseEvent e ->
+        EventHandler old = view.properties.remove(FILTER_KEY) as EventHandler
+        if (old != null) {
+            view.removeEventFilter(MouseEvent.MOUSE_PRESSED, old)
+        }
+        EventHandler filter = { MouseEvent e ->
             if (e.button == MouseButton.SECONDARY && e.altDown) {
                 e.consume()
                 regionMenu.show(view, e.screenX, e.screenY)
             }
-        } as EventHandler)
+        } as EventHandler
+        view.properties.put(FILTER_KEY, filter)
+        view.addEventFilter(MouseEvent.MOUSE_PRESSED, filter)
     }
 
     void askAboutRegion() {
@@ -265,7 +335,25 @@ class QuPathGlue {
         panel.ask(DESCRIBE)
     }
 
+    /** Run the self-test; its report goes to QuPath's log, the clipboard and a window. */
+    String showSelfTest() {
+        String report = new SelfTest(this).run()
+        println(report)
+        panel.showReport('ANTONI self-test', report)
+        return report
+    }
+
+    /** The panel's tab selected, or, when it is undocked into a window of its own, that window to the front. */
     void showPanel() {
-        tab.tabPane?.selectionModel?.select(tab)
+        if (tab.tabPane != null) {
+            tab.tabPane.selectionModel.select(tab)
+            return
+        }
+        def window = panel.root.scene?.window
+        if (window != null) {
+            window.iconified = false
+            window.toFront()
+            window.requestFocus()
+        }
     }
 }

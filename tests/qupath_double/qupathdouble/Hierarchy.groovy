@@ -1,6 +1,9 @@
 package qupathdouble
 
-/** TEST DOUBLE of QuPath's Hierarchy: only what the glue calls (see QuPathDouble). */
+/**
+ * TEST DOUBLE of QuPath's PathObjectHierarchy (qupath-core, 0.6.0): getSelectionModel (PathObjectHierarchy
+ * .java:161) and fireObjectsChangedEvent (:1092), recorded.
+ */
 class Hierarchy {
     private final SelectionModel selectionModel = new SelectionModel()
 

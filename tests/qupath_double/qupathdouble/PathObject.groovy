@@ -1,17 +1,17 @@
 package qupathdouble
 
-/** TEST DOUBLE of QuPath's PathObject: only what the glue calls (see QuPathDouble). */
+/**
+ * TEST DOUBLE of QuPath's PathObject (qupath-core .../objects/PathObject.java, 0.6.0): id, name, class, ROI
+ * and metadata, but no description: that exists on annotations only (PathAnnotationObject).
+ */
 class PathObject {
     private final UUID id = UUID.randomUUID()
     private final String name
-    private final boolean annotation
     private final Roi roi
     private final Map<String, String> metadata = [:]
-    private String description
 
-    PathObject(String name, boolean annotation, Roi roi) {
+    PathObject(String name, Roi roi) {
         this.name = name
-        this.annotation = annotation
         this.roi = roi
     }
 
@@ -21,16 +21,10 @@ class PathObject {
 
     Object getPathClass() { null }
 
-    boolean isAnnotation() { annotation }
+    boolean isAnnotation() { false }
 
     Roi getROI() { roi }
 
+    /** PathObject.getMetadata(), since 0.5.0: a live, modifiable map of strings. */
     Map<String, String> getMetadata() { metadata }
-
-    String getDescription() { description }
-
-    void setDescription(String text) {
-        QuPathDouble.calls << 'setDescription'
-        description = text
-    }
 }

@@ -1,6 +1,6 @@
 package qupathdouble
 
-/** TEST DOUBLE of QuPath's PixelCalibration: only what the glue calls (see QuPathDouble). */
+/** TEST DOUBLE of QuPath's PixelCalibration: getPixelWidthMicrons, NaN when unknown (PixelCalibration.java:213, 0.6.0). */
 class PixelCalibration {
     private final double width
 

@@ -6,8 +6,8 @@ import org.locationtech.jts.io.WKTReader
 /**
  * TEST DOUBLE of the QuPath objects the glue reads and writes (QuPath cannot be installed on build
  * machines): viewers, image data, image servers, the hierarchy and its selection, annotations and their ROIs.
- * Only the methods the glue calls exist, with QuPath's names; calls that change QuPath are recorded in `calls`.
- * Geometry is real JTS, as in QuPath.
+ * Only the methods the glue calls exist, with QuPath's names and behaviour (each class names the QuPath source
+ * lines it models); calls that change QuPath are recorded in `calls`. Geometry is real JTS, as in QuPath.
  */
 class QuPathDouble {
     static final List<String> calls = Collections.synchronizedList([])
@@ -18,12 +18,12 @@ class QuPathDouble {
     }
 
     /** An annotation of a shape given as WKT or as a JTS geometry. */
-    static PathObject annotation(Object shape, String name = null, String roiName = 'Polygon') {
+    static PathAnnotationObject annotation(Object shape, String name = null, String roiName = 'Polygon') {
         Geometry geometry = shape instanceof Geometry ? (Geometry) shape : new WKTReader().read(shape as String)
-        new PathObject(name, true, new Roi(geometry, roiName))
+        new PathAnnotationObject(name, new Roi(geometry, roiName))
     }
 
     static PathObject detection(String wkt) {
-        new PathObject(null, false, new Roi(new WKTReader().read(wkt), 'Polygon'))
+        new PathObject(null, new Roi(new WKTReader().read(wkt), 'Polygon'))
     }
 }

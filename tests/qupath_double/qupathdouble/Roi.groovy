@@ -2,7 +2,12 @@ package qupathdouble
 
 import org.locationtech.jts.geom.Geometry
 
-/** TEST DOUBLE of QuPath's Roi: only what the glue calls (see QuPathDouble). */
+/**
+ * TEST DOUBLE of QuPath's ROIs. getNumPoints() is per ROI type as in QuPath 0.6.0: 4 for ellipses and
+ * rectangles (EllipseROI.java:121, RectangleROI.java:81), 2 for lines (LineROI.java:108), the geometry's
+ * vertices otherwise (AbstractPathROI.java:186, PointsROI.java:196); getGeometry() keeps holes and, for an
+ * ellipse, is its many-vertex polygon.
+ */
 class Roi {
     private final Geometry geometry
     private final String roiName
@@ -18,5 +23,14 @@ class Roi {
 
     String getRoiName() { roiName }
 
-    int getNumPoints() { geometry.getNumPoints() }
+    int getNumPoints() {
+        switch (roiName) {
+            case ['Ellipse', 'Rectangle']:
+                return 4
+            case 'Line':
+                return 2
+            default:
+                return geometry.getNumPoints()
+        }
+    }
 }

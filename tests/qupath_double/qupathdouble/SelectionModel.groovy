@@ -1,8 +1,18 @@
 package qupathdouble
 
-/** TEST DOUBLE of QuPath's SelectionModel: only what the glue calls (see QuPathDouble). */
+/**
+ * TEST DOUBLE of QuPath's PathObjectSelectionModel: getSelectedObjects() is an unmodifiable live view
+ * (PathObjectSelectionModel.java 51, 87 in QuPath 0.6.0); tests select through setSelectedObjects.
+ */
 class SelectionModel {
-    final Set selected = new LinkedHashSet()
+    private final Set selected = new LinkedHashSet()
+    private final Set view = Collections.unmodifiableSet(selected)
 
-    Set getSelectedObjects() { selected }
+    Set getSelectedObjects() { view }
+
+    /** PathObjectSelectionModel.java:62. */
+    void setSelectedObjects(Collection objects, Object primary) {
+        selected.clear()
+        selected.addAll(objects)
+    }
 }

@@ -1,6 +1,9 @@
 package qupathdouble
 
-/** TEST DOUBLE of QuPath's Server: only what the glue calls (see QuPathDouble). */
+/**
+ * TEST DOUBLE of QuPath's ImageServer (qupath-core, 0.6.0): getPath, an id, not a file (ImageServer.java:69),
+ * getURIs (:80) and getPixelCalibration (PathImage.java:57).
+ */
 class Server {
     private final List<URI> uris
     private final String path

@@ -1,22 +1,44 @@
 package qupath.lib.gui
 
+import javafx.application.Platform
 import javafx.collections.FXCollections
 import javafx.collections.ObservableList
+import javafx.scene.control.Menu
 import javafx.scene.control.MenuItem
 import javafx.scene.control.TabPane
+import javafx.scene.input.KeyCombination
+import org.controlsfx.control.action.Action
+import org.controlsfx.control.action.ActionUtils
 import qupathdouble.QuPathDouble
 
+import java.util.concurrent.FutureTask
+import java.util.function.Consumer
+import java.util.prefs.Preferences
+import java.util.regex.Pattern
+
 /**
- * TEST DOUBLE of QuPath's main window (QuPath cannot be installed on build machines): only the calls the
- * glue makes, each recorded in QuPathDouble.calls. The image data is whatever a test puts in `imageData`.
+ * TEST DOUBLE of QuPath's main window (QuPath cannot be installed on build machines): the calls the glue
+ * makes, each recorded in QuPathDouble.calls, with the behaviour of QuPath 0.6.0's QuPathGUI.java (lines
+ * named per method; 0.7.0 is the same there). Menu items come from ControlsFX actions as in QuPath, so their
+ * accelerator is bound and setting it throws. Scripts run as QuPath runs them: default imports prepended,
+ * compiled over the class loader of the jars in `<userPath>/extensions`, on the JavaFX thread at startup and
+ * off it from the script editor unless the first line says guiscript=true.
  */
 class QuPathGUI {
+    static final String PREFERENCES_NODE = 'io.github.qupath/0.6' // PathPrefs.java:762 (-Dqupath.prefs.name)
+    private static final String ACTION_KEY = 'qupath.lib.gui.actions.ActionTools' // ActionTools.java:92
+    private static final Pattern GUI_SCRIPT = Pattern.compile('guiscript *?= *?true') // DefaultScriptEditor.java:374
     private static QuPathGUI instance
 
     final TabPane analysisTabPane = new TabPane()
     final ObservableList viewers = FXCollections.observableArrayList()
     final Map<String, MenuItem> commands = [:]
+    final Menu extensionsMenu = new Menu('Extensions')
+    private final Map<KeyCombination, Action> accelerators = [:]
     Object imageData
+
+    /** QuPathGUI.java:2530: QuPath's version (a Version there, its text here). */
+    static String getVersion() { '0.6.0 (test double)' }
 
     static QuPathGUI getInstance() {
         if (instance == null) {
@@ -25,27 +47,135 @@ class QuPathGUI {
         return instance
     }
 
+    /** QuPathGUI.java:1283. */
     TabPane getAnalysisTabPane() {
         QuPathDouble.calls << 'getAnalysisTabPane'
         return analysisTabPane
     }
 
+    /** QuPathGUI.java:1335: a live list; viewers added later (a grid) appear in it. */
     ObservableList getAllViewers() {
         QuPathDouble.calls << 'getAllViewers'
         return viewers
     }
 
+    /** QuPathGUI.java:2659: the current viewer's image, or null. */
     Object getImageData() {
         QuPathDouble.calls << 'getImageData'
         return imageData
     }
 
-    /** Like QuPath's: the menu item for a "Menu>Submenu>Name" path, replacing one of the same path. */
+    /**
+     * QuPathGUI.java 1899-1922: on the JavaFX thread, an action from the runnable, a menu item from the action
+     * (ActionTools.java 630-640; ControlsFX binds the item's accelerator to the action's, ActionUtils.java:763),
+     * replacing an item of the same name in the menu "Extensions>...".
+     */
     MenuItem installCommand(String menuPath, Runnable runnable) {
+        if (!Platform.isFxApplicationThread()) {
+            return onFxThread { installCommand(menuPath, runnable) } as MenuItem
+        }
         QuPathDouble.calls << "installCommand ${menuPath}".toString()
-        MenuItem item = new MenuItem(menuPath.substring(menuPath.lastIndexOf('>') + 1))
-        item.onAction = { runnable.run() } as javafx.event.EventHandler
+        List<String> names = menuPath.split('>') as List
+        Menu menu = extensionsMenu
+        names[1..-2].each { String name ->
+            Menu sub = menu.items.find { it instanceof Menu && it.text == name } as Menu
+            if (sub == null) {
+                sub = new Menu(name)
+                menu.items.add(sub)
+            }
+            menu = sub
+        }
+        Action action = new Action(names[-1], { runnable.run() } as Consumer)
+        MenuItem item = ActionUtils.createMenuItem(action)
+        item.properties.put(ACTION_KEY, action)
+        int same = menu.items.findIndexOf { it.text == item.text }
+        same >= 0 ? menu.items.set(same, item) : menu.items.add(item)
         commands[menuPath] = item
         return item
+    }
+
+    /**
+     * QuPathGUI.java 2082-2125 and 2141-2160: the accelerator goes on the item's action (taken from any other
+     * action that had it), then the item is re-added to its menu, which it must be in.
+     */
+    boolean setAccelerator(MenuItem item, KeyCombination combo) {
+        if (!Platform.isFxApplicationThread()) {
+            return onFxThread { setAccelerator(item, combo) } as boolean
+        }
+        QuPathDouble.calls << "setAccelerator ${item.text} ${combo?.name}".toString()
+        Action action = item.properties.get(ACTION_KEY) as Action
+        Action other = accelerators.get(combo)
+        if (other != null && other != action) {
+            other.acceleratorProperty().unbind()
+            other.accelerator = null
+        }
+        if (action != null) {
+            action.acceleratorProperty().unbind()
+            action.accelerator = combo
+            accelerators.put(combo, action)
+        } else {
+            item.acceleratorProperty().unbind()
+            item.accelerator = combo
+        }
+        List items = item.parentMenu.items
+        int index = items.indexOf(item)
+        items.remove(item)
+        items.add(index, item)
+        return true
+    }
+
+    /** QuPathGUI.java 382-416: the startup script preference, run once on the JavaFX thread (posted later). */
+    void maybeRunStartupScript() {
+        String path = System.getProperty('qupath.startup.script') ?: preferences().get('startupScriptPath', '')
+        if (path) {
+            Platform.runLater { runScript(new File(path)) }
+        }
+    }
+
+    /**
+     * DefaultScriptEditor.java 1508-1515 and 1544-1566: a script from the editor runs on the JavaFX thread only
+     * when its first line matches guiscript=true, else on a background thread. Returns that thread's name.
+     */
+    String runFromEditor(File file) {
+        String firstLine = file.readLines('UTF-8').find() ?: ''
+        boolean gui = GUI_SCRIPT.matcher(firstLine.toLowerCase()).find()
+        FutureTask<String> task = new FutureTask<String>({
+            runScript(file)
+            return Thread.currentThread().name
+        })
+        gui ? Platform.runLater(task) : new Thread(task, 'qupath-script-editor').start()
+        return task.get()
+    }
+
+    /**
+     * DefaultScriptLanguage.java 172-232: QuPath's default imports are prepended as text (QPEx statically,
+     * QuPathGUI.java 1966-1967), and the script is compiled by Groovy over the thread's context loader, which
+     * QuPath's extension manager makes the loader of the jars in `<userPath>/extensions` (ScriptLanguageProvider
+     * .java 180-182). QuPath evaluates through the javax.script Groovy engine, which compiles the same text with
+     * a GroovyClassLoader over that loader, as GroovyShell does here.
+     */
+    Object runScript(File file) {
+        String imports = 'import qupath.lib.gui.QuPathGUI\nimport static qupath.lib.gui.scripting.QPEx.*\n'
+        Thread.currentThread().contextClassLoader = extensionClassLoader()
+        return new GroovyShell(Thread.currentThread().contextClassLoader).evaluate(imports + file.getText('UTF-8'))
+    }
+
+    /** The jars in `<userPath>/extensions`, loaded as QuPath's extension manager does; none without a userPath. */
+    ClassLoader extensionClassLoader() {
+        String userPath = preferences().get('userPath', '')
+        File[] jars = userPath ? new File(userPath, 'extensions').listFiles({ File f -> f.name.endsWith('.jar') }
+                as FileFilter) : null
+        URL[] urls = (jars ?: new File[0]).collect { it.toURI().toURL() } as URL[]
+        return new URLClassLoader(urls, QuPathGUI.classLoader)
+    }
+
+    private static Preferences preferences() {
+        Preferences.userRoot().node(PREFERENCES_NODE)
+    }
+
+    private static Object onFxThread(Closure step) {
+        FutureTask task = new FutureTask(step)
+        Platform.runLater(task)
+        return task.get()
     }
 }
