@@ -19,6 +19,7 @@ from antoni_bridge.errors import BridgeError
 MEDGEMMA_ID = "google/medgemma-4b-it"
 BF16_NEEDS_GIB = 16.0  # MedGemma-4B in bf16 with the trained embedding and head copies, plus activations
 QUANT_CHOICES = ("auto", "4bit", "bf16", "none")
+SUPPORTED_TRANSFORMERS = ">=5.0,<6"  # tested at both ends in CI (.ci/run); keep pyproject.toml in step
 
 
 @dataclass
@@ -31,6 +32,22 @@ class LoadedLLM:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     image_resample: int = 2  # PIL's BILINEAR, as Gemma 3's image processor
+
+
+def kv_cache(cache: Any) -> dict[str, Any]:
+    """Keyword arguments handing the language model its KV cache: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name warns and goes away in 5.40), and older 5.x know only the old."""
+    return {_CACHE_KEYWORD: cache, "use_cache": True}
+
+
+def _cache_keyword() -> str:
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24.0") else "past_key_values"
+
+
+_CACHE_KEYWORD = _cache_keyword()
 
 
 def choose_quant(requested: str, device: torch.device) -> str:
