@@ -68,7 +68,9 @@ def _medgemma_on_meta() -> nn.Module:
 
     from benchmarks.generation import medgemma_config
 
-    return Gemma3ForConditionalGeneration(medgemma_config(pad=0, bos=2, eos=1, image_tokens=(262144, 255999, 256000)))
+    model = Gemma3ForConditionalGeneration(medgemma_config(pad=0, bos=2, eos=1, image_tokens=(262144, 255999, 256000)))
+    model.tie_weights()  # as loading does (transformers 5.0 leaves a model built on meta untied)
+    return model
 
 
 def _count(module: nn.Module) -> int:

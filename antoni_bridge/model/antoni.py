@@ -181,7 +181,8 @@ class AntoniModel(nn.Module):
         """Logits of (B, T) prompts about one slide (used by scoring; training takes `train.loss`)."""
         embeds = self.input_embeddings(input_ids, self.image_embeddings(latents))
         mask = attention_mask if attention_mask is not None else input_ids != self.ids.pad
-        return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long()).logits
+        text = torch.zeros_like(input_ids, device=self.device)  # causal over the image block too, as in train.loss
+        return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long(), token_type_ids=text).logits
 
     @property
     def context_length(self) -> int:

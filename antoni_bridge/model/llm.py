@@ -19,7 +19,6 @@ from antoni_bridge.errors import BridgeError
 MEDGEMMA_ID = "google/medgemma-4b-it"
 BF16_NEEDS_GIB = 16.0  # MedGemma-4B in bf16 with the trained embedding and head copies, plus activations
 QUANT_CHOICES = ("auto", "4bit", "bf16", "none")
-SUPPORTED_TRANSFORMERS = ">=5.0,<6"  # tested at both ends in CI (.ci/run); keep pyproject.toml in step
 
 
 @dataclass
