@@ -67,11 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
+KNOWN_WARNINGS = (  # third-party notices a user can do nothing about; any other warning is shown
+    # peft: MedGemma ties embed_tokens and lm_head; ANTONI-Alpha trains separate copies of both, as published
+    (r".*`ensure_weight_tying` is not set", UserWarning),
+    # peft 0.21 peft_model.py:184 reads transformers' deprecated `is_gradient_checkpointing`
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+)
+
+
 def _quiet_libraries() -> None:
-    """Libraries log their own account of what they do; ours is the one a user should read."""
+    """Libraries log their own account of what they do; ours is the one a user should read. Warnings stay on
+    (a deprecation must reach the user who can report it), less the known ones above."""
     for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    warnings.simplefilter("ignore")
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 # ---------------------------------------------------------------------------------------------- parser

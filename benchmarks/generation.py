@@ -15,6 +15,7 @@ import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,13 +65,29 @@ def run(folder: Path, args: argparse.Namespace) -> None:
 
 
 def measure(model: AntoniModel, width: int, label: str, args: argparse.Namespace) -> None:
-    model.ids = dataclasses.replace(model.ids, eos=-1, end_of_turn=-2)  # random weights: never stop early
+    figures = generation_figures(model, width, args.tokens, args.repeats)
+    prompt = f"prompt {figures['prompt_tokens']} tokens (256 image)"
+    print(f"{label}: {prompt}, {args.tokens} new tokens, median of {args.repeats}")
+    print(f"  time to first token: {figures['first_token_ms']:.1f} ms")
+    print(f"  decoding: {figures['tokens_per_s']:.1f} tokens/s")
+    print(
+        f"  follow-up ({figures['follow_up_prompt_tokens']} prompt tokens, {figures['follow_up_reused_tokens']} "
+        f"reused): first token after {figures['follow_up_first_token_ms']:.1f} ms with prefix reuse vs "
+        f"{figures['follow_up_fresh_first_token_ms']:.1f} ms without "
+        f"({figures['follow_up_fresh_first_token_ms'] / figures['follow_up_first_token_ms']:.1f}x)"
+    )
+
+
+def generation_figures(model: AntoniModel, width: int, tokens: int, repeats: int) -> dict[str, float]:
+    """Medians over `repeats`: first token, decoding speed, and a follow-up's first token with and without the
+    conversation's KV cache (random weights never stop early: end tokens are disabled)."""
+    model.ids = dataclasses.replace(model.ids, eos=-1, end_of_turn=-2)
     latents = torch.randn(513, width)
-    options = GenerationOptions(max_new_tokens=args.tokens, greedy=True)
+    options = GenerationOptions(max_new_tokens=tokens, greedy=True)
     question = [{"role": "user", "content": QUESTION}]
     model.answer(latents, question, GenerationOptions(max_new_tokens=4))  # warm-up
     cold, follow = [], []
-    for index in range(args.repeats):
+    for index in range(repeats):
         key = f"slide-{index}"
         first = model.answer(latents, question, options, prefix_key=key)
         follow_up = [*question, {"role": "assistant", "content": first.text}, {"role": "user", "content": "Why?"}]
@@ -79,25 +96,38 @@ def measure(model: AntoniModel, width: int, label: str, args: argparse.Namespace
         fresh = model.answer(latents, follow_up, options)
         cold.append((first.first_token_s, first.tokens_per_s, first.prompt_tokens))
         follow.append((again.first_token_s, fresh.first_token_s, again.reused_tokens, fresh.prompt_tokens))
-    print(f"{label}: prompt {cold[0][2]} tokens (256 image), {args.tokens} new tokens, median of {args.repeats}")
-    print(f"  time to first token: {statistics.median(c[0] for c in cold) * 1000:.1f} ms")
-    print(f"  decoding: {statistics.median(c[1] for c in cold):.1f} tokens/s")
-    reused_ttft = statistics.median(f[0] for f in follow)
-    fresh_ttft = statistics.median(f[1] for f in follow)
-    print(
-        f"  follow-up ({follow[0][3]} prompt tokens, {follow[0][2]} reused): first token after "
-        f"{reused_ttft * 1000:.1f} ms with prefix reuse vs {fresh_ttft * 1000:.1f} ms without "
-        f"({fresh_ttft / reused_ttft:.1f}x)"
-    )
+    return {
+        "prompt_tokens": cold[0][2],
+        "first_token_ms": statistics.median(c[0] for c in cold) * 1000,
+        "tokens_per_s": statistics.median(c[1] for c in cold),
+        "follow_up_prompt_tokens": follow[0][3],
+        "follow_up_reused_tokens": follow[0][2],
+        "follow_up_first_token_ms": statistics.median(f[0] for f in follow) * 1000,
+        "follow_up_fresh_first_token_ms": statistics.median(f[1] for f in follow) * 1000,
+    }
 
 
 def write_medgemma_shaped(folder: Path, demo_llm: Path) -> Path:
     """Gemma 3 at MedGemma-4B-IT's published shapes, random bf16 weights, with the demo tokenizer."""
-    from transformers import AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
     tokenizer = AutoTokenizer.from_pretrained(demo_llm)
-    ids = tokenizer.convert_tokens_to_ids(["<image_soft_token>", "<start_of_image>", "<end_of_image>"])
-    config = Gemma3Config(
+    image_tokens = tuple(tokenizer.convert_tokens_to_ids(["<image_soft_token>", "<start_of_image>", "<end_of_image>"]))
+    config = medgemma_config(tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, image_tokens)
+    with torch.device("cuda"):
+        model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    release_unused()
+    return folder
+
+
+def medgemma_config(pad: int, bos: int, eos: int, image_tokens: tuple[int, int, int]) -> Any:
+    """MedGemma-4B-IT's Gemma3Config (published shapes), with the given special token ids."""
+    from transformers import Gemma3Config
+
+    return Gemma3Config(
         text_config={
             "vocab_size": 262208,
             "hidden_size": 2560,
@@ -109,9 +139,9 @@ def write_medgemma_shaped(folder: Path, demo_llm: Path) -> Path:
             "sliding_window": 1024,
             "max_position_embeddings": 131072,
             "rope_scaling": {"rope_type": "linear", "factor": 8.0},
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": pad,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
         },
         vision_config={
             "hidden_size": 1152,
@@ -123,17 +153,10 @@ def write_medgemma_shaped(folder: Path, demo_llm: Path) -> Path:
             "vision_use_head": False,
         },
         mm_tokens_per_image=256,
-        image_token_index=ids[0],
-        boi_token_index=ids[1],
-        eoi_token_index=ids[2],
+        image_token_index=image_tokens[0],
+        boi_token_index=image_tokens[1],
+        eoi_token_index=image_tokens[2],
     )
-    with torch.device("cuda"):
-        model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    del model
-    release_unused()
-    return folder
 
 
 if __name__ == "__main__":

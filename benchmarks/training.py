@@ -13,6 +13,7 @@ import argparse
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,35 +59,57 @@ def main() -> None:
 
 
 def measure(folder: Path, setup: dict, width: int, words: int, steps: int, label: str) -> None:
+    config = training_cases(folder, setup, width, words, steps)
+    print(label)
+    for stage in (1, 2):
+        for checkpointing in (True, False):
+            name = f"  stage {stage}, gradient checkpointing {'on' if checkpointing else 'off'}"
+            try:
+                figures = one_run_figures(config(stage, checkpointing))
+            except torch.OutOfMemoryError:
+                print(f"{name}: out of memory")
+                continue
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            peak = f", peak GPU memory {figures['peak_gb']:.1f} GB" if "peak_gb" in figures else ""
+            print(
+                f"{name}: {figures['steps_per_s']:.2f} steps/s ({1 / figures['steps_per_s']:.2f} s per step of "
+                f"{setup['batch_size']}), a forward pass of the batch {figures['forward_ms']:.0f} ms = "
+                f"{figures['step_over_forward']:.1f}x{peak}"
+            )
+
+
+def training_cases(folder: Path, setup: dict, width: int, words: int, steps: int) -> Callable[[int, bool], TrainConfig]:
+    """Write `steps` batches of random-latent cases with about `words` tokens of answer each; return a maker
+    of the training config for a stage, with gradient checkpointing on or off."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    answer = " ".join(["tissue"] * words)  # about `words` tokens and more of text per example
+    answer = " ".join(["tissue"] * words)
     turns = [{"role": "user", "content": "Describe the slide."}, {"role": "assistant", "content": answer}]
     latents = [rng.normal(size=(513, width)).astype(np.float32) for _ in range(setup["batch_size"] * steps)]
     cases = [Case(f"c{i}", values, {"clean_report": turns}) for i, values in enumerate(latents)]
     write_instruct_data(folder / "train.h5", cases)
-    print(label)
-    for stage in (1, 2):
-        for checkpointing in (True, False):
-            values = {
-                "stage": stage,
-                "train_data": "train.h5",
-                "output_dir": f"out{stage}{checkpointing}",
-                "epochs": 1,
-                "gradient_accumulation": 1,
-                "gradient_checkpointing": checkpointing,
-                "save_every": 10**6,
-            }
-            config_path = folder / f"stage{stage}.yaml"
-            config_path.write_text(yaml.safe_dump({**values, **setup}))
-            try:
-                print(f"  stage {stage}, gradient checkpointing {'on' if checkpointing else 'off'}: "
-                      + _one_run(read_config(config_path)))  # fmt: skip
-            except torch.OutOfMemoryError:
-                print(f"  stage {stage}, gradient checkpointing {'on' if checkpointing else 'off'}: out of memory")
-            torch.cuda.empty_cache()
+
+    def config(stage: int, checkpointing: bool) -> TrainConfig:
+        values = {
+            "stage": stage,
+            "train_data": "train.h5",
+            "output_dir": f"out{stage}{checkpointing}",
+            "epochs": 1,
+            "gradient_accumulation": 1,
+            "gradient_checkpointing": checkpointing,
+            "save_every": 10**6,
+        }
+        path = folder / f"stage{stage}.yaml"
+        path.write_text(yaml.safe_dump({**values, **setup}))
+        return read_config(path)
+
+    return config
 
 
-def _one_run(config: TrainConfig) -> str:
+def one_run_figures(config: TrainConfig) -> dict[str, float]:
+    """Optimiser steps/s of one training run, against a forward pass of the same batch (and the GPU's peak)."""
     data = InstructData(config.train_data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trainer = Trainer(config, load_model(config, data.latent_width, device), data, None)
@@ -96,9 +119,10 @@ def _one_run(config: TrainConfig) -> str:
     start = time.perf_counter()
     trainer.run()
     seconds = (time.perf_counter() - start) / trainer.total_steps
-    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.1f} GB" if device.type == "cuda" else ""
-    return (f"{1 / seconds:.2f} steps/s ({seconds:.2f} s per step of {config.batch_size}), "
-            f"a forward pass of the batch {forward * 1000:.0f} ms = {seconds / forward:.1f}x{peak}")  # fmt: skip
+    figures = {"steps_per_s": 1 / seconds, "forward_ms": forward * 1000, "step_over_forward": seconds / forward}
+    if device.type == "cuda":
+        figures["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return figures
 
 
 @torch.no_grad()

@@ -289,8 +289,9 @@ def load_slide_encoder(
     encoder.load_published_state_dict(read_state_dict(folder, "slide encoder"))
     device = torch.device(device)
     encoder = encoder.to(device).eval()
-    if device.type == "cuda" and precision != "fp32":
+    if device.type == "cuda" and precision != "fp32":  # stored in the autocast dtype: half the memory
         encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        encoder.to(encoder.autocast_dtype)
     return encoder
 
 

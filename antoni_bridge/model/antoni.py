@@ -13,11 +13,12 @@ off, on the weights already loaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,12 @@ from antoni_bridge.model.generation import (
     PrefixCache,
     timed_decode,
 )
-from antoni_bridge.model.llm import LoadedLLM, load_llm
+from antoni_bridge.model.llm import LoadedLLM, kv_cache, load_llm
 from antoni_bridge.model.projector import AttentionPoolingProjector
 
 TRAINED_MARKERS = (".lora_A.", ".lora_B.", ".modules_to_save.")
 LATENT_ROWS = 513  # Prism: the slide embedding, then 512 image latents
+NESTED_TOWER = ".vision_tower.vision_model."
 
 
 @dataclass(frozen=True)
@@ -96,19 +98,19 @@ class AntoniModel(nn.Module):
         model.load_trained(read_state_dict(weights, "ANTONI-Alpha"))
         if model.loaded.quant != "none":
             model._to_bf16()
+        model.park_view_weights()
         return model
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
         """Load the trained parts strictly, into the parameters' own dtypes; the frozen base weights in a full
         checkpoint are accepted and skipped.
 
-        Keys are first brought to transformers 5's names: the release was saved with transformers 4.56,
-        whose SigLIP tower sits one level deeper (`vision_tower.vision_model.`).
+        Keys are first brought to the loaded model's names for the SigLIP tower (see `_tower_names`).
         """
         if set(state) == {"model_state_dict"}:  # training checkpoints wrap the weights
             state = state["model_state_dict"]
-        state = {k.replace(".vision_tower.vision_model.", ".vision_tower."): v for k, v in state.items()}
         own = self.state_dict()
+        state = _tower_names(state, nested=any(NESTED_TOWER in k for k in own))
         required = {k for k in own if k.startswith("projection_layer.") or any(m in k for m in TRAINED_MARKERS)}
         missing = sorted(required - state.keys())
         unexpected = sorted(k for k in state.keys() - own.keys() if not _is_quantisation_state(k, own))
@@ -179,7 +181,8 @@ class AntoniModel(nn.Module):
         """Logits of (B, T) prompts about one slide (used by scoring; training takes `train.loss`)."""
         embeds = self.input_embeddings(input_ids, self.image_embeddings(latents))
         mask = attention_mask if attention_mask is not None else input_ids != self.ids.pad
-        return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long()).logits
+        text = torch.zeros_like(input_ids, device=self.device)  # causal over the image block too, as in train.loss
+        return self.llm(inputs_embeds=embeds, attention_mask=mask.to(self.device).long(), token_type_ids=text).logits
 
     @property
     def context_length(self) -> int:
@@ -226,14 +229,14 @@ class AntoniModel(nn.Module):
                 embeds = self.input_embeddings(new, self.image_embeddings(latents))
             else:
                 embeds = self.llm.get_input_embeddings()(new.to(self.device))
-            out = self.llm(inputs_embeds=embeds, past_key_values=entry.cache, use_cache=True, logits_to_keep=1)
+            out = self.llm(inputs_embeds=embeds, **kv_cache(entry.cache), logits_to_keep=1)
             entry.ids.extend(ids[reused:])
             if prefix_key and entry.snapshot is None:
                 entry.keep_snapshot()
             return out.logits[0, -1]
 
         def step(token: torch.Tensor) -> torch.Tensor:
-            out = self.llm(input_ids=token.to(self.device), past_key_values=entry.cache, use_cache=True)
+            out = self.llm(input_ids=token.to(self.device), **kv_cache(entry.cache))
             return out.logits[0, -1]
 
         result = timed_decode(
@@ -316,16 +319,15 @@ class AntoniModel(nn.Module):
                 input_ids=ids.to(self.device),
                 pixel_values=pixels,
                 token_type_ids=token_types.to(self.device),
-                past_key_values=cache,
-                use_cache=True,
+                **kv_cache(cache),
                 logits_to_keep=1,
             )
             return out.logits[0, -1]
 
         def step(token: torch.Tensor) -> torch.Tensor:
-            return self.llm(input_ids=token.to(self.device), past_key_values=cache, use_cache=True).logits[0, -1]
+            return self.llm(input_ids=token.to(self.device), **kv_cache(cache)).logits[0, -1]
 
-        with self.llm.disable_adapter():
+        with self.llm.disable_adapter(), self._view_weights_on_device():
             return timed_decode(
                 prefill, step, self.tokenizer, self.ids.stops, options, fed, ids.shape[1], 0, on_text, cancelled
             )
@@ -350,6 +352,42 @@ class AntoniModel(nn.Module):
     def _embedding_dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
+    def park_view_weights(self, place: torch.device | str = "cpu") -> None:
+        """Keep MedGemma's original (tied) embedding and head off the GPU: slide mode reads only the trained
+        copies, and the original, 1.34 GB at MedGemma's vocabulary, is needed only in view mode, which brings it
+        over for the call (about 50 ms on PCIe 4). Nothing moves when the model is on the CPU."""
+        if self.device.type != "cpu":
+            self._move_view_weights(torch.device(place))
+
+    @contextlib.contextmanager
+    def _view_weights_on_device(self) -> Iterator[None]:
+        parked = self._original_modules()[0].weight.device if self._original_modules() else self.device
+        if parked == self.device:
+            yield
+            return
+        self._move_view_weights(self.device)
+        try:
+            yield
+        finally:
+            self._move_view_weights(parked)
+
+    def _move_view_weights(self, place: torch.device) -> None:
+        """Move the original modules' weights, keeping tied ones one Parameter (`Module.to` would untie them when
+        the storage type changes, and then hold two copies)."""
+        moved: list[tuple[nn.Parameter, nn.Parameter]] = []
+        for owner in (m for original in self._original_modules() for m in original.modules()):
+            for name, parameter in list(owner.named_parameters(recurse=False)):
+                new = next((n for old, n in moved if old is parameter), None)
+                if new is None:
+                    new = nn.Parameter(parameter.detach().to(place), requires_grad=parameter.requires_grad)
+                    moved.append((parameter, new))
+                setattr(owner, name, new)
+
+    def _original_modules(self) -> list[nn.Module]:
+        from peft.utils.other import ModulesToSaveWrapper
+
+        return [m.original_module for m in self.llm.modules() if isinstance(m, ModulesToSaveWrapper)]
+
 
 def check_latents(latents: torch.Tensor, config: AntoniConfig) -> torch.Tensor:
     """(513, dim) or (1, 513, dim) finite float latents of the width the projector takes (checkable before
@@ -368,6 +406,14 @@ def check_latents(latents: torch.Tensor, config: AntoniConfig) -> torch.Tensor:
     if not torch.isfinite(latents).all():
         raise BridgeError("The slide latents contain NaN or infinite values.", "embed the slide again")
     return latents
+
+
+def _tower_names(state: dict[str, torch.Tensor], nested: bool) -> dict[str, torch.Tensor]:
+    """The release was saved with transformers 4.56, whose SigLIP tower sits one level deeper
+    (`vision_tower.vision_model.`), as in transformers up to 5.x's flattening; our own checkpoints use whichever
+    names the transformers that trained them had. Bring every key to the loaded model's naming."""
+    flat = {k.replace(NESTED_TOWER, ".vision_tower."): v for k, v in state.items()}
+    return {k.replace(".vision_tower.", NESTED_TOWER): v for k, v in flat.items()} if nested else flat
 
 
 def _digest(latents: torch.Tensor) -> str:

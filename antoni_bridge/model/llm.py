@@ -33,6 +33,22 @@ class LoadedLLM:
     image_resample: int = 2  # PIL's BILINEAR, as Gemma 3's image processor
 
 
+def kv_cache(cache: Any) -> dict[str, Any]:
+    """Keyword arguments handing the language model its KV cache: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name warns and goes away in 5.40), and older 5.x know only the old."""
+    return {_CACHE_KEYWORD: cache, "use_cache": True}
+
+
+def _cache_keyword() -> str:
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24.0") else "past_key_values"
+
+
+_CACHE_KEYWORD = _cache_keyword()
+
+
 def choose_quant(requested: str, device: torch.device) -> str:
     """ "auto": bf16 when the GPU has room, else 4-bit; fp32 ("none") on the CPU. An explicit choice is kept
     (bitsandbytes also runs 4-bit on the CPU, slowly, which lets the quantised path be tested anywhere)."""

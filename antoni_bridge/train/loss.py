@@ -62,9 +62,16 @@ class SupervisedLoss(nn.Module):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             image = model.projection_layer(latents.to(device, model.projection_layer.query_tokens.dtype))
             embeds = model.input_embeddings(ids, image)
+            # token types all 0 ("text"): causal attention over the image block too, as published (transformers
+            # 5.0 refuses to train Gemma 3 without token types)
             hidden = (
                 model.llm.get_base_model()
-                .model(inputs_embeds=embeds, attention_mask=(ids != model.ids.pad).long(), use_cache=False)
+                .model(
+                    inputs_embeds=embeds,
+                    attention_mask=(ids != model.ids.pad).long(),
+                    token_type_ids=torch.zeros_like(ids),
+                    use_cache=False,
+                )
                 .last_hidden_state
             )
             kept = targets != IGNORE

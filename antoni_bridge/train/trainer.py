@@ -115,7 +115,7 @@ class Trainer:
         self.processes = processes or accelerator()
         self.parameters = _trained_parameters(model, config.stage)
         if config.gradient_checkpointing:
-            model.llm.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+            _recompute_activations(model.llm.get_base_model())
         autocast = model.device.type == "cuda" or model.loaded.quant != "none"
         self.loss = SupervisedLoss(model, autocast)
         self.wrapped = self.processes.prepare_model(self.loss, device_placement=False)  # DDP when several processes run
@@ -379,3 +379,10 @@ def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
+
+
+def _recompute_activations(llm: Any) -> None:
+    """Gradient checkpointing: transformers 5.23 renamed it activation checkpointing (the old name warns and
+    goes in v6); older 5.x have only the old name."""
+    enable = getattr(llm, "activation_checkpointing_enable", None) or llm.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
