@@ -233,7 +233,6 @@ HEADER_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.xfail(strict=False, reason="header decoding is fixed on the security branch (daemon/protocol.py)")
 def test_hostile_headers_are_refused_and_the_daemon_lives(tmp_path: Path) -> None:
     from antoni_bridge.daemon.launch import start_daemon
 
