@@ -377,51 +377,6 @@ def test_a_remote_daemon_needs_curve_and_keeps_to_its_slide_roots(
         process.wait()
 
 
-def test_no_daemon_is_one_clear_sentence(tmp_path: Path) -> None:
-    with pytest.raises(BridgeError, match="the daemon is not running"):
-        Client(tmp_path / "none.json")
-
-
-def test_stop_ends_the_process_and_removes_the_connection_file(daemon: Path) -> None:
-    with _client(daemon) as client:
-        client.request("shutdown")
-    deadline = time.monotonic() + 10
-    while daemon.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not daemon.exists()
-
-
-def test_shutdown_ends_the_running_and_the_waiting_jobs_with_cancelled(tmp_path: Path) -> None:
-    from antoni_bridge.daemon.launch import start_daemon
-
-    connection = tmp_path / "own.json"
-    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
-    try:
-        long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
-        with _client(connection) as asker:
-            sent = {asker.send("ask", long).msg_id for _ in range(2)}  # one runs, one waits
-            ends: dict[str, Message] = {}
-            started, deadline = False, time.monotonic() + 60
-            while len(ends) < 2:
-                assert time.monotonic() < deadline, f"no terminal message for {sent - ends.keys()}"
-                asker.send("heartbeat", {})  # or its jobs end as the jobs of a client gone
-                if not asker.socket.poll(250):
-                    continue
-                message = asker.session.parse(asker.socket.recv_multipart())
-                if message.type == "token" and not started:
-                    started = True
-                    with _client(connection) as stopper:
-                        stopper.request("shutdown")
-                if message.type in ("done", "cancelled", "error"):
-                    ends[message.parent_id] = message
-        assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
-        assert [m.content["reason"] for m in ends.values()] == ["shutdown", "shutdown"]  # running and waiting
-        assert process.wait(timeout=30) == 0 and not connection.exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-
-
 class RawClient:
     """A client written from docs/protocol.md alone: it signs what it is told to, escapes text as ASCII
     JSON (so a lone surrogate reaches the daemon), and heartbeats while it waits."""
@@ -589,3 +544,48 @@ def test_a_tangled_region_is_refused_quickly_and_tissue_detection_stops_on_cance
     assert cancel_sent is not None, "no progress while finding tissue"
     assert message.type == "cancelled" and message.content["reason"] == "request"
     assert time.monotonic() - cancel_sent < 2.0
+
+
+def test_no_daemon_is_one_clear_sentence(tmp_path: Path) -> None:
+    with pytest.raises(BridgeError, match="the daemon is not running"):
+        Client(tmp_path / "none.json")
+
+
+def test_stop_ends_the_process_and_removes_the_connection_file(daemon: Path) -> None:
+    with _client(daemon) as client:
+        client.request("shutdown")
+    deadline = time.monotonic() + 10
+    while daemon.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not daemon.exists()
+
+
+def test_shutdown_ends_the_running_and_the_waiting_jobs_with_cancelled(tmp_path: Path) -> None:
+    from antoni_bridge.daemon.launch import start_daemon
+
+    connection = tmp_path / "own.json"
+    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+    try:
+        long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
+        with _client(connection) as asker:
+            sent = {asker.send("ask", long).msg_id for _ in range(2)}  # one runs, one waits
+            ends: dict[str, Message] = {}
+            started, deadline = False, time.monotonic() + 60
+            while len(ends) < 2:
+                assert time.monotonic() < deadline, f"no terminal message for {sent - ends.keys()}"
+                asker.send("heartbeat", {})  # or its jobs end as the jobs of a client gone
+                if not asker.socket.poll(250):
+                    continue
+                message = asker.session.parse(asker.socket.recv_multipart())
+                if message.type == "token" and not started:
+                    started = True
+                    with _client(connection) as stopper:
+                        stopper.request("shutdown")
+                if message.type in ("done", "cancelled", "error"):
+                    ends[message.parent_id] = message
+        assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
+        assert [m.content["reason"] for m in ends.values()] == ["shutdown", "shutdown"]  # running and waiting
+        assert process.wait(timeout=30) == 0 and not connection.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
