@@ -72,6 +72,8 @@ def test_a_follow_up_continues_the_conversation_from_the_cache(seen: dict[str, A
     saved = json.loads(seen["annotation"]["metadata"]["antoni.conversation"])
     assert [t["role"] for t in saved] == ["user", "assistant", "user", "assistant"]
     assert seen["annotation"]["metadata"]["antoni.question"] == "Is there a tumour in this region?"
+    metadata = seen["annotation"]["metadata"]
+    assert metadata["antoni.weights-id"] and metadata["antoni.adapter"] == "on"  # the daemon's hello names its weights
     assert "You: Is there a tumour in this region?" in seen["annotation"]["description"]
 
 
