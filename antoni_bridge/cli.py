@@ -515,7 +515,7 @@ def _run_job(type_: str, content: dict[str, Any], on_token=None) -> dict[str, An
             elif event.type in ("error", "busy", "cancelled"):
                 message = event.content.get("message", f"The job was {event.type}.")
                 raise BridgeError(message, event.content.get("hint", ""))
-    raise BridgeError("The daemon ended the job without an answer.", "see its log")
+    raise BridgeError("The daemon ended the job without an answer.", f"see its log ({paths.log_file()} by default)")
 
 
 def _answer_daemon(args: argparse.Namespace, request, conversation: list[dict[str, str]]) -> str:
