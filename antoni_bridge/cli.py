@@ -7,9 +7,11 @@ and exit status 2; no traceback (unless --verbose).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
+import re
 import sys
 import time
 import warnings
@@ -19,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from antoni_bridge import paths, qupath_install
+from antoni_bridge import __version__, paths, qupath_install
 from antoni_bridge.batch import command as batch
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
@@ -35,7 +37,9 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_extras(parser, args, extras)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USER_ERROR
@@ -87,10 +91,45 @@ def _quiet_libraries() -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str):  # type: ignore[override]  # -> NoReturn
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            message += _did_you_mean(wrong.group(1), choices)
+        super().error(message)
+
+
+def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _refuse_extras(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Arguments no command takes: name the closest option of the command given, then exit 2."""
+    command = parser if args.command is None else _subcommands(parser)[args.command]
+    options = [o for action in command._actions for o in action.option_strings]
+    first = extras[0]
+    if first.startswith("-"):
+        hint = _did_you_mean(first.split("=")[0], options)
+        command.error(f"{first} is not an option of {command.prog}{hint}")
+    command.error(f"unexpected argument {first!r}; quote a question that has spaces")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="antoni-bridge", description="ANTONI-Alpha on whole slides, locally.")
+    parser = _Parser(prog="antoni-bridge", description="ANTONI-Alpha on whole slides, locally.")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
-    commands = parser.add_subparsers(title="commands")
+    parser.add_argument("--version", action="version", version=f"antoni-bridge {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command")
 
     demo_slide = commands.add_parser("make-demo-slide", help="write the demo slide (pyramidal JPEG SVS)")
     demo_slide.add_argument("out", type=Path)
@@ -116,14 +155,21 @@ def _parser() -> argparse.ArgumentParser:
     encoder_options(embed)
     embed.set_defaults(run=_embed)
 
-    ask = commands.add_parser("ask", help="ask ANTONI-Alpha about a slide, a region or a features file")
-    ask.add_argument("words", nargs="+", metavar="[SLIDE] QUESTION", help="a slide and a question, or a question")
+    ask = commands.add_parser(
+        "ask",
+        help="ask ANTONI-Alpha about a slide, a region or a features file",
+        usage='%(prog)s [SLIDE] "QUESTION" [options]',
+        description="One question per run (quote it); --follow-up continues the last conversation.",
+    )
+    ask.add_argument(
+        "words", nargs="+", metavar="SLIDE QUESTION", help="a slide and one question, or only the question (--features)"
+    )
     ask.add_argument("--features", type=Path, help="a features file (.h5 or .pt) instead of a slide")
     ask.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
     ask.add_argument("--weights", default=ANTONI_ID, help=f"folder or hub id (default {ANTONI_ID})")
     ask.add_argument("--revision", help="hub revision of the weights (e.g. pretrain)")
     ask.add_argument("--llm", help="folder or hub id of MedGemma (default: as the weights' config says)")
-    ask.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    ask.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), help="with --local (default auto)")
     ask.add_argument("--greedy", action="store_true", help="greedy decoding (default: sampling)")
     ask.add_argument("--seed", type=int, help="seed for sampling")
     ask.add_argument("--max-new-tokens", type=int, default=1024)
@@ -132,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--follow-up", action="store_true", help="continue the last conversation about this slide")
     _region_options(ask)
     encoder_options(ask)
-    ask.set_defaults(run=_ask)
+    ask.set_defaults(run=_ask, local_defaults={name: ask.get_default(name) for name in LOCAL_ONLY})
 
     serve = commands.add_parser("serve", help="run the daemon that hosts the models (front ends talk to it)")
     serve.add_argument("--address", default="tcp://127.0.0.1:5555", help="where to listen (loopback by default)")
@@ -166,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     training.add_commands(commands)
     batch.add_commands(commands)
     qupath_install.add_commands(commands)
+    for command in commands.choices.values():  # --verbose after the command too
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -223,12 +271,7 @@ def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (importe
     check_input_file(slide)
     if args.name and not args.geojson:
         raise BridgeError("--name picks an annotation of --geojson, but no --geojson was given.", "add --geojson FILE")
-    numbers = (args.mpp, args.min_tissue, args.slide_mpp if args.slide_mpp is not None else 1.0)
-    if not all(math.isfinite(n) for n in numbers) or args.mpp <= 0 or args.size < 16 or not 0 <= args.min_tissue < 1:
-        raise BridgeError(
-            "--mpp must be a positive number, --size at least 16, --min-tissue in [0, 1).",
-            "the defaults (--mpp 0.5 --size 224 --min-tissue 0) are what ANTONI-Alpha was trained on",
-        )
+    _check_grid_numbers(args)
     region = None
     if args.region:
         region = Region.parse_rectangle(args.region)
@@ -236,6 +279,25 @@ def _request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (importe
         region = read_geojson_region(args.geojson, args.name)
     spec = GridSpec(mpp=args.mpp, size=args.size, min_tissue=args.min_tissue)
     return SlideRequest(path=slide, region=region, spec=spec, slide_mpp=args.slide_mpp)
+
+
+MIN_TILE, MAX_TILE = 16, 4096  # pixels per tile side
+
+
+def _check_grid_numbers(args: argparse.Namespace) -> None:
+    """Each bad number is named with the range it must lie in."""
+    trained = "the defaults (--mpp 0.5 --size 224 --min-tissue 0) are what ANTONI-Alpha was trained on"
+    if not (math.isfinite(args.mpp) and args.mpp > 0):
+        raise BridgeError(f"--mpp {args.mpp} is not a positive number of microns per pixel.", trained)
+    if not MIN_TILE <= args.size <= MAX_TILE:
+        raise BridgeError(f"--size {args.size} is outside {MIN_TILE}..{MAX_TILE} pixels per tile side.", trained)
+    if not (math.isfinite(args.min_tissue) and 0 <= args.min_tissue < 1):
+        raise BridgeError(f"--min-tissue {args.min_tissue} is outside [0, 1): it is a fraction of a tile.", trained)
+    if args.slide_mpp is not None and not (math.isfinite(args.slide_mpp) and args.slide_mpp > 0):
+        raise BridgeError(
+            f"--slide-mpp {args.slide_mpp} is not a positive number of microns per pixel.",
+            "0.25 for a 40x scan, 0.5 for a 20x scan",
+        )
 
 
 def _check_outputs(args: argparse.Namespace, *inputs: Path | None) -> None:
@@ -272,10 +334,17 @@ def _tiles(args: argparse.Namespace) -> int:
         grid = planned.grid
         print(
             f"{len(grid):,} tiles of {grid.spec.size} px at {grid.spec.mpp} um/px over "
-            f"{planned.tissue.contour_count} tissue pieces, read from level {grid.level} "
+            f"{_pieces(grid)} tissue pieces{' of the region' if grid.region else ''}, read from level {grid.level} "
             f"({grid.read_size} px each), in {planned.seconds:.2f} s -> {args.out}"
         )
     return 0
+
+
+def _pieces(grid) -> int:  # grid: TileGrid
+    """The tissue pieces the tiles lie on: with a region, only the region's."""
+    import numpy as np
+
+    return len(np.unique(grid.contour_index[grid.contour_index >= 0]))
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -340,7 +409,26 @@ def _write_overview_for(request, result, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------- asking
 
 
+LOCAL_ONLY = ("quant", "weights", "revision", "llm", "device", "precision", "batch_size", "threads", "cache_dir",
+              "tile_encoder", "slide_encoder", "demo")  # fmt: skip
+
+
+def _check_local_only(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Options for a model in this process mean nothing to the daemon: refused rather than ignored."""
+    given = [name for name in LOCAL_ONLY if getattr(args, name) != defaults[name]]
+    if given and not args.local:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise BridgeError(
+            f"{flags}: for a model run in this process, but without --local the daemon answers with the "
+            "models it loaded.",
+            "add --local, or leave them out (give them to `antoni-bridge serve` to change the daemon's models)",
+        )
+    if args.quant is None:
+        args.quant = "auto"
+
+
 def _ask(args: argparse.Namespace) -> int:
+    _check_local_only(args, args.local_defaults)
     slide, question = _slide_and_question(args)
     choices = _parse_choices(args.choices) if args.choices is not None else None
     if not question.strip():
@@ -398,8 +486,9 @@ def _answer_local(args: argparse.Namespace, request, conversation: list[dict[str
         return result.text
     print()
     print(
-        f"[{len(result.token_ids)} tokens, first after {result.first_token_s * 1000:.0f} ms, "
-        f"{result.tokens_per_s:.1f} tokens/s, stop: {result.stop_reason}]" + (f" {DEMO_NOTE}" if demo else "")
+        f"[{len(result.token_ids)} of at most {args.max_new_tokens} tokens, first after "
+        f"{result.first_token_s * 1000:.0f} ms, {result.tokens_per_s:.1f} tokens/s, stop: {result.stop_reason}]"
+        + (f" {DEMO_NOTE}" if demo else "")
     )
     return result.text
 
@@ -438,7 +527,7 @@ def _run_job(type_: str, content: dict[str, Any], on_token=None) -> dict[str, An
             elif event.type in ("error", "busy", "cancelled"):
                 message = event.content.get("message", f"The job was {event.type}.")
                 raise BridgeError(message, event.content.get("hint", ""))
-    raise BridgeError("The daemon ended the job without an answer.", "see its log")
+    raise BridgeError("The daemon ended the job without an answer.", f"see its log ({paths.log_file()} by default)")
 
 
 def _answer_daemon(args: argparse.Namespace, request, conversation: list[dict[str, str]]) -> str:
@@ -451,7 +540,8 @@ def _answer_daemon(args: argparse.Namespace, request, conversation: list[dict[st
         return done["answer"]
     timings = done["timings"]
     print(
-        f"\n[{len(done['token_ids'])} tokens, first after {timings['first_token_s'] * 1000:.0f} ms, "
+        f"\n[{len(done['token_ids'])} of at most {args.max_new_tokens} tokens, first after "
+        f"{timings['first_token_s'] * 1000:.0f} ms, {timings.get('tokens_per_s', 0.0):.1f} tokens/s, "
         f"latents from {done['latents_from']}, {timings['total_s']:.1f} s in all]"
         + (f" {DEMO_NOTE}" if done["demo"] else "")
     )
@@ -562,8 +652,15 @@ def _cancel(args: argparse.Namespace) -> int:
 def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:
     if args.features is not None:
         if len(args.words) != 1:
-            raise BridgeError("With --features give only the question.", 'antoni-bridge ask --features F "QUESTION"')
+            raise BridgeError(
+                "With --features give only the question (one, quoted).", 'antoni-bridge ask --features F "QUESTION"'
+            )
         return None, args.words[0]
+    if len(args.words) > 2:
+        raise BridgeError(
+            f"ask takes a slide and one question, but got {len(args.words)} words.",
+            'quote the question: ask SLIDE "What organ is this?"; ask again with --follow-up for the next one',
+        )
     if len(args.words) != 2:
         raise BridgeError("Give a slide and a question, or --features and a question.", 'ask SLIDE "QUESTION"')
     return Path(args.words[0]), args.words[1]

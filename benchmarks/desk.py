@@ -52,6 +52,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         window = DeskWindow(home / "daemon.json")
+        window.ask_before_closing = False
         try:
             window.resize(1400, 900)
             window.show()

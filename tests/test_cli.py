@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -202,7 +205,8 @@ def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, De
         "5",
     )
     assert result.returncode == 0, result.stderr
-    assert "demo weights: random" in result.stdout and "tokens, first after" in result.stdout
+    assert "demo weights: random" in result.stdout and "of at most 5 tokens, first after" in result.stdout
+    assert re.search(r"[\d.]+ tokens/s", result.stdout), result.stdout
 
 
 def test_ask_reads_big_endian_and_gradient_carrying_latents(tmp_path: Path) -> None:
@@ -267,7 +271,7 @@ def test_ask_bad_inputs(tmp_path: Path) -> None:
         "empty choices": (["--features", str(wrong), "--local", "--choices", "", "Q"], "Cannot read the choice"),
     }
     for label, (args, message) in cases.items():
-        result = run_cli("ask", *args, "--demo")
+        result = run_cli("ask", *args, *(["--demo"] if "--local" in args else []))
         assert result.returncode == 2, f"{label}: {result.stderr}"
         assert "Traceback" not in result.stderr and message in result.stderr, f"{label}: {result.stderr}"
 
@@ -302,3 +306,79 @@ def test_a_grey_slide_is_read(tmp_path: Path) -> None:
     tifffile.imwrite(path, grey, tile=(256, 256), resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     result = run_cli("tiles", str(path), "--out", str(tmp_path / "grey.h5"))
     assert result.returncode == 0, result.stderr
+
+
+def test_mistakes_on_the_command_line_get_did_you_mean_and_the_bad_value(
+    demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    slide, out = str(demo_40x[0]), str(tmp_path / "x.h5")
+    mistyped = "--mpx is not an option of antoni-bridge tiles; did you mean --mpp?"
+    cases = {
+        "command": (["tile", slide], "did you mean tiles?"),
+        "flag": (["tiles", slide, "--out", out, "--mpx", "1"], mistyped),
+        "mpp": (["tiles", slide, "--out", out, "--mpp", "0"], "--mpp 0.0 is not a positive number"),
+        "size": (["tiles", slide, "--out", out, "--size", "7"], "--size 7 is outside 16..4096"),
+        "min tissue": (["tiles", slide, "--out", out, "--min-tissue", "2"], "--min-tissue 2.0 is outside [0, 1)"),
+        "slide mpp": (["tiles", slide, "--out", out, "--slide-mpp", "-1"], "--slide-mpp -1.0 is not a positive"),
+        "quant": (["ask", "--features", out, "--quant", "4bit", "Q"], "--quant: for a model run in this process"),
+        "device": (["ask", slide, "Q", "--device", "cpu"], "without --local the daemon answers"),
+        "two questions": (["ask", slide, "Organ?", "Grade?"], "one question, but got 3 words"),
+    }  # fmt: skip
+    for label, (args, message) in cases.items():
+        result = run_cli(*args)
+        assert result.returncode == 2, f"{label}: {result.stderr}"
+        assert message in result.stderr and "Traceback" not in result.stderr, f"{label}: {result.stderr}"
+    assert not Path(out).exists()
+
+
+def test_version_verbose_after_the_command_and_one_question_in_the_usage() -> None:
+    from antoni_bridge import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"antoni-bridge {__version__}"
+    verbose = run_cli("status", "--verbose")  # no daemon: --verbose shows the traceback behind the error
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "not running" in verbose.stderr
+    usage = run_cli("ask", "--help").stdout
+    assert 'ask [SLIDE] "QUESTION" [options]' in usage and "..." not in usage.split("options:")[0]
+
+
+def test_tiles_of_a_region_count_its_pieces_and_ask_names_embed_for_them(
+    demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    slide = str(demo_40x[0])
+    whole = run_cli("tiles", slide, "--out", str(tmp_path / "whole.h5"))
+    region = run_cli("tiles", slide, "--out", str(tmp_path / "region.h5"), "--region", "1500,1500,2500,2500")
+    pieces = int(re.search(r"over (\d+) tissue pieces", whole.stdout).group(1))
+    assert pieces > 1 and "over 1 tissue pieces of the region" in region.stdout, (whole.stdout, region.stdout)
+    asked = run_cli("ask", "--features", str(tmp_path / "region.h5"), "--local", "--demo", "Organ?")
+    assert asked.returncode == 2 and "holds tiles only" in asked.stderr and "antoni-bridge embed" in asked.stderr
+
+
+def _fake_project(tmp_path: Path, stamp: str) -> Path:
+    """A copy of the setup script and pyproject.toml, and a venv whose python only records its calls."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    repo = Path(__file__).parents[1]
+    shutil.copy(repo / "scripts" / "setup-env", root / "scripts" / "setup-env")
+    shutil.copy(repo / "pyproject.toml", root / "pyproject.toml")
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\necho "$@" >> {root}/pip-calls\n')
+    python.chmod(0o755)
+    digest = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (root / ".venv" / ".antoni-bridge-setup").write_text(f"{digest} extras={stamp}\n")
+    return root
+
+
+def test_setup_env_keeps_an_env_installed_with_more_extras(tmp_path: Path) -> None:
+    root = _fake_project(tmp_path, "desk,test")
+    for wanted in ("", "test", "desk,test"):  # run-demo after run-tests: nothing to install, no network
+        done = subprocess.run([root / "scripts" / "setup-env", wanted], capture_output=True, text=True)
+        assert done.returncode == 0 and not (root / "pip-calls").exists(), (wanted, done.stderr)
+    subprocess.run([root / "scripts" / "setup-env", "gpu"], check=True)
+    assert "-e .[desk,gpu,test]" in (root / "pip-calls").read_text(), "a refresh keeps the extras already there"
+
+
+def test_ci_installs_what_qt_needs_on_a_real_display() -> None:
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text()
+    assert re.search(r"packages=\([^)]*\blibxcb-cursor0\b", ci)

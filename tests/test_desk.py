@@ -14,9 +14,9 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts: no display on build machines
 
 import pytest
-from PyQt6.QtCore import QPoint, QPointF, Qt
+from PyQt6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer
 from PyQt6.QtGui import QImage, QWheelEvent
-from PyQt6.QtWidgets import QApplication
+from PyQt6.QtWidgets import QApplication, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from antoni_bridge.desk.window import DeskWindow
@@ -32,6 +32,7 @@ def open_window(qtbot: QtBot, daemon: Path):
 
     def make(connection_file: Path = daemon, serve_args: tuple[str, ...] = ()) -> DeskWindow:
         window = DeskWindow(connection_file, serve_args)
+        window.ask_before_closing = False  # pytest-qt closes the windows at teardown: no question then
         qtbot.addWidget(window)
         window.show()
         qtbot.waitExposed(window)
@@ -125,7 +126,7 @@ def test_open_draw_ask_stream_cancel_and_reopen(
     assert window.region_list.count() == 2 and window.region is not None
     assert "Is there a neoplasm?" in window.chat.transcript.toPlainText()
 
-    shot = Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOT") or tmp_path / "desk.png")
+    shot = tmp_path / "desk.png"
     window.save_screenshot(shot)
     image = QImage(str(shot))
     assert image.width() >= 1000 and len({image.pixel(x, 300) for x in range(0, image.width(), 7)}) > 20
@@ -165,13 +166,18 @@ def test_bad_input_is_one_sentence_in_the_window(
     ask(qtbot, window, "What is here?")
     wait_for_the_end(qtbot, window)
     assert "No tissue" in window.messages.text and window.conversation().exchanges[-1].state == "error"
+    qtbot.mouseClick(
+        window.region_list.viewport(), Qt.MouseButton.LeftButton,
+        pos=window.region_list.visualItemRect(window.region_list.item(0)).center(),
+    )  # fmt: skip
+    assert window.region is None and window.messages.text == "", "picking another region clears the error"
 
     down = open_window(tmp_path / "no-daemon.json")  # no daemon behind this connection file
     open_slide(qtbot, down, demo_40x[0])
     qtbot.waitUntil(lambda: "not reachable" in down.chat.daemon_label.text(), timeout=WAIT_MS)
     ask(qtbot, down, "What organ is this?")
     wait_for_the_end(qtbot, down)
-    assert "the daemon is not running" in down.messages.text and "antoni-bridge serve" in down.messages.text
+    assert "the daemon is not running" in down.messages.text and "antoni-bridge serve --demo" in down.messages.text
     assert down.chat.ask_button.isEnabled(), "the window stays usable"
 
 
@@ -261,3 +267,176 @@ def test_qupath_annotations_are_imported_to_pick_from(
     (tmp_path / "broken.geojson").write_text("{ not json")
     window.import_annotations(tmp_path / "broken.geojson")
     assert "is not readable GeoJSON" in window.messages.text and window.region_list.count() == 3
+
+
+def _share_of_the_slide(window: DeskWindow) -> float:
+    return window.view.width() / window.width()
+
+
+def test_the_slide_takes_most_of_the_window_and_nothing_moves_while_asking(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    window = open_window()
+    window.resize(500, 400)  # opened while narrow, then widened: refitted
+    open_slide(qtbot, window, demo_40x[0])
+    export = tmp_path / "qupath.geojson"
+    features = [_annotation("Tumor", OVER_TISSUE), _annotation("Stroma", (5000, 1000, 6500, 2500))]
+    export.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    window.import_annotations(export)
+    qtbot.waitUntil(lambda: window.chat.daemon_label.text().startswith("Daemon: demo weights"), timeout=WAIT_MS)
+    window.chat.daemon_label.setText("Daemon: not reachable. " + "A very long reason that once widened the chat. " * 6)
+    for width, height in [(1100, 650), (1600, 1000)]:
+        window.resize(width, height)
+        qtbot.waitUntil(lambda w=width: window.width() == w, timeout=WAIT_MS)
+        window.region_list.setCurrentRow(0)
+        slide_w, slide_h = window.slide.dimensions
+        viewport = window.view.viewport()
+        fits = min(viewport.width() / slide_w, viewport.height() / slide_h)
+        assert window.view.zoom() == pytest.approx(fits, rel=0.02), "the slide opened narrow was refitted"
+        assert _share_of_the_slide(window) > 0.6, (width, window.view.width())
+
+    window.messages.show_message("Something to read.", "it floats over the top", level="info")
+    watched = [window.view, window.chat.transcript, window.chat.question, window.overview, window.region_list]
+
+    def places() -> list:
+        return [(w.mapTo(window, QPoint(0, 0)), w.size()) for w in watched]
+
+    before = places()
+    window.region_list.setCurrentRow(1)  # the imported Tumor annotation
+    window.chat.max_tokens.setValue(40)
+    ask(qtbot, window, "What organ is this?")
+    qtbot.waitUntil(lambda: window.job_tokens > 3, timeout=WAIT_MS)
+    during = places()
+    assert "generating" in window.chat.progress.text() and "of at most 40 tokens" in window.chat.progress.text()
+    assert "tokens/s" in window.chat.progress.text()
+    wait_for_the_end(qtbot, window)
+    assert before == during == places(), "the layout kept still while the job started and ended"
+
+    window.messages.hide()  # the docs' screenshots: `ANTONI_BRIDGE_DESK_SCREENSHOTS=docs pytest -k most_of`
+    qtbot.waitUntil(lambda: window.chat.daemon_label.text().startswith("Daemon: demo weights"), timeout=WAIT_MS)
+    shots = Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOTS") or tmp_path)
+    for width, height in [(1100, 650), (1600, 1000)]:
+        window.resize(width, height)
+        qtbot.waitUntil(lambda w=width: window.width() == w, timeout=WAIT_MS)
+        assert _share_of_the_slide(window) > 0.6, (width, window.view.width())
+        window.view.fit_to_window()
+        qtbot.wait(2000)  # the view's tiles (some are cached already), and a fresh daemon status
+        window.save_screenshot(shots / f"desk-{width}x{height}.png")
+
+
+def test_start_daemon_says_it_is_starting_and_hints_name_the_demo(
+    qtbot: QtBot, open_window, daemon: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTONI_BRIDGE_HOME", str(daemon.parent))  # the demo weights the module's daemon built
+    connection = tmp_path / "started.json"
+    down = open_window(connection)
+    qtbot.waitUntil(lambda: "not reachable" in down.chat.daemon_label.text(), timeout=WAIT_MS)
+    assert "antoni-bridge serve --demo" in down.chat.daemon_label.text()
+    window = open_window(connection, ("--demo", "--address", "tcp://127.0.0.1:*"))
+    shown: list[str] = []
+    window.monitor.changed.connect(lambda state: shown.append(window.chat.daemon_label.text()))
+    window.start_daemon()
+    assert "starting" in window.chat.daemon_label.text()
+    qtbot.waitUntil(lambda: window.daemon_state.running, timeout=WAIT_MS)
+    before = shown[: next(i for i, text in enumerate(shown) if "demo weights" in text)]
+    assert before and all("starting" in text and "not reachable" not in text for text in before), shown
+    window.close()
+
+
+def test_a_viewer_s_basics(qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path) -> None:
+    window = open_window()
+    open_slide(qtbot, window, demo_40x[0])
+    view = window.view
+    length, pixels = view.scale_bar()  # a round length in microns, at most 120 px
+    assert 48 <= pixels <= 120 and f"{length:g}"[0] in "125"
+    assert pixels == round(length / (0.25 / view.zoom()))
+    assert (
+        "(R)" in window.actions_by_name["Rectangle"].toolTip()
+        and "(G)" in window.actions_by_name["Tile grid"].toolTip()
+    )
+
+    window.actions_by_name["Rectangle"].trigger()
+    drag_rectangle(qtbot, window, OVER_TISSUE)
+    label = window.region_list.item(1).text()
+    assert label.startswith("Rectangle 1") and "625 x 625 µm, 0.39 mm²" in label, label  # 2500 px at 0.25 um/px
+    fitted = view.zoom()
+    window.region_list.setCurrentRow(0)
+    qtbot.mouseClick(
+        window.region_list.viewport(), Qt.MouseButton.LeftButton,
+        pos=window.region_list.visualItemRect(window.region_list.item(1)).center(),
+    )  # fmt: skip
+    assert window.region.name == "Rectangle 1" and view.zoom() > 1.5 * fitted
+    assert view.visible_area().contains(QRectF(1500, 1500, 2500, 2500)), "a click in the list goes to the region"
+
+    before = view.grab()
+    qtbot.keyClick(view, Qt.Key.Key_G)
+    assert view.show_grid and view.grab().toImage() != before.toImage(), "G draws the encoder's tile grid"
+
+    window.actions_by_name["Rename region"].trigger()  # F2: the name is edited in place
+    item = window.region_list.item(1)
+    item.setText("Tumour core")  # what the in-place editor commits
+    assert window.region.name == "Tumour core" and window.conversation().title.endswith("region Tumour core")
+
+    out = tmp_path / "regions.geojson"
+    window.export_regions(out)
+    from antoni_bridge.slides.regions import read_geojson_regions
+
+    (exported,) = read_geojson_regions(out)
+    assert exported.name == "Tumour core" and exported.bounds == pytest.approx(window.region.bounds)
+
+    window.region_list.setFocus()
+    qtbot.keyClick(window.region_list, Qt.Key.Key_Delete)
+    assert window.region_list.count() == 1 and window.region is None
+
+
+def test_import_keeps_qupath_colours_clips_and_refuses_what_lies_outside(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    stroma = _annotation("Stroma", (5000, 1000, 6500, 2500))
+    stroma["properties"]["classification"]["color"] = [0, 160, 0]
+    features = [
+        _annotation("Tumor", OVER_TISSUE),  # QuPath's default Tumor colour
+        stroma,
+        _annotation("Edge", (7000, 5000, 9000, 7000)),  # partly outside the 8000 x 6000 slide: clipped
+        _annotation("Elsewhere", (20000, 20000, 21000, 21000)),  # entirely outside: refused
+    ]
+    export = tmp_path / "qupath.geojson"
+    export.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    window = open_window()
+    open_slide(qtbot, window, demo_40x[0])
+    window.import_annotations(export)
+    assert [r.name for r in window.region_list.regions] == ["Tumor", "Stroma", "Edge"]
+    assert "'Elsewhere'" in window.messages.text and "lies entirely outside" in window.messages.text
+    assert window.region_list.regions[2].bounds == (7000, 5000, 8000, 6000)
+    colours = [window.region_list.item(row).foreground().color().getRgb()[:3] for row in (1, 2)]
+    assert colours == [(200, 0, 0), (0, 160, 0)]
+
+    only_outside = tmp_path / "outside.geojson"
+    only_outside.write_text(json.dumps({"type": "FeatureCollection", "features": features[3:]}))
+    window.import_annotations(only_outside)
+    assert "lies entirely outside the 8000 x 6000 px slide" in window.messages.text
+    assert window.region_list.count() == 4
+
+
+def test_closing_with_conversations_never_exported_asks_first(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+) -> None:
+    window = open_window()
+    window.ask_before_closing = True
+    open_slide(qtbot, window, demo_40x[0])
+    window.chat.max_tokens.setValue(3)
+    ask(qtbot, window, "What organ is this?")
+    wait_for_the_end(qtbot, window)
+    asked: list[str] = []
+
+    def answer(button: QMessageBox.StandardButton) -> None:
+        dialog = QApplication.activeModalWidget()
+        asked.append(dialog.text())
+        dialog.button(button).click()
+
+    QTimer.singleShot(300, lambda: answer(QMessageBox.StandardButton.Cancel))
+    window.close()
+    assert window.isVisible() and "1 conversation(s) have not been exported" in asked[0]
+    window.export_conversation(tmp_path / "kept.md")
+    window.close()
+    assert not window.isVisible() and len(asked) == 1, "an exported conversation closes without asking"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from PyQt6.QtCore import QTimer, pyqtSignal
+from PyQt6.QtCore import Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QTextCursor
 from PyQt6.QtWidgets import (
     QHBoxLayout,
@@ -17,6 +17,7 @@ from PyQt6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QTextBrowser,
     QVBoxLayout,
@@ -37,9 +38,8 @@ class ChatPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.daemon_label = QLabel("Daemon: looking for it...")
-        self.title = QLabel("No slide open")
-        self.title.setWordWrap(True)
+        self.daemon_label = _fixed_lines(QLabel("Daemon: looking for it..."), 3)
+        self.title = _fixed_lines(QLabel("No slide open"), 2)
         self.transcript = QTextBrowser()
         self.transcript.setOpenExternalLinks(False)
         self.question = QLineEdit()
@@ -51,7 +51,8 @@ class ChatPanel(QWidget):
         self.max_tokens.setPrefix("max tokens ")
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
-        self.job_label = QLabel("")
+        self.progress.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # its text never widens it
+        self.job_label = _fixed_lines(QLabel(""), 1)
         self.export_md, self.export_json = QPushButton("Export Markdown..."), QPushButton("Export JSON...")
         self._pending_text = ""
         self._flush_timer = QTimer(self)
@@ -135,11 +136,21 @@ class ChatPanel(QWidget):
         speed = f", {rate:,.0f} {STAGE_UNITS.get(stage, 'steps/s')}" if rate > 0 else ""
         self.progress.setFormat(f"{stage} {done:,}/{total:,}{speed}")
 
+    def set_generation(self, tokens: int, limit: int, rate: float) -> None:
+        """While the answer streams: tokens so far against the limit, and their rate."""
+        self.progress.setRange(0, max(limit, 1))
+        self.progress.setValue(min(tokens, limit))
+        speed = f", {rate:,.1f} tokens/s" if rate > 0 else ""
+        self.progress.setFormat(f"generating {tokens:,} of at most {limit:,} tokens{speed}")
+
     def set_job(self, text: str) -> None:
         self.job_label.setText(text)
 
-    def set_daemon(self, state: DaemonState) -> None:
-        if state.running:
+    def set_daemon(self, state: DaemonState, starting: bool = False) -> None:
+        """The daemon's line; `starting`: this window is starting one, so "not reachable" is expected."""
+        if not state.running and starting:
+            self.daemon_label.setText("Daemon: starting a local one (a few seconds; the first start builds weights)...")
+        elif state.running:
             weights = "demo weights (random: answers mean nothing)" if state.demo else "real weights"
             running = state.queue.get("running")
             waiting = len(state.queue.get("waiting", []))
@@ -147,6 +158,17 @@ class ChatPanel(QWidget):
             self.daemon_label.setText(f"Daemon: {weights}, {load}, at {state.address}")
         else:
             self.daemon_label.setText(f"Daemon: not reachable. {state.message} Hint: {state.hint}")
+        self.daemon_label.setToolTip(self.daemon_label.text())
+
+
+def _fixed_lines(label: QLabel, lines: int) -> QLabel:
+    """A wrapping label of constant height: its text changing never moves what lies below it, nor widens
+    the panel (text beyond the lines is cut; the tooltip holds it whole)."""
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    label.setFixedHeight(label.fontMetrics().lineSpacing() * lines + 4)
+    label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+    return label
 
 
 def _html(conversation: Conversation) -> str:

@@ -36,6 +36,11 @@ class Conversation:
     slide: Path
     region: Region | None = None
     exchanges: list[Exchange] = field(default_factory=list)
+    exported: int = 0  # exchanges when it was last exported: more are lost when the window closes
+
+    @property
+    def unsaved(self) -> bool:
+        return len(self.exchanges) > self.exported
 
     @property
     def title(self) -> str:
@@ -88,3 +93,4 @@ def export(conversation: Conversation, path: Path) -> None:
         write_atomically(path, conversation.to_markdown())
     else:
         write_atomically(path, json.dumps(conversation.to_json(), indent=2, ensure_ascii=False) + "\n")
+    conversation.exported = len(conversation.exchanges)

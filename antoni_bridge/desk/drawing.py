@@ -9,6 +9,7 @@ from PyQt6.QtCore import QObject, QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainterPath, QPen, QPolygonF
 from PyQt6.QtWidgets import QGraphicsPathItem, QGraphicsScene
 
+from antoni_bridge.desk.regions import clip_to_slide
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.regions import Region
 
@@ -87,11 +88,10 @@ class RegionDrawer(QObject):
         kind = self.mode.value.capitalize() if self.mode else "Region"
         self.cancel()
         bounds = self.scene.sceneRect()
-        inside = region.geometry.intersection(Region.rectangle(0, 0, bounds.width(), bounds.height()).geometry)
         try:
-            clipped = Region.from_geojson_dict(inside.__geo_interface__)
-        except BridgeError:
-            self.refused.emit("The region lies outside the slide.", "draw it over the slide")
+            clipped = clip_to_slide(region, round(bounds.width()), round(bounds.height()))
+        except BridgeError as exc:
+            self.refused.emit(exc.message, "draw it over the slide")
             return
         self.drawn.emit(clipped, kind)
 

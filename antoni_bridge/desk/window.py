@@ -5,14 +5,16 @@ so reopening a slide brings back what was drawn and asked.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import QPointF, Qt
-from PyQt6.QtGui import QAction, QCloseEvent, QKeySequence
-from PyQt6.QtWidgets import QFileDialog, QMainWindow, QSplitter, QToolBar, QVBoxLayout, QWidget
+from PyQt6.QtGui import QAction, QCloseEvent, QColor, QKeySequence, QResizeEvent
+from PyQt6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QToolBar, QVBoxLayout, QWidget
 
 from antoni_bridge import paths
 from antoni_bridge.desk.chat_panel import ChatPanel
@@ -22,13 +24,19 @@ from antoni_bridge.desk.drawing import DrawMode
 from antoni_bridge.desk.message_bar import MessageBar
 from antoni_bridge.desk.opening import OpenedSlide, SlideOpener
 from antoni_bridge.desk.overview import OverviewWidget
-from antoni_bridge.desk.regions import RegionList, name_new_region
+from antoni_bridge.desk.regions import RegionList, clip_to_slide, colours_by_name, name_new_region
 from antoni_bridge.desk.tile_loader import TileLoader
 from antoni_bridge.desk.view import SlideView
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.slides.regions import Region, read_geojson_regions
+from antoni_bridge.files import write_atomically
+from antoni_bridge.slides.regions import Region, read_geojson_features, read_geojson_regions
 
 SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All files (*)"
+SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: the slide gets the rest
+START_HINT = (
+    "start one with the toolbar's Start daemon, `antoni-bridge serve` (the real weights: needs access to the "
+    "gated models on Hugging Face) or `antoni-bridge serve --demo` (random demo weights, offline)"
+)
 
 
 class DeskWindow(QMainWindow):
@@ -49,6 +57,11 @@ class DeskWindow(QMainWindow):
         self.daemon_state = DaemonState(False, message="Not checked yet.")
         self.daemon_process: subprocess.Popen[bytes] | None = None
         self.pending_annotations: Path | None = None
+        self.colours: dict[str, QColor] = {}  # region key -> its QuPath class colour
+        self.daemon_starting = False
+        self.job_tokens, self.job_generating_since = 0, 0.0
+        self.sidebar_sized_by_user = False
+        self.ask_before_closing = True  # False where a script drives the window (tests, benchmarks)
         self._build()
         self.monitor = DaemonMonitor(self.connection_file)
         self.monitor.changed.connect(self._daemon_changed)
@@ -58,7 +71,6 @@ class DeskWindow(QMainWindow):
 
     def _build(self) -> None:
         self.setWindowTitle("ANTONI Desk")
-        self.messages = MessageBar()
         self.view = SlideView()
         self.overview = OverviewWidget()
         self.region_list = RegionList()
@@ -70,18 +82,19 @@ class DeskWindow(QMainWindow):
         side.addWidget(self.overview)
         side.addWidget(self.region_list)
         side.addWidget(self.chat, 1)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(self.view)
-        splitter.addWidget(sidebar)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        splitter.setSizes([900, 500])
+        sidebar.setMinimumWidth(SIDEBAR_MIN)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.view)
+        self.splitter.addWidget(sidebar)
+        self.splitter.setStretchFactor(0, 1)  # a wider window widens the slide, not the chat
+        self.splitter.setStretchFactor(1, 0)
+        self.splitter.splitterMoved.connect(self._sidebar_moved)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.messages)
-        layout.addWidget(splitter, 1)
+        layout.addWidget(self.splitter, 1)
         self.setCentralWidget(central)
+        self.messages = MessageBar(central)
         self._toolbar()
         self.opener.opened.connect(self._slide_opened)
         self.opener.failed.connect(self._slide_failed)
@@ -90,7 +103,8 @@ class DeskWindow(QMainWindow):
         self.view.drawer.refused.connect(self.messages.show_message)
         self.view.drawer.mode_changed.connect(self._drawing_mode_changed)
         self.overview.centre_requested.connect(self._centre_from_overview)
-        self.region_list.picked.connect(self._pick_region)
+        self.region_list.picked.connect(self._user_picked)
+        self.region_list.renamed.connect(self.rename_region)
         self.chat.ask_requested.connect(self.ask)
         self.chat.cancel_requested.connect(self.cancel)
         self.chat.export_requested.connect(self._export_dialog)
@@ -107,6 +121,10 @@ class DeskWindow(QMainWindow):
             ("Zoom out", "-", lambda: self.view.zoom_by(0.5)),
             ("Rectangle", "R", lambda: self._draw(DrawMode.RECTANGLE)),
             ("Polygon", "P", lambda: self._draw(DrawMode.POLYGON)),
+            ("Rename region", "F2", self.region_list.edit_selected),
+            ("Delete region", "Delete", lambda: self.delete_region(self.region)),
+            ("Export regions...", "Ctrl+E", self._export_regions_dialog),
+            ("Tile grid", "G", lambda: self.view.set_grid(self.actions_by_name["Tile grid"].isChecked())),
             ("Start daemon", "", self.start_daemon),
         ]
         self.actions_by_name: dict[str, QAction] = {}
@@ -117,10 +135,20 @@ class DeskWindow(QMainWindow):
             action.triggered.connect(slot)
             toolbar.addAction(action)
             self.actions_by_name[label] = action
-        weights = "the demo weights" if "--demo" in self.serve_args else "the real weights"
-        self.actions_by_name["Start daemon"].setToolTip(f"Start a local daemon with {weights}")
-        for name in ("Rectangle", "Polygon"):
+        for name in ("Rectangle", "Polygon", "Tile grid"):
             self.actions_by_name[name].setCheckable(True)
+        tips = {
+            "Rectangle": "Draw a rectangle: press, drag, release; Escape abandons it",
+            "Polygon": "Draw a polygon: click each corner, double-click or Enter to close; Escape abandons it",
+            "Tile grid": "Show the size of the tiles the encoder reads (224 px at 0.5 µm/px)",
+            "Export regions...": "Write the regions as QuPath GeoJSON (File > Import objects in QuPath)",
+            "Start daemon": "Start a local daemon with "
+            + ("the demo weights" if "--demo" in self.serve_args else "the real weights"),
+        }
+        for label, action in self.actions_by_name.items():
+            keys = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+            tip = tips.get(label, label.removesuffix("..."))
+            action.setToolTip(f"{tip} ({keys})" if keys else tip)
 
     # ------------------------------------------------------------------ slides
 
@@ -136,7 +164,7 @@ class DeskWindow(QMainWindow):
         if self.loader is not None:
             self.loader.close()
         self.slide, self.loader = slide, TileLoader(slide.path, slide.mpp_override)
-        self.loader.failed.connect(self.messages.show_message)
+        self.loader.failed.connect(self._show_problem)
         self.setWindowTitle(f"ANTONI Desk: {slide.path.name}")
         self.view.show_slide(slide, self.loader)
         self.overview.show_slide(slide.tissue_overview, slide.dimensions)
@@ -149,7 +177,10 @@ class DeskWindow(QMainWindow):
             self.pending_annotations = None
 
     def _slide_failed(self, message: str, hint: str) -> None:
-        self.messages.show_message(message, hint)
+        self._show_problem(message, hint)
+
+    def _show_problem(self, message: str, hint: str) -> None:
+        self.messages.show_message(message, _desk_hint(hint))
 
     def _open_dialog(self) -> None:
         name, _ = QFileDialog.getOpenFileName(self, "Open slide", "", SLIDE_FILTER)
@@ -165,15 +196,32 @@ class DeskWindow(QMainWindow):
             return
         try:
             imported = read_geojson_regions(path)
+            colours = colours_by_name(read_geojson_features(path))
         except BridgeError as exc:
             self.messages.show_message(exc.message, exc.hint)
             return
-        regions = self.regions[self.slide.path]
+        kept, refused = [], []
         for region in imported:
+            try:
+                kept.append(clip_to_slide(region, *self.slide.dimensions))
+            except BridgeError as exc:
+                refused.append(exc.message)
+        if not kept:
+            self.messages.show_message(refused[0], "check that the annotations were exported from this slide")
+            return
+        regions = self.regions[self.slide.path]
+        for region in kept:
             regions.append(name_new_region(region, "Annotation", regions))
-        self._pick_region(regions[-len(imported)])
+            if region.name in colours:
+                self.colours[regions[-1].key()] = colours[region.name]
+        self._pick_region(regions[-len(kept)])
+        if refused:
+            left_out = f"{len(refused)} left out: {refused[0]}" + (" (and more)" if len(refused) > 1 else "")
+            self.messages.show_message(f"Imported {len(kept)} annotation(s) from {path.name}; {left_out}",
+                                       "check that the annotations were exported from this slide")  # fmt: skip
+            return
         self.messages.show_message(
-            f"Imported {len(imported)} annotation(s) from {path.name}.", "pick one in the list", level="info"
+            f"Imported {len(kept)} annotation(s) from {path.name}.", "pick one in the list", level="info"
         )
 
     def _import_dialog(self) -> None:
@@ -207,10 +255,60 @@ class DeskWindow(QMainWindow):
         self.region = region
         self.picked[self.slide.path] = region
         regions = self.regions[self.slide.path]
-        self.region_list.set_regions(regions, region)
-        self.view.show_regions(regions, region)
+        self.region_list.set_regions(regions, region, self.slide.mpp, self.colours)
+        self.view.show_regions(regions, region, self.colours)
         self.overview.set_regions(regions)
         self.chat.show_conversation(self.conversation())
+
+    def _user_picked(self, region: Region | None) -> None:
+        """A pick in the list: the error about the last pick goes, and the view goes to the new one."""
+        self.messages.clear_error()
+        self._pick_region(region)
+        if region is None:
+            self.view.fit_to_window()
+        else:
+            self.view.go_to(region)
+
+    def rename_region(self, region: Region, name: str) -> None:
+        """A new name; the geometry, its colour and its conversation stay."""
+        if self.slide is None or not name or name == region.name:
+            self._pick_region(self.region)  # shows the old name again
+            return
+        regions = self.regions[self.slide.path]
+        renamed = Region(region.geometry, name=name)
+        regions[regions.index(region)] = renamed
+        key = (self.slide.path, region.key())
+        if key in self.conversations:
+            self.conversations[key].region = renamed
+        self._pick_region(renamed if self.region is region else self.region)
+
+    def delete_region(self, region: Region | None) -> None:
+        """Remove a region from the list; the whole slide is picked instead."""
+        if self.slide is None or region is None:
+            self.messages.show_message("Pick a region to delete.", "the whole slide cannot be deleted")
+            return
+        self.regions[self.slide.path].remove(region)
+        self._pick_region(None)
+
+    def export_regions(self, path: Path) -> None:
+        """The open slide's regions as a QuPath GeoJSON FeatureCollection (names and class colours kept)."""
+        regions = self.regions.get(self.slide.path, []) if self.slide else []
+        if not regions:
+            self.messages.show_message("There are no regions to export.", "draw or import a region first")
+            return
+        features = [_qupath_feature(region, self.colours.get(region.key())) for region in regions]
+        collection = {"type": "FeatureCollection", "features": features}
+        try:
+            write_atomically(path, json.dumps(collection, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            self.messages.show_message(f"Could not write {path}: {exc.strerror or exc}.", "choose another folder")
+            return
+        self.messages.show_message(f"Exported {len(regions)} region(s) to {path}.", "", level="info")
+
+    def _export_regions_dialog(self) -> None:
+        name, _ = QFileDialog.getSaveFileName(self, "Export regions", "regions.geojson", "GeoJSON (*.geojson)")
+        if name:
+            self.export_regions(Path(name))
 
     def _centre_from_overview(self, point: QPointF) -> None:
         self.view.centre_on(point)
@@ -243,6 +341,7 @@ class DeskWindow(QMainWindow):
             content["region"] = conversation.region.to_geojson()
         if self.slide.mpp_override is not None:
             content["slide_mpp"] = self.slide.mpp_override
+        self.job_tokens, self.job_generating_since = 0, 0.0
         self.job_conversation, self.job_exchange = conversation, Exchange(question)
         conversation.exchanges.append(self.job_exchange)
         self.messages.hide()
@@ -266,9 +365,16 @@ class DeskWindow(QMainWindow):
             return
         if type_ == "accepted":
             self.chat.set_job(_queue_text(content["position"]))
+        elif type_ == "progress" and content["stage"] == "generating":
+            self.job_generating_since = time.monotonic()
+            self.chat.set_generation(0, self.chat.max_tokens.value(), 0.0)
         elif type_ == "progress":
             self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
         elif type_ == "token":
+            self.job_tokens += 1
+            elapsed = time.monotonic() - self.job_generating_since if self.job_generating_since else 0.0
+            rate = self.job_tokens / elapsed if elapsed > 0 else 0.0
+            self.chat.set_generation(self.job_tokens, self.chat.max_tokens.value(), rate)
             exchange.answer += content["text"]
             if self.conversation() is self.job_conversation:  # the user may have picked another region
                 self.chat.add_answer_text(content["text"])
@@ -285,7 +391,7 @@ class DeskWindow(QMainWindow):
     def _job_failed(self, message: str, hint: str) -> None:
         if self.job_exchange is not None:
             self.job_exchange.state, self.job_exchange.note = "error", message
-        self.messages.show_message(message, hint)
+        self._show_problem(message, hint)
 
     def _job_ended(self) -> None:
         """The job's thread is over: whatever ended it, the panel is ready for the next question."""
@@ -299,8 +405,10 @@ class DeskWindow(QMainWindow):
     # ------------------------------------------------------------------ daemon
 
     def _daemon_changed(self, state: DaemonState) -> None:
+        if not state.running:
+            state = DaemonState(False, message=state.message, hint=_desk_hint(state.hint))
         self.daemon_state = state
-        self.chat.set_daemon(state)
+        self.chat.set_daemon(state, self.daemon_starting)
         if self.job is not None and self.job.job_id is not None and state.running:
             ahead = state.jobs_ahead(self.job.job_id)
             if ahead is not None:
@@ -309,12 +417,20 @@ class DeskWindow(QMainWindow):
     def start_daemon(self) -> None:
         """Start a local daemon unless one answers; progress and failures go to the message bar."""
         self.messages.show_message("Starting a local daemon...", "this takes a few seconds", level="info")
+        self.daemon_starting = True
+        self.chat.set_daemon(self.daemon_state, starting=True)
         self.starter = DaemonStarter(self.serve_args, self.connection_file)
         self.starter.started.connect(self._daemon_started)
-        self.starter.failed.connect(self.messages.show_message)
+        self.starter.failed.connect(self._daemon_start_failed)
         self.starter.start()
 
+    def _daemon_start_failed(self, message: str, hint: str) -> None:
+        self.daemon_starting = False
+        self.chat.set_daemon(self.daemon_state)
+        self.messages.show_message(message, hint)
+
     def _daemon_started(self, process: subprocess.Popen[bytes] | None) -> None:
+        self.daemon_starting = False
         if process is None:
             self.messages.show_message("A daemon is already running; the desk uses it.", "", level="info")
             return
@@ -348,8 +464,41 @@ class DeskWindow(QMainWindow):
             raise BridgeError(f"Could not write the screenshot {path}.", "check the folder")
         tmp.replace(path)
 
+    def unsaved_conversations(self) -> list[Conversation]:
+        return [c for c in self.conversations.values() if c.unsaved]
+
+    def _close_anyway(self) -> bool:
+        """Conversations live only in this window: closing with some never exported asks first."""
+        unsaved = self.unsaved_conversations()
+        if not unsaved or not self.ask_before_closing:
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Close ANTONI Desk",
+            f"{len(unsaved)} conversation(s) have not been exported and will be lost. Close anyway?\n"
+            "(Cancel, then Export Markdown... or Export JSON... keeps them.)",
+            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Discard
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        """Until the user drags the divider, the chat takes SIDEBAR_SHARE of the width (within bounds)."""
+        super().resizeEvent(event)
+        if not self.sidebar_sized_by_user:
+            width = self.splitter.width()
+            side = max(SIDEBAR_MIN, min(SIDEBAR_MAX, round(width * SIDEBAR_SHARE)))
+            self.splitter.setSizes([width - side, side])
+        self.messages.place()
+
+    def _sidebar_moved(self) -> None:
+        self.sidebar_sized_by_user = True
+
     def closeEvent(self, event: QCloseEvent) -> None:
         """Cancel the running question, stop threads, and stop a daemon this window started."""
+        if not self._close_anyway():
+            event.ignore()
+            return
         if self.job is not None:
             self.job.cancel()
             self.job.wait(5)
@@ -359,6 +508,23 @@ class DeskWindow(QMainWindow):
         if self.daemon_process is not None:
             stop_daemon(self.connection_file, self.daemon_process)
         super().closeEvent(event)
+
+
+def _desk_hint(hint: str) -> str:
+    """Hints written for the command line, told as the desk's user can act on them."""
+    if "`antoni-bridge serve`" in hint:
+        return START_HINT
+    if "see its log" in hint:
+        return hint.replace("see its log", f"see its log ({paths.log_file()})")
+    return hint
+
+
+def _qupath_feature(region: Region, colour: QColor | None) -> dict[str, Any]:
+    """A region as QuPath's GeoJSON writes an annotation (File > Import objects reads it back)."""
+    properties: dict[str, Any] = {"objectType": "annotation", "name": region.name or ""}
+    if colour is not None:
+        properties["color"] = [colour.red(), colour.green(), colour.blue()]
+    return {"type": "Feature", "geometry": region.to_geojson(), "properties": properties}
 
 
 def _queue_text(ahead: int) -> str:

@@ -142,6 +142,9 @@ def _python(key: str, value: Any) -> Any:
     return value
 
 
+_EMBED_HINT = "make a features file with `antoni-bridge embed SLIDE --out FILE` (tiles writes the grid only)"
+
+
 def read_latents(path: str | os.PathLike[str]) -> np.ndarray:
     """The (rows, width) slide latents in a file: our feature file, an HDF5 whose `features` dataset is
     the [513, 1280] tensor (upstream ANTONI's layout), or a .pt file holding that tensor."""
@@ -153,8 +156,10 @@ def read_latents(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         with h5py.File(path, "r") as h5:
             name = "latents" if "latents" in h5 else "features"
+            if name not in h5 and "coords" in h5:  # written by `tiles`: a grid, no model has seen it
+                raise BridgeError(f"{path.name} holds tiles only, no features.", _EMBED_HINT)
             if name not in h5:
-                raise BridgeError(f"{path.name} holds neither `latents` nor `features`.", "embed the slide again")
+                raise BridgeError(f"{path.name} holds neither `latents` nor `features`.", _EMBED_HINT)
             latents = _numbers(path, np.asarray(h5[name][()]))
     except BridgeError:
         raise
