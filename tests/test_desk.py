@@ -406,7 +406,7 @@ def test_import_keeps_qupath_colours_clips_and_refuses_what_lies_outside(
     open_slide(qtbot, window, demo_40x[0])
     window.import_annotations(export)
     assert [r.name for r in window.region_list.regions] == ["Tumor", "Stroma", "Edge"]
-    assert "'Elsewhere'" in window.messages.text and "lies entirely outside" in window.messages.text
+    assert "'Elsewhere'" in window.messages.text and "lies outside the slide" in window.messages.text
     assert window.region_list.regions[2].bounds == (7000, 5000, 8000, 6000)
     colours = [window.region_list.item(row).foreground().color().getRgb()[:3] for row in (1, 2)]
     assert colours == [(200, 0, 0), (0, 160, 0)]
@@ -414,7 +414,7 @@ def test_import_keeps_qupath_colours_clips_and_refuses_what_lies_outside(
     only_outside = tmp_path / "outside.geojson"
     only_outside.write_text(json.dumps({"type": "FeatureCollection", "features": features[3:]}))
     window.import_annotations(only_outside)
-    assert "lies entirely outside the 8000 x 6000 px slide" in window.messages.text
+    assert "lies outside the slide (8000x6000 px)" in window.messages.text
     assert window.region_list.count() == 4
 
 

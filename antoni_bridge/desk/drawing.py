@@ -9,9 +9,8 @@ from PyQt6.QtCore import QObject, QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QPainterPath, QPen, QPolygonF
 from PyQt6.QtWidgets import QGraphicsPathItem, QGraphicsScene
 
-from antoni_bridge.desk.regions import clip_to_slide
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.slides.regions import Region
+from antoni_bridge.slides.regions import Region, clip_to_slide
 
 
 class DrawMode(Enum):

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import shapely
 from PyQt6.QtCore import QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor
 from PyQt6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QWidget
 
-from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.regions import Region, annotation_names, feature_properties
 
 WHOLE_SLIDE = "Whole slide"
@@ -38,21 +36,6 @@ def name_new_region(region: Region, kind: str, taken: list[Region]) -> Region:
         return region
     number = 1 + sum(1 for r in taken if r.name and r.name.startswith(kind))
     return Region(region.geometry, name=f"{kind} {number}")
-
-
-def clip_to_slide(region: Region, width: int, height: int) -> Region:
-    """One rule for drawn and imported regions: a part outside the slide is cut off; a region entirely
-    outside is refused. (Private to the desk until slides.regions holds the shared rule.)"""
-    inside = shapely.intersection(region.geometry, shapely.box(0, 0, width, height))
-    try:
-        return Region.from_geojson_dict(inside.__geo_interface__, name=region.name)
-    except BridgeError:
-        x0, y0, x1, y1 = (round(v) for v in region.bounds)
-        which = f"The region {region.name!r}" if region.name else "The region"
-        raise BridgeError(
-            f"{which} ({x0},{y0} to {x1},{y1} px) lies entirely outside the {width} x {height} px slide.",
-            "check that the annotations were exported from this slide",
-        ) from None
 
 
 def class_colour(feature: dict[str, Any]) -> QColor | None:

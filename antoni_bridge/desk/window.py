@@ -24,12 +24,12 @@ from antoni_bridge.desk.drawing import DrawMode
 from antoni_bridge.desk.message_bar import MessageBar
 from antoni_bridge.desk.opening import OpenedSlide, SlideOpener
 from antoni_bridge.desk.overview import OverviewWidget
-from antoni_bridge.desk.regions import RegionList, clip_to_slide, colours_by_name, name_new_region
+from antoni_bridge.desk.regions import RegionList, colours_by_name, name_new_region
 from antoni_bridge.desk.tile_loader import TileLoader
 from antoni_bridge.desk.view import SlideView
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.files import write_atomically
-from antoni_bridge.slides.regions import Region, read_geojson_features, read_geojson_regions
+from antoni_bridge.slides.regions import Region, clip_to_slide, read_geojson_features, read_geojson_regions
 
 SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All files (*)"
 SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: the slide gets the rest
