@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def home() -> Path:
-    return Path(os.environ.get("ANTONI_BRIDGE_HOME") or Path.home() / ".cache" / "antoni-bridge")
+    """Absolute (a relative ANTONI_BRIDGE_HOME is taken from the current folder): paths under it go to a
+    daemon, which takes absolute paths only."""
+    return Path(os.environ.get("ANTONI_BRIDGE_HOME") or Path.home() / ".cache" / "antoni-bridge").absolute()
 
 
 def feature_cache_dir() -> Path:

@@ -50,7 +50,7 @@ def open_slide(path: Path, mpp: float | None = None) -> OpenedSlide:
         except BridgeError as exc:  # the slide can still be viewed and asked about
             problem = f"{exc.message} ({exc.hint})"
         return OpenedSlide(
-            path=path,
+            path=path.resolve(),  # the daemon takes absolute paths only: it may run in another folder
             mpp=slide.mpp,
             mpp_override=mpp,
             dimensions=slide.dimensions,
