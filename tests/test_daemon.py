@@ -460,7 +460,8 @@ def test_what_the_message_shows_wrong_is_refused_at_once_and_the_worker_survives
         replies = raw.until_end(raw.send("embed" if "region" in content else "ask", content))
         assert [m.type for m in replies] == ["error"], (name, replies[-1].content)
         error = replies[0].content
-        assert error["code"] == "bad-request" and error["message"].endswith("."), (name, error)
+        expected = "invalid-json" if name == "surrogate" else "bad-request"  # no valid JSON holds a lone surrogate
+        assert error["code"] == expected and error["message"].endswith("."), (name, error)
         assert "object has no attribute" not in error["message"] and "Error" not in error["message"], error
     replies = raw.until_end(raw.send("ask", {**ASK, "slide": slide}), wait_s=120)
     assert replies[-1].type == "done", replies[-1].content

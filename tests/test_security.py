@@ -125,7 +125,8 @@ def test_a_signal_stops_the_daemon_as_shutdown_does(tmp_path: Path, signum: int)
     from tests.test_daemon import ASK, _seeded_latents
 
     connection = tmp_path / "own.json"
-    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*"], connection)
+    # this client sends no heartbeats: a long client timeout keeps its jobs alive until the signal
+    process = start_daemon(["--demo", "--address", "tcp://127.0.0.1:*", "--client-timeout", "120"], connection)
     try:
         long = {**ASK, "features": str(_seeded_latents(tmp_path / "l.pt")), "options": {"max_new_tokens": 1500}}
         with Client(connection, timeout_s=30) as asker:
@@ -141,6 +142,7 @@ def test_a_signal_stops_the_daemon_as_shutdown_does(tmp_path: Path, signum: int)
                 if message.type in ("done", "cancelled", "error"):
                     ends[message.parent_id] = message
         assert ends.keys() == sent and {m.type for m in ends.values()} == {"cancelled"}
+        assert {m.content["reason"] for m in ends.values()} == {"shutdown"}
         assert process.wait(timeout=60) == 0 and not connection.exists()  # the interpreter's exit takes seconds
     finally:
         if process.poll() is None:
