@@ -25,8 +25,7 @@ def _set_preference(key: str, version: str, value: str) -> None:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A user's home whose QuPath 0.6 made its user directory at QuPath/v0.6 (its `userPath` preference)."""
     (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    _isolate_home_and_java_preferences(tmp_path, monkeypatch)
     _set_preference("userPath", "0.6", str(tmp_path / "QuPath" / "v0.6"))
     return tmp_path
 
@@ -153,8 +152,7 @@ def test_the_user_directory_is_the_one_qupaths_preferences_name(
 ) -> None:
     """QuPath loads extensions only from its `userPath`, wherever the user made it: ~/QuPath/v0.x is no fallback."""
     require()
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    _isolate_home_and_java_preferences(tmp_path, monkeypatch)
     (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # a folder of the same name QuPath does not use
     for version in ("0.6", "0.7"):
         (tmp_path / f"lab-qupath-{version}").mkdir()
@@ -172,11 +170,16 @@ def test_no_qupath_user_directory_says_where_in_qupath_to_make_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require()
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
+    _isolate_home_and_java_preferences(tmp_path, monkeypatch)
     (tmp_path / "QuPath" / "v0.6").mkdir(parents=True)  # proposed by QuPath, but not chosen: no userPath
     result = run_cli("qupath", "install", "--jeromq-jar", str(JARS["jeromq"]))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "QuPath 0.7: no user directory set" in result.stdout
     assert "error: Neither QuPath 0.7 nor 0.6 has a user directory yet" in result.stderr
     assert "hint: in QuPath: Edit > Preferences > Extensions > QuPath user directory" in result.stderr
+
+
+def _isolate_home_and_java_preferences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QuPath's preferences live in Java's user preferences: point them, and HOME, into the test's folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", f"-Djava.util.prefs.userRoot={tmp_path / 'java-prefs'}")
