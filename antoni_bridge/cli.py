@@ -574,7 +574,7 @@ def _serve(args: argparse.Namespace) -> int:
     from antoni_bridge.daemon.logs import setup_logging
     from antoni_bridge.daemon.runtime import Runtime
     from antoni_bridge.daemon.server import Daemon
-    from antoni_bridge.files import keep_files_private
+    from antoni_bridge.platforms import keep_files_private
 
     if not args.verbose:
         hf_logging.disable_progress_bar()

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from antoni_bridge import paths
+from antoni_bridge import paths, platforms
 
 DEMO_NOTE = "[demo weights: random, the answer means nothing]"
 
@@ -66,6 +66,6 @@ def _build_atomically(folder: Path, build) -> None:  # build: Callable[[Path], o
     try:
         build(tmp)
         shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        platforms.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from antoni_bridge.errors import BridgeError
+from antoni_bridge import platforms
 
 
 @contextlib.contextmanager
@@ -20,7 +20,7 @@ def replacing(path: Path) -> Iterator[Path]:
         yield tmp
         with tmp.open("rb+") as written:  # on disk before the rename: a power cut leaves old or new
             os.fsync(written.fileno())
-        os.replace(tmp, path)
+        platforms.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -33,72 +33,20 @@ def write_atomically(path: Path, text: str) -> None:
 def write_private(path: Path, data: bytes) -> None:
     """Atomically, readable by the owner only (for secrets such as the daemon's key).
 
-    The temporary file is created exclusively under a random name (mkstemp: O_EXCL, mode 0600), so a file
-    planted beside it cannot become it; a folder other users can write is refused, as they could swap
-    the finished file. On Windows, mode bits do not apply: the file takes the folder's access list, and
-    the default folder lies under the user's profile, which only that user can read.
+    The temporary file is created exclusively under a random name (mkstemp: O_EXCL), so a file planted
+    beside it cannot become it, and is made private before the secret is written; a folder other users
+    can write is refused where the system can tell, as they could swap the finished file.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _refuse_shared_folder(path.parent)
+    platforms.check_private_folder(path.parent)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
+        platforms.make_private(tmp)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        platforms.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _refuse_shared_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    info = folder.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise BridgeError(
-            f"The folder {folder} can be written by other users, who could read or replace the daemon's key.",
-            "use a folder only you can write (ANTONI_BRIDGE_CONNECTION_FILE=~/.antoni-bridge/daemon.json), "
-            f"or run `chmod go-w {folder}` if it is yours",
-        )
-
-
-def keep_files_private() -> None:
-    """Files and folders this process creates from now on are its user's alone (logs, caches, keys)."""
-    os.umask(0o077)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process `pid` runs on this machine (a temporary file's or a connection file's writer).
-
-    Not os.kill(pid, 0) on Windows: there, any signal number but CTRL_C/CTRL_BREAK terminates the process.
-    """
-    if pid <= 0:
-        return False
-    if os.name == "nt":
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process holds the pid
-        return True
-    except OverflowError:  # not a pid this system can have
-        return False
-    return True
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists, another user's
-    try:
-        code = ctypes.c_ulong()
-        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        return code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)

@@ -20,7 +20,7 @@ from antoni_bridge.client import Client, DaemonUnreachable
 from antoni_bridge.daemon import logs
 from antoni_bridge.daemon.protocol import TAG, ConnectionInfo, Message, Session
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.files import pid_alive
+from antoni_bridge.platforms import pid_alive
 from tests.conftest import run_cli
 
 

@@ -75,12 +75,9 @@ class ResultsLog:
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with self.path.open("ab", buffering=0) as log:  # unbuffered: the line goes out in one write
+            log.write(line)
+            os.fsync(log.fileno())
         self.records[record["key"]] = record
 
     def of(self, items: list[Item]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from antoni_bridge import paths
+from antoni_bridge import paths, platforms
 from antoni_bridge.daemon.protocol import ConnectionInfo
 from antoni_bridge.errors import BridgeError
 
@@ -32,13 +32,14 @@ def start_daemon(
     log_file = log_file or paths.home() / "daemon-start.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ANTONI_BRIDGE_CONNECTION_FILE": str(connection_file)}
-    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as output:
+    with platforms.open_private(log_file) as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "antoni_bridge.cli", "serve", *serve_args],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            creationflags=platforms.DETACHED_FLAGS,
         )
     deadline = time.monotonic() + timeout_s
     while not _announced(connection_file, process.pid):
@@ -60,6 +61,8 @@ def _announced(connection_file: Path, pid: int) -> bool:
 
 def _last_line(log_file: Path) -> str:
     """The daemon's own account of why it stopped: its `error:` line when it gave one, else its last line."""
-    lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [
+        line.strip() for line in log_file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+    ]
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     return errors[-1] if errors else lines[-1] if lines else "it exited without a word."

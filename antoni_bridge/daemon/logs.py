@@ -8,11 +8,12 @@ must not rotate the start-up lines and the errors out of the log, nor fill the d
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+
+from antoni_bridge import platforms
 
 LOG_BYTES = 5 * 2**20
 LOG_BACKUPS = 3
@@ -67,10 +68,11 @@ def setup_logging(log_file: Path, verbose: bool = False) -> None:
     """INFO and up to `log_file` (5 MB, 3 old files kept, the user's alone); with `verbose`, DEBUG to the
     file and stderr."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)]
-    if os.name == "posix":  # a log written before the daemon's files became private
-        for old in log_file.parent.glob(f"{log_file.name}*"):
-            old.chmod(0o600)
+    handlers: list[logging.Handler] = [
+        RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+    ]
+    for old in log_file.parent.glob(f"{log_file.name}*"):  # written before the daemon's files became private
+        platforms.make_private(old)
     if verbose:
         handlers.append(logging.StreamHandler(sys.stderr))
     logger = logging.getLogger("antoni_bridge")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.files import pid_alive, write_private
+from antoni_bridge.files import write_private
+from antoni_bridge.platforms import pid_alive
 
 TAG = b"antoni/1"
 VERSION = 1

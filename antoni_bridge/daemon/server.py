@@ -23,7 +23,6 @@ import zmq
 from antoni_bridge import __version__
 from antoni_bridge.daemon.jobs import Busy, Cancelled, DuplicateId, Job, JobQueue
 from antoni_bridge.daemon.logs import REFUSAL, shorten
-from antoni_bridge.daemon.memory import return_big_blocks
 from antoni_bridge.daemon.protocol import (
     MAX_MESSAGE_BYTES,
     VERSION,
@@ -37,7 +36,7 @@ from antoni_bridge.daemon.requests import JOB_CHECKS, check_job
 from antoni_bridge.daemon.runtime import Runtime
 from antoni_bridge.daemon.worker import RUNNERS
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.files import pid_alive
+from antoni_bridge.platforms import STOP_SIGNALS, pid_alive, return_big_blocks
 
 log = logging.getLogger("antoni_bridge.daemon")
 POLL_MS = 10
@@ -124,13 +123,13 @@ class Daemon:
             log.info("stopped")
 
     def _stop_on_signals(self) -> dict[int, Any]:
-        """SIGINT and SIGTERM stop the daemon as `shutdown` does (the loop acts on the flag: a handler
-        runs between any two bytecodes, maybe inside a held lock); returns the handlers to restore."""
+        """The stop signals (SIGINT, and SIGTERM or on Windows SIGBREAK) stop the daemon as `shutdown` does
+        (the loop acts on the flag: a handler runs between any two bytecodes, maybe inside a held lock);
+        returns the handlers to restore."""
         if threading.current_thread() is not threading.main_thread():
             return {}
-        signums = [signal.SIGINT, signal.SIGTERM]
-        previous = {signum: signal.getsignal(signum) for signum in signums}
-        for signum in signums:
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
             signal.signal(signum, lambda *_: self.signalled.set())
         return previous
 

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from antoni_bridge.features.h5 import FeatureFile, durable_replace, read_feature_file, write_feature_file
-from antoni_bridge.files import pid_alive
+from antoni_bridge.platforms import pid_alive
 
 
 def cache_key(parts: dict[str, Any]) -> str:

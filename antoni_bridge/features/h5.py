@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
 
 FORMAT_VERSION = 1
@@ -65,12 +66,8 @@ def durable_replace(tmp: Path, path: Path) -> None:
     """Rename a finished temporary file into place, synced first so a power cut cannot leave it empty."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    platforms.replace(tmp, path)
+    platforms.sync_folder(path.parent)
 
 
 def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:

@@ -21,6 +21,8 @@ from skimage import data as skdata
 from skimage import draw
 from tqdm import tqdm
 
+from antoni_bridge import platforms
+
 LAYOUT_DOWNSAMPLE = 16
 GLASS_RGB = (242, 240, 244)
 PEN_RGB = (20, 110, 60)
@@ -177,7 +179,7 @@ def write_demo_slide(
             tif.write(thumb, description=f"{description}\r\nthumbnail", photometric="rgb", metadata=None)
             for image in reduced:
                 tif.write(image, tile=(tile, tile), description=description, **options)
-        os.replace(tmp, out)
+        platforms.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return layout

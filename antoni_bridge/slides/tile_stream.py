@@ -1,10 +1,10 @@
 """Streaming the grid's tiles as uint8 batches, fast and in bounded memory.
 
 The fast path decodes the stored TIFF tiles of the chosen pyramid level directly: raw bytes with
-`os.pread` and the page's own decoder (libjpeg-turbo and friends release the GIL), in a thread pool,
-each stored tile at most once per pass because the grid is listed row by row and decoded tiles are
-dropped as soon as the rows below no longer need them. A background thread keeps at most `prefetch`
-batches ready, so reading overlaps encoding and memory stays bounded however large the slide.
+`platforms.read_at` (pread) and the page's own decoder (libjpeg-turbo and friends release the GIL), in
+a thread pool, each stored tile at most once per pass because the grid is listed row by row and decoded
+tiles are dropped as soon as the rows below no longer need them. A background thread keeps at most
+`prefetch` batches ready, so reading overlaps encoding and memory stays bounded however large the slide.
 Levels that are not plain tiled pages (and openslide formats) go through `Slide.read_region`.
 """
 
@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.grid import TileGrid
 from antoni_bridge.slides.reader import NativeLevel, Slide, same_file, to_rgb
@@ -87,7 +88,7 @@ class _NativeReader:
 
     def __init__(self, slide: Slide, grid: TileGrid, native: NativeLevel, pool: ThreadPoolExecutor) -> None:
         self.slide, self.grid, self.native, self.pool = slide, grid, native, pool
-        self.fd = os.open(slide.path, os.O_RDONLY)
+        self.fd = platforms.open_for_reading(slide.path)
         if not same_file(slide, self.fd):  # offsets come from the file opened earlier
             os.close(self.fd)
             raise BridgeError(
@@ -121,7 +122,7 @@ class _NativeReader:
         if count == 0:  # a sparse TIFF leaves empty tiles unwritten: they are glass
             return np.full((self.native.tile_height, self.native.tile_width, 3), 255, dtype=np.uint8)
         try:
-            data = os.pread(self.fd, count, offset)
+            data = platforms.read_at(self.fd, count, offset)
             segment = self.native.page.decode(data, index, jpegtables=self.native.page.jpegtables)[0]
         except Exception as exc:  # decoders raise many types for damaged data
             raise BridgeError(

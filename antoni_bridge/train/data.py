@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 
+from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
 
 Turn = dict[str, str]
@@ -129,7 +130,7 @@ def write_instruct_data(path: Path, cases: list[Case]) -> None:
                 group.create_dataset("organ", data=case.organ.encode("utf-8"))
                 text = {"organ": case.organ, **case.conversations}
                 texts.create_dataset(case.key, data=json.dumps(text, ensure_ascii=False).encode("utf-8"))
-        os.replace(tmp, path)
+        platforms.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

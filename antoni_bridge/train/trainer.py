@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.antoni import TRAINED_MARKERS, AntoniModel
 from antoni_bridge.train.config import TrainConfig
@@ -244,8 +245,8 @@ class Trainer:
             if state is not None:
                 torch.save(state, tmp / STATE_FILE)
             if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
+                platforms.replace(folder, old)
+            platforms.replace(tmp, folder)
             shutil.rmtree(old, ignore_errors=True)
         self.processes.wait_for_everyone()
 
