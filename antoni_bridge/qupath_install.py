@@ -211,7 +211,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _read_manifest(folder: Path) -> dict[str, str | None]:
     try:
-        return json.loads((folder / MANIFEST).read_text())
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 

@@ -43,7 +43,7 @@ class TrainConfig:
 
 
 def default_config(stage: int) -> dict[str, Any]:
-    text = resources.files("antoni_bridge.train").joinpath(f"configs/stage{stage}.yaml").read_text()
+    text = resources.files("antoni_bridge.train").joinpath(f"configs/stage{stage}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

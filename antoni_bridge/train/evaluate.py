@@ -74,7 +74,9 @@ class OrganTree:
 
     @classmethod
     def default(cls) -> OrganTree:
-        return cls(json.loads(resources.files("antoni_bridge.train").joinpath("organs.json").read_text()))
+        return cls(
+            json.loads(resources.files("antoni_bridge.train").joinpath("organs.json").read_text(encoding="utf-8"))
+        )
 
     @classmethod
     def read(cls, path: Path) -> OrganTree:
