@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from antoni_bridge import __version__, paths, qupath_install
+from antoni_bridge import __version__, paths, platforms, qupath_install
 from antoni_bridge.batch import command as batch
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.desk import command as desk
@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    platforms.utf8_output()
     parser = _parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
@@ -574,7 +575,6 @@ def _serve(args: argparse.Namespace) -> int:
     from antoni_bridge.daemon.logs import setup_logging
     from antoni_bridge.daemon.runtime import Runtime
     from antoni_bridge.daemon.server import Daemon
-    from antoni_bridge.platforms import keep_files_private
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
@@ -589,7 +589,7 @@ def _serve(args: argparse.Namespace) -> int:
     sources = model_sources(args)
     runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir(), args.slide_root)
     log_file = args.log_file or paths.log_file()
-    keep_files_private()  # logs, caches and the key: the user's alone
+    platforms.keep_files_private()  # logs, caches and the key: the user's alone
     setup_logging(log_file, args.verbose)
     print(
         f"antoni-bridge daemon on {args.address} ({'demo' if args.demo else 'real'} weights"

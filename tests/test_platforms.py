@@ -235,6 +235,13 @@ def test_windows_stops_on_ctrl_c_and_ctrl_break_and_hides_the_daemons_window() -
     assert windows.DETACHED_FLAGS == 0x08000000  # CREATE_NO_WINDOW
 
 
+def test_windows_output_to_a_file_is_utf8_whatever_the_code_page(tmp_path: Path) -> None:
+    with (tmp_path / "answer.txt").open("w", encoding="cp1252") as redirected:
+        windows.utf8_output([redirected])
+        print("3 µm → tumour, Gleason 4+3 (β)", file=redirected)
+    assert (tmp_path / "answer.txt").read_text(encoding="utf-8") == "3 µm → tumour, Gleason 4+3 (β)\n"
+
+
 # ------------------------------------------------------------------------------ Windows, for real
 
 windows_only = pytest.mark.skipif(not ON_WINDOWS, reason="Win32 calls")

@@ -28,6 +28,7 @@ read_at = current.read_at
 is_absolute = current.is_absolute
 data_home = current.data_home
 return_big_blocks = current.return_big_blocks
+utf8_output = current.utf8_output
 
 __all__ = [
     "DETACHED_FLAGS",
@@ -45,4 +46,5 @@ __all__ = [
     "replace",
     "return_big_blocks",
     "sync_folder",
+    "utf8_output",
 ]

@@ -111,3 +111,8 @@ def return_big_blocks() -> None:
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, BIG_BLOCK_BYTES)
         mallopt(M_TRIM_THRESHOLD, BIG_BLOCK_BYTES)
+
+
+def utf8_output() -> None:
+    """Nothing to change: printed text takes the locale's encoding, which is what the terminal or the
+    next program expects, and Python already uses UTF-8 under the C locale (PEP 538, PEP 540)."""

@@ -6,13 +6,15 @@ icacls, whoami) happen only inside the functions that need them.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path, PureWindowsPath
 from typing import Any, BinaryIO
@@ -194,3 +196,12 @@ def data_home() -> Path:
 
 def return_big_blocks() -> None:
     """Nothing to tune: Windows' heap returns big blocks (allocated with VirtualAlloc) when freed."""
+
+
+def utf8_output(streams: Iterable[object] = (sys.stdout, sys.stderr)) -> None:
+    """Text printed to a file or a pipe is UTF-8: Windows would write the ANSI code page (cp1252 in
+    most of Europe and the Americas), which fails on most of the world's text, so an answer with an
+    arrow or a Greek letter would end the command. A console already takes Unicode."""
+    for stream in streams:
+        if isinstance(stream, io.TextIOWrapper) and not stream.isatty():
+            stream.reconfigure(encoding="utf-8")
