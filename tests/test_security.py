@@ -222,6 +222,7 @@ def test_temporaries_of_dead_writers_are_swept_at_start_and_live_ones_kept(tmp_p
     assert [p.exists() for p in left + kept] == [False, False, True, True]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="mode bits; Windows' access lists: tests/test_platforms.py")
 def test_the_daemons_log_and_cache_files_are_the_users_alone(daemon: Path, demo_20x: Path) -> None:
     with Client(daemon, timeout_s=30) as client:
         events = list(client.events("embed", {"slide": str(demo_20x)}))
