@@ -115,7 +115,7 @@ def test_posix_absolute_paths_start_at_the_root() -> None:
 
 @posix_only
 def test_posix_stops_on_sigint_and_sigterm() -> None:
-    assert posix.STOP_SIGNALS == (signal.SIGINT, signal.SIGTERM) and posix.DETACHED_FLAGS == 0
+    assert posix.STOP_SIGNALS == (signal.SIGINT, signal.SIGTERM) and posix.BACKGROUND_CHILD_FLAGS == 0
 
 
 # ------------------------------------------------------------------------------ both, on this system's files
@@ -232,7 +232,7 @@ def test_windows_data_home_is_the_local_application_data(monkeypatch: pytest.Mon
 def test_windows_stops_on_ctrl_c_and_ctrl_break_and_hides_the_daemons_window() -> None:
     ctrl_c, ctrl_break = windows.STOP_SIGNALS
     assert ctrl_c == signal.SIGINT and ctrl_break == getattr(signal, "SIGBREAK", 21)  # 21 in Windows' signal.h
-    assert windows.DETACHED_FLAGS == 0x08000000  # CREATE_NO_WINDOW
+    assert windows.BACKGROUND_CHILD_FLAGS == 0x08000000  # CREATE_NO_WINDOW
 
 
 def test_windows_output_to_a_file_is_utf8_whatever_the_code_page(tmp_path: Path) -> None:

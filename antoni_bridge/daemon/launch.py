@@ -39,7 +39,7 @@ def start_daemon(
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            creationflags=platforms.DETACHED_FLAGS,
+            creationflags=platforms.BACKGROUND_CHILD_FLAGS,
         )
     deadline = time.monotonic() + timeout_s
     while not _announced(connection_file, process.pid):

@@ -15,7 +15,7 @@ from antoni_bridge.platforms import posix, windows
 current = windows if os.name == "nt" else posix
 
 STOP_SIGNALS = current.STOP_SIGNALS
-DETACHED_FLAGS = current.DETACHED_FLAGS
+BACKGROUND_CHILD_FLAGS = current.BACKGROUND_CHILD_FLAGS
 pid_alive = current.pid_alive
 make_private = current.make_private
 check_private_folder = current.check_private_folder
@@ -31,7 +31,7 @@ return_big_blocks = current.return_big_blocks
 utf8_output = current.utf8_output
 
 __all__ = [
-    "DETACHED_FLAGS",
+    "BACKGROUND_CHILD_FLAGS",
     "STOP_SIGNALS",
     "check_private_folder",
     "current",

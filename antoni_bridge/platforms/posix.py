@@ -12,7 +12,7 @@ from typing import BinaryIO
 from antoni_bridge.errors import BridgeError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl+C in a terminal; `kill`, systemd, launchd
-DETACHED_FLAGS = 0  # subprocess.Popen(creationflags=...): none needed, a child has no window to hide
+BACKGROUND_CHILD_FLAGS = 0  # subprocess.Popen(creationflags=...): none needed, a child has no window to hide
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 BIG_BLOCK_BYTES = 1 << 20
 

@@ -24,7 +24,7 @@ from antoni_bridge.errors import BridgeError
 SIGBREAK = 21  # signal.SIGBREAK on Windows (Ctrl+Break, and a console window being closed)
 STOP_SIGNALS = (signal.SIGINT, getattr(signal, "SIGBREAK", SIGBREAK))  # Windows has no SIGTERM sender
 CREATE_NO_WINDOW = 0x08000000
-DETACHED_FLAGS = CREATE_NO_WINDOW  # a daemon started from the desk opens no console window
+BACKGROUND_CHILD_FLAGS = CREATE_NO_WINDOW  # a daemon started from the desk opens no console window
 SYNCHRONIZE, PROCESS_QUERY_LIMITED_INFORMATION = 0x00100000, 0x1000
 WAIT_TIMEOUT = 0x102
 ERROR_ACCESS_DENIED = 5
@@ -75,7 +75,8 @@ def _kernel32() -> Any:
 def make_private(path: Path) -> None:
     """Only the current user may open `path`: inherited entries removed, one full-control entry for
     the user's SID (mode bits mean nothing to Windows' access lists)."""
-    _run(_system_tool("icacls"), icacls_arguments(path, current_user_sid(), path.is_dir()), f"restrict {path}")
+    arguments = icacls_arguments(path, current_user_sid(), path.is_dir())
+    _run("icacls", arguments, f"restrict {path} to your user", "a FAT-formatted drive has no access lists: use NTFS")
 
 
 def icacls_arguments(path: Path, sid: str, folder: bool) -> list[str]:
@@ -88,7 +89,7 @@ def icacls_arguments(path: Path, sid: str, folder: bool) -> list[str]:
 @cache
 def current_user_sid() -> str:
     """The SID of the user this process runs as (`whoami /user`, in every Windows since Vista)."""
-    output = _run(_system_tool("whoami"), ["/user", "/fo", "csv", "/nh"], "find your user's SID")
+    output = _run("whoami", ["/user", "/fo", "csv", "/nh"], "find your user's SID", "run `whoami /user` to see why")
     return sid_from_whoami(output)
 
 
@@ -105,21 +106,17 @@ def _system_tool(name: str) -> str:
     return str(Path(os.environ.get("SYSTEMROOT", r"C:\Windows")) / "System32" / f"{name}.exe")
 
 
-def _run(tool: str, arguments: Sequence[str], purpose: str) -> str:
+def _run(tool: str, arguments: Sequence[str], purpose: str, hint: str) -> str:
+    """The output of System32's `tool`, or one sentence saying why it could not serve `purpose`."""
     try:
         result = subprocess.run(
-            [tool, *arguments], capture_output=True, timeout=60, creationflags=CREATE_NO_WINDOW, check=False
+            [_system_tool(tool), *arguments], capture_output=True, timeout=60, creationflags=CREATE_NO_WINDOW
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BridgeError(
-            f"Could not {purpose}: {Path(tool).name} did not run ({exc}).", "check the Windows installation"
-        ) from exc
-    said = (result.stdout + result.stderr).decode("utf-8", errors="replace")  # SIDs and paths we passed: ASCII
+        raise BridgeError(f"Could not {purpose}: {tool} did not run ({exc}).", hint) from exc
+    said = (result.stdout + result.stderr).decode("utf-8", errors="replace")  # only the SID is read: ASCII
     if result.returncode != 0:
-        raise BridgeError(
-            f"Could not {purpose}: {Path(tool).name} said {said.strip()[:300]!r}.",
-            "check the folder's owner and permissions; a FAT-formatted drive has none: use an NTFS folder",
-        )
+        raise BridgeError(f"Could not {purpose}: {tool} said {said.strip()[:300]!r}.", hint)
     return said
 
 
