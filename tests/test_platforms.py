@@ -78,15 +78,15 @@ def test_posix_open_private_is_private_from_the_first_byte_whatever_the_umask(tm
     path.chmod(0o644)
     previous = os.umask(0)
     try:
-        with posix.open_private(path) as output:
-            assert stat.S_IMODE(os.fstat(output.fileno()).st_mode) == 0o644  # an existing file keeps its mode
+        with posix.open_private(path) as output:  # an existing file, readable by all
+            assert stat.S_IMODE(os.fstat(output.fileno()).st_mode) == 0o600
             output.write(b"new")
+        assert path.read_bytes() == b"new"
         path.unlink()
         with posix.open_private(path) as output:
             assert stat.S_IMODE(os.fstat(output.fileno()).st_mode) == 0o600
     finally:
         os.umask(previous)
-    assert path.read_bytes() == b""
 
 
 @posix_only

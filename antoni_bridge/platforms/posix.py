@@ -54,8 +54,11 @@ def keep_files_private() -> None:
 
 
 def open_private(path: Path) -> BinaryIO:
-    """`path` emptied or created for writing bytes, the owner's alone from its first byte."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    """`path` emptied or created for writing bytes, the owner's alone from its first byte (an existing
+    file keeps its mode on open, so it is set too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def replace(src: Path, dst: Path) -> None:
