@@ -26,8 +26,10 @@ def replacing(path: Path) -> Iterator[Path]:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """`text` as UTF-8, line ends as given on every system (Windows' text mode would turn a CSV row's
+    \r\n into \r\r\n, a blank line between rows)."""
     with replacing(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")
 
 
 def write_private(path: Path, data: bytes) -> None:

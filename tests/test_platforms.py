@@ -162,6 +162,15 @@ def test_replace_puts_the_new_file_over_the_old(module: ModuleType, tmp_path: Pa
     module.sync_folder(tmp_path)
 
 
+def test_text_files_are_written_as_given_on_every_system(tmp_path: Path) -> None:
+    """Meaningful on Windows, whose text mode rewrites line ends (passes trivially elsewhere)."""
+    from antoni_bridge.files import write_atomically
+
+    rows = 'question,answer\r\n"Grade?","Gleason 4+3,\nµ → β"\r\n'  # a CSV row with a line break inside
+    write_atomically(tmp_path / "answers.csv", rows)
+    assert (tmp_path / "answers.csv").read_bytes() == rows.encode("utf-8")
+
+
 # ------------------------------------------------------------------------------ Windows' own logic, anywhere
 
 
