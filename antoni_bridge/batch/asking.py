@@ -1,8 +1,9 @@
 """Asking one item: through the running daemon (or a demo daemon of the batch's own), or in-process
 with the daemon's own runtime (`--local`), which keeps models and latents loaded between items.
 
-Both return the content of the job's `done` message; a refusal or failure of the item raises
-`BridgeError` with the daemon's sentence. A dead daemon (`DaemonUnreachable`) ends the run instead.
+Both return the content of the job's `done` message, its `provenance` completed with what the batch
+saves (docs/batch.md); a refusal or failure of the item raises `BridgeError` with the daemon's sentence.
+A dead daemon (`DaemonUnreachable`) or one whose queue stays full (`DaemonBusy`) ends the run instead.
 """
 
 from __future__ import annotations
@@ -10,30 +11,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from antoni_bridge import paths
+from antoni_bridge import __version__, paths
 from antoni_bridge.batch.sources import Item
+from antoni_bridge.client import saved_provenance
 from antoni_bridge.errors import BridgeError
 
 OnStage = Callable[[str], None]
-BUSY_WAIT_S = 1.0  # the daemon's queue was full: another front end is using it
+FRONT_END = "batch"
 
 
 class Asker(Protocol):
     def __call__(self, item: Item, on_stage: OnStage) -> dict[str, Any]: ...
 
 
+def options_set(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the user set; the daemon (or the engine) fills in the rest from its defaults."""
+    return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+
+
 def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
-    """The `ask` request of an item (docs/protocol.md): the slide, the region, one question, greedy options."""
+    """The `ask` request of an item (docs/protocol.md): the slide, the region, one question, and only the
+    options the user set."""
     content: dict[str, Any] = {
         "slide": str(item.image.slide.resolve()),
         "conversation": [{"role": "user", "content": item.question}],
-        "options": options,
     }
+    if options:
+        content["options"] = options
     if item.region is not None:
         content["region"] = item.region
     return content
@@ -42,7 +50,7 @@ def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def asker(args: argparse.Namespace) -> Iterator[Asker]:
     """The asker the options call for, released (models, sockets, a demo daemon) when the run ends."""
-    options = {"max_new_tokens": args.max_new_tokens, "greedy": True}
+    options = options_set(args)
     if args.local:
         yield _local_asker(args, options)
     elif args.demo:
@@ -55,25 +63,17 @@ def asker(args: argparse.Namespace) -> Iterator[Asker]:
 
 @contextlib.contextmanager
 def _daemon_asker(connection: Path | None, options: dict[str, Any]) -> Iterator[Asker]:
-    from antoni_bridge.client import Client
+    from antoni_bridge.client import Cancelled, Client, provenance_in_hello
 
     with Client(connection) as client:
+        known = provenance_in_hello(client.request("hello").content)
 
         def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
-            while True:  # resent while the daemon answers `busy`
-                for event in client.events("ask", job_content(item, options)):
-                    if event.type == "progress":
-                        on_stage(event.content["stage"])
-                    elif event.type == "done":
-                        return event.content
-                    elif event.type == "error":
-                        raise BridgeError(
-                            event.content.get("message", "The daemon refused."), event.content.get("hint", "")
-                        )
-                    elif event.type == "cancelled":
-                        raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it")
-                on_stage("waiting: the daemon is busy")
-                time.sleep(BUSY_WAIT_S)
+            try:
+                done = client.run_job("ask", job_content(item, options), on_progress=lambda p: on_stage(p.stage))
+                return saved_provenance(done, known, FRONT_END, options)
+            except Cancelled:
+                raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it") from None
 
         yield ask
 
@@ -116,13 +116,23 @@ def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
     from antoni_bridge.daemon.worker import run_ask
     from antoni_bridge.model_sources import model_sources
 
-    runtime = Runtime(model_sources(args), args.cache_dir or paths.feature_cache_dir())
+    sources = model_sources(args)
+    runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir())
+    known = {
+        "antoni_bridge": __version__,
+        "weights": str(sources.weights),
+        "llm": sources.llm,
+        "tile_encoder": sources.tile_encoder,
+        "slide_encoder": sources.slide_encoder,
+        "demo": sources.demo,
+    }
 
     def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
         def emit(kind: str, content: dict[str, Any]) -> None:
             if kind == "progress":
                 on_stage(content["stage"])
 
-        return run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
+        done = run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
+        return saved_provenance(done, known, FRONT_END, options)
 
     return ask
