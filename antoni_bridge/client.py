@@ -290,7 +290,9 @@ def saved_provenance(
     """`done` with the provenance a front end saves beside an answer: the answer's own (`known` fills in
     for answers that carry none), its stop reason, the front end, and only the options the user set."""
     provenance = {**known, **done.get("provenance", {}), "front_end": front_end, "options_set": dict(options_set)}
-    provenance.setdefault("stop_reason", done.get("stop_reason"))
+    for key in ("stop_reason", "demo"):
+        if key in done:
+            provenance.setdefault(key, done[key])
     return {**done, "provenance": provenance}
 
 
