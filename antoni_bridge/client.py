@@ -143,11 +143,12 @@ class Client:
         `cancelled`, `DaemonBusy` when the queue stays full for `busy_limit_s`.
         """
         wanted = cancel or (lambda: False)
+        report = _progress_reporter(on_progress)
         waited, wait = 0.0, BUSY_FIRST_WAIT_S
         while True:
             if wanted():
                 raise Cancelled("before the job was sent")
-            terminal = self._one_attempt(type_, content, on_progress, on_token, wanted, on_accepted)
+            terminal = self._one_attempt(type_, content, report, on_token, wanted, on_accepted)
             if terminal.type == "done":
                 return terminal.content
             if terminal.type == "cancelled":
@@ -160,8 +161,7 @@ class Client:
                     f"The daemon's queue stayed full for {waited:.0f} s.",
                     "other front ends are using it: try again later (`antoni-bridge status` shows its queue)",
                 )
-            if on_progress is not None:
-                on_progress(_progress({"stage": BUSY_STAGE, "done": 0, "total": 0}))
+            report({"stage": BUSY_STAGE, "done": 0, "total": 0})
             waited += self._wait_out_busy(wait, wanted)
             wait = min(wait * 2, BUSY_LONGEST_WAIT_S)
 
@@ -169,7 +169,7 @@ class Client:
         self,
         type_: str,
         content: dict[str, Any],
-        on_progress: Callable[[Any], None] | None,
+        report: Callable[[dict[str, Any]], None],
         on_token: Callable[[str], None] | None,
         wanted: Callable[[], bool],
         on_accepted: Callable[[dict[str, Any]], None] | None,
@@ -189,8 +189,8 @@ class Client:
                 job_id = message.content.get("job_id")
                 if on_accepted is not None:
                     on_accepted(message.content)
-            elif message.type == "progress" and on_progress is not None:
-                on_progress(_progress(message.content))
+            elif message.type == "progress":
+                report(message.content)
             elif message.type == "token" and on_token is not None:
                 on_token(message.content["text"])
             elif message.type in TERMINAL:
@@ -296,7 +296,11 @@ def saved_provenance(
     return {**done, "provenance": provenance}
 
 
-def _progress(content: dict[str, Any]):  # -> slides.planning.Progress; imported here: the client starts light
+def _progress_reporter(on_progress: Callable[[Any], None] | None) -> Callable[[dict[str, Any]], None]:
+    """A progress event's content to `on_progress` as a `slides.planning.Progress`. Imported here, before
+    the job is sent (the client starts light; an import in the loop would silence the heartbeats)."""
+    if on_progress is None:
+        return lambda content: None
     from antoni_bridge.slides.planning import Progress
 
-    return Progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
+    return lambda c: on_progress(Progress(c["stage"], c["done"], c["total"], c.get("rate", 0.0)))
