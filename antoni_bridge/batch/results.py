@@ -115,6 +115,7 @@ def record(item: Item, done: dict[str, Any] | None = None, reason: str = "") -> 
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "stop_reason": done.get("stop_reason", ""),
         "provenance": done.get("provenance", {}),
+        "token_ids": done.get("token_ids", []),  # in the JSON and the log, not the CSV: the answer exactly
     }
 
 
