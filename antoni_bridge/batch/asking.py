@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from antoni_bridge import __version__, paths
+from antoni_bridge import paths
 from antoni_bridge.batch.sources import Item
 from antoni_bridge.client import saved_provenance
 from antoni_bridge.errors import BridgeError
@@ -52,7 +52,7 @@ def asker(args: argparse.Namespace) -> Iterator[Asker]:
     """The asker the options call for, released (models, sockets, a demo daemon) when the run ends."""
     options = options_set(args)
     if args.local:
-        yield _local_asker(args, options)
+        yield _recording(_local_asker(args, options), {}, options)
     elif args.demo:
         with _own_demo_daemon() as connection, _daemon_asker(connection, options) as ask:
             yield ask
@@ -66,16 +66,24 @@ def _daemon_asker(connection: Path | None, options: dict[str, Any]) -> Iterator[
     from antoni_bridge.client import Cancelled, Client, provenance_in_hello
 
     with Client(connection) as client:
-        known = provenance_in_hello(client.request("hello").content)
 
         def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
             try:
-                done = client.run_job("ask", job_content(item, options), on_progress=lambda p: on_stage(p.stage))
-                return saved_provenance(done, known, FRONT_END, options)
+                return client.run_job("ask", job_content(item, options), on_progress=lambda p: on_stage(p.stage))
             except Cancelled:
                 raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it") from None
 
-        yield ask
+        yield _recording(ask, provenance_in_hello(client.request("hello").content), options)
+
+
+def _recording(ask: Asker, known: dict[str, Any], options: dict[str, Any]) -> Asker:
+    """`ask` with each answer's provenance completed as the batch saves it (`known`: what the daemon's
+    `hello` says of its weights, for answers that carry no provenance of their own)."""
+
+    def recorded(item: Item, on_stage: OnStage) -> dict[str, Any]:
+        return saved_provenance(ask(item, on_stage), known, FRONT_END, options)
+
+    return recorded
 
 
 @contextlib.contextmanager
@@ -116,23 +124,13 @@ def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
     from antoni_bridge.daemon.worker import run_ask
     from antoni_bridge.model_sources import model_sources
 
-    sources = model_sources(args)
-    runtime = Runtime(sources, args.cache_dir or paths.feature_cache_dir())
-    known = {
-        "antoni_bridge": __version__,
-        "weights": str(sources.weights),
-        "llm": sources.llm,
-        "tile_encoder": sources.tile_encoder,
-        "slide_encoder": sources.slide_encoder,
-        "demo": sources.demo,
-    }
+    runtime = Runtime(model_sources(args), args.cache_dir or paths.feature_cache_dir())
 
     def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
         def emit(kind: str, content: dict[str, Any]) -> None:
             if kind == "progress":
                 on_stage(content["stage"])
 
-        done = run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
-        return saved_provenance(done, known, FRONT_END, options)
+        return run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
 
     return ask

@@ -113,7 +113,7 @@ def record(item: Item, done: dict[str, Any] | None = None, reason: str = "") -> 
         "first_token_s": timings.get("first_token_s"),
         "total_s": timings.get("total_s"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "stop_reason": done.get("stop_reason", ""),
+        "stop_reason": done.get("provenance", {}).get("stop_reason", ""),
         "provenance": done.get("provenance", {}),
         "token_ids": done.get("token_ids", []),  # in the JSON and the log, not the CSV: the answer exactly
     }
