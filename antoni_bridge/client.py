@@ -193,9 +193,7 @@ class Client:
                 report(message.content)
             elif message.type == "token" and on_token is not None:
                 on_token(message.content["text"])
-            elif message.type in TERMINAL:
-                return message
-        raise DaemonUnreachable("The daemon ended the job without an answer.", "see its log")
+        return message  # `events` ends with the terminal message
 
     @staticmethod
     def _wait_out_busy(seconds: float, wanted: Callable[[], bool]) -> float:
