@@ -148,8 +148,8 @@ def test_a_full_queue_is_waited_out_with_back_off_then_given_up(
     assert 0.5 <= waited < 5.0 and "queue stayed full" in busy.value.message and busy.value.hint
 
     stages.clear()
-    for job in (first, second):  # room in the queue after a few back-offs
-        threading.Timer(2.0, job.stop.set).start()
+    for job in (first, second):  # room in the queue after three back-offs (0.5 s, 1 s, 2 s) at the least
+        threading.Timer(4.0, job.stop.set).start()
     times: list[float] = []
     start = time.monotonic()
     with Client(daemon) as client:
