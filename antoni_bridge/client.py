@@ -30,15 +30,13 @@ from antoni_bridge.errors import BridgeError
 TERMINAL = ("done", "error", "cancelled", "busy")
 DEAD_AFTER_S = 5.0  # no message at all (heartbeat replies included) for this long: the daemon is gone
 HEARTBEAT_S = 0.25  # while waiting for an answer; the daemon cancels the jobs of silent clients
+BUSY_FIRST_WAIT_S, BUSY_LONGEST_WAIT_S = 0.5, 8.0  # a full queue: wait, doubling, then send the job again
+BUSY_LIMIT_S = 300.0  # then give up: the daemon is taken by other front ends
+BUSY_STAGE = "waiting: the daemon's queue is full"  # the progress stage reported while waiting
 IDEMPOTENT = ("hello", "status")
 RETRIES = 3
 RETRY_WAIT_S = 0.5
 NOT_RUNNING_HINT = "start it with `antoni-bridge serve`"
-BUSY_FIRST_WAIT_S, BUSY_LONGEST_WAIT_S = 0.5, 8.0  # a full queue: wait, doubling, then send the job again
-BUSY_LIMIT_S = 300.0  # then give up: the daemon is taken by other front ends
-BUSY_STAGE = "waiting: the daemon's queue is full"  # the progress stage reported while waiting
-
-__all__ = ["Cancelled", "Client", "DaemonBusy", "DaemonUnreachable"]
 
 
 class DaemonUnreachable(BridgeError):
