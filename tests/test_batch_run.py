@@ -107,14 +107,26 @@ def test_a_folder_run_answers_every_image_and_annotation_and_reports_bad_items(
     assert "No slide beside orphan.geojson" in rows[("orphan", "")]["reason"]
     for row in (r for r in rows.values() if r["status"] == "done"):
         assert row["demo"] == "True" and float(row["total_s"]) > 0 and row["latents_from"] and row["answer"]
+        provenance = json.loads(row["provenance"])  # what answered, and how: docs/batch.md
+        assert provenance["front_end"] == "batch" and provenance["options_set"] == {"max_new_tokens": 4}
+        assert provenance["demo"] is True and provenance["weights"] and provenance["stop_reason"] == row["stop_reason"]
+    assert rows[("a.svs", "dot")]["provenance"] == "", "a failed item has no answer to account for"
     assert "4 answered, 3 failed" in result.stdout
-    assert len(json.loads(out.with_suffix(".json").read_text())["results"]) == 7
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert len(results) == 7
+    assert all(
+        len(r["token_ids"]) == r["tokens"] and r["provenance"]["front_end"] == "batch"
+        for r in results
+        if r["status"] == "done"
+    )
 
     written = json.loads((tmp_path / "answers-geojson" / "b.svs.geojson").read_text())
     (feature,) = written["features"]
     assert feature["id"] == "b-1" and feature["properties"]["objectType"] == "annotation"
     description = feature["properties"]["metadata"]["ANNOTATION_DESCRIPTION"]
     assert description.startswith(rows[("b.svs", "Stroma")]["answer"].strip()) and "demo weights" in description
+    metadata = feature["properties"]["metadata"]
+    assert json.loads(metadata["ANTONI provenance 1"]) == json.loads(rows[("b.svs", "Stroma")]["provenance"])
     assert _digest(folder) == before, "the user's slides and exports are never modified"
 
 

@@ -90,6 +90,10 @@ def test_open_draw_ask_stream_cancel_and_reopen(
     assert window.region_list.count() == 2 and window.region is not None
     assert window.region.bounds == pytest.approx(OVER_TISSUE, abs=20)  # a screen pixel is ~12 level-0 px
 
+    decoding = window.daemon_state.decoding  # the daemon's defaults, from its hello (when it sends them)
+    default = f"max tokens: default ({decoding['max_new_tokens']})" if decoding else "max tokens: default"
+    assert window.chat.max_tokens.value() == 0 and window.chat.max_tokens.specialValueText() == default
+    assert window.chat.options_set() == {}, "nothing is sent that the user did not set"
     window.chat.max_tokens.setValue(1500)  # the demo model's greedy answer runs to this limit
     ask(qtbot, window, "What organ is this?")
     exchange = window.job_exchange
@@ -119,6 +123,10 @@ def test_open_draw_ask_stream_cancel_and_reopen(
     assert "## Q" in (tmp_path / "chat.md").read_text() and "Is there a neoplasm?" in (tmp_path / "chat.md").read_text()
     exported = json.loads((tmp_path / "chat.json").read_text())
     assert [e["state"] for e in exported["exchanges"]] == ["cancelled", "done"] and exported["region"]["geometry"]
+    provenance = exported["exchanges"][1]["provenance"]
+    assert provenance["front_end"] == "desk" and provenance["options_set"] == {"max_new_tokens": 12}
+    assert provenance["demo"] is True and provenance["weights"] and exported["exchanges"][0]["provenance"] == {}
+    assert "Provenance:" in (tmp_path / "chat.md").read_text()
 
     open_slide(qtbot, window, demo_20x)  # another slide: its own, empty state
     assert window.region_list.count() == 1 and window.chat.transcript.toPlainText() == ""

@@ -1,8 +1,9 @@
 """Asking one item: through the running daemon (or a demo daemon of the batch's own), or in-process
 with the daemon's own runtime (`--local`), which keeps models and latents loaded between items.
 
-Both return the content of the job's `done` message; a refusal or failure of the item raises
-`BridgeError` with the daemon's sentence. A dead daemon (`DaemonUnreachable`) ends the run instead.
+Both return the content of the job's `done` message, its `provenance` completed with what the batch
+saves (docs/batch.md); a refusal or failure of the item raises `BridgeError` with the daemon's sentence.
+A dead daemon (`DaemonUnreachable`) or one whose queue stays full (`DaemonBusy`) ends the run instead.
 """
 
 from __future__ import annotations
@@ -10,30 +11,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from antoni_bridge import paths
 from antoni_bridge.batch.sources import Item
+from antoni_bridge.client import saved_provenance
 from antoni_bridge.errors import BridgeError
 
 OnStage = Callable[[str], None]
-BUSY_WAIT_S = 1.0  # the daemon's queue was full: another front end is using it
+FRONT_END = "batch"
 
 
 class Asker(Protocol):
     def __call__(self, item: Item, on_stage: OnStage) -> dict[str, Any]: ...
 
 
+def options_set(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options the user set; the daemon (or the engine) fills in the rest from its defaults."""
+    return {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+
+
 def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
-    """The `ask` request of an item (docs/protocol.md): the slide, the region, one question, greedy options."""
+    """The `ask` request of an item (docs/protocol.md): the slide, the region, one question, and only the
+    options the user set."""
     content: dict[str, Any] = {
         "slide": str(item.image.slide.resolve()),
         "conversation": [{"role": "user", "content": item.question}],
-        "options": options,
     }
+    if options:
+        content["options"] = options
     if item.region is not None:
         content["region"] = item.region
     return content
@@ -42,9 +50,9 @@ def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def asker(args: argparse.Namespace) -> Iterator[Asker]:
     """The asker the options call for, released (models, sockets, a demo daemon) when the run ends."""
-    options = {"max_new_tokens": args.max_new_tokens, "greedy": True}
+    options = options_set(args)
     if args.local:
-        yield _local_asker(args, options)
+        yield _recording(_local_asker(args, options), {}, options)
     elif args.demo:
         with _own_demo_daemon() as connection, _daemon_asker(connection, options) as ask:
             yield ask
@@ -55,27 +63,27 @@ def asker(args: argparse.Namespace) -> Iterator[Asker]:
 
 @contextlib.contextmanager
 def _daemon_asker(connection: Path | None, options: dict[str, Any]) -> Iterator[Asker]:
-    from antoni_bridge.client import Client
+    from antoni_bridge.client import Cancelled, Client, provenance_in_hello
 
     with Client(connection) as client:
 
         def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
-            while True:  # resent while the daemon answers `busy`
-                for event in client.events("ask", job_content(item, options)):
-                    if event.type == "progress":
-                        on_stage(event.content["stage"])
-                    elif event.type == "done":
-                        return event.content
-                    elif event.type == "error":
-                        raise BridgeError(
-                            event.content.get("message", "The daemon refused."), event.content.get("hint", "")
-                        )
-                    elif event.type == "cancelled":
-                        raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it")
-                on_stage("waiting: the daemon is busy")
-                time.sleep(BUSY_WAIT_S)
+            try:
+                return client.run_job("ask", job_content(item, options), on_progress=lambda p: on_stage(p.stage))
+            except Cancelled:
+                raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it") from None
 
-        yield ask
+        yield _recording(ask, provenance_in_hello(client.request("hello").content), options)
+
+
+def _recording(ask: Asker, known: dict[str, Any], options: dict[str, Any]) -> Asker:
+    """`ask` with each answer's provenance completed as the batch saves it (`known`: what the daemon's
+    `hello` says of its weights, for answers that carry no provenance of their own)."""
+
+    def recorded(item: Item, on_stage: OnStage) -> dict[str, Any]:
+        return saved_provenance(ask(item, on_stage), known, FRONT_END, options)
+
+    return recorded
 
 
 @contextlib.contextmanager

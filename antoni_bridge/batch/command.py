@@ -32,7 +32,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--annotations", default="all", help="all (default), none (whole images only) or class:NAME")
     batch.add_argument("--out", type=Path, default=Path("answers.csv"), help="the CSV (default answers.csv)")
     batch.add_argument("--in-place", action="store_true", help="write answers into the project itself, after a backup")
-    batch.add_argument("--max-new-tokens", type=int, default=1024, help="answer length limit (greedy decoding)")
+    batch.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the daemon's, 1024)")
     batch.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
     batch.add_argument("--demo", action="store_true", help="demo weights (without --local: a demo daemon of its own)")
     batch.add_argument("--weights", default=ANTONI_ID, help="with --local: folder or hub id of the weights")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     questions = read_questions(args.question, args.questions)
     choice = Choice.parse(args.annotations)
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     outputs = Outputs.beside(args.out)
     project = qupath_project.is_project(args.source)

@@ -23,7 +23,8 @@ from antoni_bridge.files import write_atomically
 
 COLUMNS = (
     "image", "slide", "annotation", "annotation_id", "classes", "question", "status", "answer", "reason",
-    "demo", "latents_from", "tiles", "tokens", "first_token_s", "total_s", "finished", "key",
+    "demo", "latents_from", "tiles", "tokens", "first_token_s", "total_s", "finished", "key", "stop_reason",
+    "provenance",
 )  # fmt: skip
 
 
@@ -109,6 +110,9 @@ def record(item: Item, done: dict[str, Any] | None = None, reason: str = "") -> 
         "first_token_s": timings.get("first_token_s"),
         "total_s": timings.get("total_s"),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stop_reason": done.get("provenance", {}).get("stop_reason", ""),
+        "provenance": done.get("provenance", {}),
+        "token_ids": done.get("token_ids", []),  # in the JSON and the log, not the CSV: the answer exactly
     }
 
 
@@ -116,10 +120,16 @@ def write_tables(outputs: Outputs, records: list[dict[str, Any]], summary: dict[
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows({**r, "provenance": _provenance_text(r)} for r in records)
     write_atomically(outputs.csv, buffer.getvalue())
     text = json.dumps({"summary": summary, "results": records}, ensure_ascii=False, allow_nan=False, indent=1)
     write_atomically(outputs.json, text)
+
+
+def _provenance_text(record: dict[str, Any]) -> str:
+    """A record's provenance as one JSON cell (empty for a failed item, and for logs of older versions)."""
+    provenance = record.get("provenance")
+    return json.dumps(provenance, ensure_ascii=False, sort_keys=True) if provenance else ""
 
 
 def description(answered: list[dict[str, Any]]) -> str:
@@ -137,4 +147,6 @@ def answer_metadata(answered: list[dict[str, Any]]) -> dict[str, str]:
     for r in answered:
         metadata[f"ANTONI question {r['question_number']}"] = r["question"]
         metadata[f"ANTONI answer {r['question_number']}"] = r["answer"].strip()
+        if r.get("provenance"):
+            metadata[f"ANTONI provenance {r['question_number']}"] = _provenance_text(r)
     return metadata

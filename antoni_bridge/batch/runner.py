@@ -13,7 +13,7 @@ from tqdm import tqdm
 from antoni_bridge.batch.asking import Asker, OnStage
 from antoni_bridge.batch.results import ResultsLog, record
 from antoni_bridge.batch.sources import Item
-from antoni_bridge.client import DaemonUnreachable
+from antoni_bridge.client import DaemonBusy, DaemonUnreachable
 from antoni_bridge.errors import BridgeError
 
 
@@ -55,7 +55,7 @@ def _run_one(item: Item, ask: Asker | None, on_stage: OnStage) -> dict[str, Any]
         return record(item, reason=item.problem)
     try:
         return record(item, ask(item, on_stage))
-    except DaemonUnreachable:  # every later item would fail the same way: stop, keeping what is done
+    except (DaemonUnreachable, DaemonBusy):  # every later item would fail the same way: stop, keeping what is done
         raise
     except BridgeError as exc:
         return record(item, reason=str(exc))

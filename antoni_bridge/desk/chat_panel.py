@@ -8,6 +8,7 @@ second so the text layout never holds up the UI thread.
 from __future__ import annotations
 
 import html
+from typing import Any
 
 from PyQt6.QtCore import Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QTextCursor
@@ -28,6 +29,7 @@ from antoni_bridge.desk.conversations import Conversation, describe_end
 from antoni_bridge.desk.daemon_link import DaemonState
 
 FLUSH_MS = 50
+MAX_TOKENS = 8192  # the daemon's own bound
 STAGE_UNITS = {"tile-embedding": "tiles/s"}
 
 
@@ -45,10 +47,12 @@ class ChatPanel(QWidget):
         self.question = QLineEdit()
         self.question.setPlaceholderText("Ask about the slide or the picked region, then press Enter")
         self.ask_button, self.cancel_button = QPushButton("Ask"), QPushButton("Cancel")
-        self.max_tokens = QSpinBox()
-        self.max_tokens.setRange(1, 4096)
-        self.max_tokens.setValue(512)
+        self.max_tokens = QSpinBox()  # 0: the daemon's default, which the desk does not send
+        self.max_tokens.setRange(0, MAX_TOKENS)
+        self.max_tokens.setValue(0)
         self.max_tokens.setPrefix("max tokens ")
+        self.default_decoding: dict[str, Any] = {}
+        self._show_default_decoding()
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # its text never widens it
@@ -136,11 +140,23 @@ class ChatPanel(QWidget):
         speed = f", {rate:,.0f} {STAGE_UNITS.get(stage, 'steps/s')}" if rate > 0 else ""
         self.progress.setFormat(f"{stage} {done:,}/{total:,}{speed}")
 
-    def set_generation(self, tokens: int, limit: int, rate: float) -> None:
-        """While the answer streams: tokens so far against the limit, and their rate."""
+    def options_set(self) -> dict[str, Any]:
+        """The decoding options the user set: only these are sent, the daemon's defaults fill the rest."""
+        return {"max_new_tokens": self.max_tokens.value()} if self.max_tokens.value() else {}
+
+    def token_limit(self) -> int | None:
+        """The answer's length limit: the user's, else the daemon's default (None while it is unknown)."""
+        return self.max_tokens.value() or self.default_decoding.get("max_new_tokens")
+
+    def set_generation(self, tokens: int, limit: int | None, rate: float) -> None:
+        """While the answer streams: tokens so far against the limit (when known), and their rate."""
+        speed = f", {rate:,.1f} tokens/s" if rate > 0 else ""
+        if limit is None:
+            self.progress.setRange(0, 0)
+            self.progress.setFormat(f"generating {tokens:,} tokens{speed}")
+            return
         self.progress.setRange(0, max(limit, 1))
         self.progress.setValue(min(tokens, limit))
-        speed = f", {rate:,.1f} tokens/s" if rate > 0 else ""
         self.progress.setFormat(f"generating {tokens:,} of at most {limit:,} tokens{speed}")
 
     def set_job(self, text: str) -> None:
@@ -159,6 +175,18 @@ class ChatPanel(QWidget):
         else:
             self.daemon_label.setText(f"Daemon: not reachable. {state.message} Hint: {state.hint}")
         self.daemon_label.setToolTip(self.daemon_label.text())
+        if state.running and state.decoding != self.default_decoding:
+            self.default_decoding = dict(state.decoding)
+            self._show_default_decoding()
+
+    def _show_default_decoding(self) -> None:
+        """The spin box at 0 names the daemon's default (from its `hello`, once it says)."""
+        limit = self.default_decoding.get("max_new_tokens")
+        self.max_tokens.setSpecialValueText(f"max tokens: default ({limit})" if limit else "max tokens: default")
+        decoding = ", ".join(f"{k} {v}" for k, v in self.default_decoding.items()) or "as the daemon's defaults"
+        self.max_tokens.setToolTip(
+            f"The answer's length limit. Default: the daemon's decoding ({decoding}); set a number to override it."
+        )
 
 
 def _fixed_lines(label: QLabel, lines: int) -> QLabel:

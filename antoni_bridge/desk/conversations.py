@@ -27,6 +27,7 @@ class Exchange:
     note: str = ""  # the error message, or timings once done
     demo: bool = False
     asked_at: float = field(default_factory=time.time)
+    provenance: dict[str, Any] = field(default_factory=dict)  # of an answer: weights, decoding, stop reason, ...
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Conversation:
             lines += ["", f"## Q ({asked}): {exchange.question}", "", exchange.answer or "(no answer)"]
             if exchange.state != "done" or exchange.demo or exchange.note:
                 lines += ["", f"*{describe_end(exchange)}*"]
+            if exchange.provenance:
+                lines += ["", f"Provenance: `{json.dumps(exchange.provenance, sort_keys=True)}`"]
         return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,8 @@
 """Talking to the daemon without blocking the UI: each conversation with it runs on its own thread.
 
-The client heartbeats while its events are iterated, and a ZeroMQ socket belongs to one thread, so an
-ask iterates its events on a worker thread and a cancel goes out on a second, short-lived client. Results
-reach the UI as Qt signals, which Qt queues onto the UI thread.
+The client heartbeats while a job runs, and a ZeroMQ socket belongs to one thread, so an ask runs
+`Client.run_job` (the one loop every front end uses) on a worker thread; a cancel is a flag that loop
+polls. Results reach the UI as Qt signals, which Qt queues onto the UI thread.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import logging
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import QObject, pyqtSignal
 
-from antoni_bridge.client import Client
+from antoni_bridge.client import Cancelled, Client, provenance_in_hello
 from antoni_bridge.daemon.launch import start_daemon
 from antoni_bridge.errors import BridgeError
 
@@ -38,7 +38,11 @@ def _guarded(work: Callable[[], None], failed: Callable[[str, str], None]) -> No
 
 
 class AskJob(QObject):
-    """One `ask` and its events, from `accepted` to exactly one terminal message (or a failure)."""
+    """One `ask` and its events, from `accepted` to exactly one terminal message (or a failure).
+
+    `event` carries what `run_job` reports, as the protocol names it: accepted, progress (stage, done,
+    total, rate; the stage says when a full queue is waited out), token (text), then done or cancelled.
+    A refusal, an unreachable daemon or a queue full for too long is `failed` instead."""
 
     event = pyqtSignal(str, object)  # type, content
     failed = pyqtSignal(str, str)  # message, hint: the daemon could not be reached or answered
@@ -55,36 +59,35 @@ class AskJob(QObject):
         self._thread.start()
 
     def cancel(self) -> None:
-        """Ask the daemon to cancel; before `accepted` arrives, the cancel is sent as soon as it does."""
+        """Ask the daemon to cancel: sent as soon as the job has an id (at once when it has one)."""
         self._cancel_wanted.set()
-        if self.job_id is not None:
-            self._send_cancel(self.job_id)
 
     def wait(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        _guarded(self._iterate, self.failed.emit)
+        _guarded(self._ask, self.failed.emit)
         self.ended.emit()
 
-    def _iterate(self) -> None:
+    def _ask(self) -> None:
         with Client(self.connection_file) as client:
-            for message in client.events("ask", self.content):
-                if message.type == "accepted":
-                    self.job_id = message.content["job_id"]
-                    if self._cancel_wanted.is_set():
-                        self._send_cancel(self.job_id)
-                self.event.emit(message.type, message.content)
+            try:
+                done = client.run_job(
+                    "ask",
+                    self.content,
+                    on_accepted=self._accepted,
+                    on_progress=lambda progress: self.event.emit("progress", asdict(progress)),
+                    on_token=lambda text: self.event.emit("token", {"text": text}),
+                    cancel=self._cancel_wanted.is_set,
+                )
+            except Cancelled as exc:
+                self.event.emit("cancelled", {"reason": str(exc)})
+                return
+        self.event.emit("done", done)
 
-    def _send_cancel(self, job_id: str) -> None:
-        def send() -> None:
-            with Client(self.connection_file, timeout_s=REQUEST_TIMEOUT_S) as client:
-                client.request("cancel", {"job_id": job_id})
-
-        def ignore_ended_job(message: str, hint: str) -> None:  # it ended while the cancel was on its way
-            log.info("cancel of %s: %s", job_id, message)
-
-        threading.Thread(target=_guarded, args=(send, ignore_ended_job), name="desk-cancel", daemon=True).start()
+    def _accepted(self, content: dict[str, Any]) -> None:
+        self.job_id = content["job_id"]
+        self.event.emit("accepted", content)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class DaemonState:
     queue: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     hint: str = ""
+    decoding: dict[str, Any] = field(default_factory=dict)  # the daemon's defaults ({} when it does not say)
+    provenance: dict[str, Any] = field(default_factory=dict)  # of the engine answering, as `hello` tells it
 
     def jobs_ahead(self, job_id: str | None) -> int | None:
         """How many jobs run or wait before this one (0: it runs or runs next), as `accepted` counts;
@@ -137,7 +142,14 @@ class DaemonMonitor(QObject):
                     client = Client(self.connection_file, timeout_s=REQUEST_TIMEOUT_S)
                     hello = client.request("hello").content
                 status = client.request("status").content
-                state = DaemonState(True, bool(hello.get("demo")), client.info.address, status.get("queue", {}))
+                state = DaemonState(
+                    True,
+                    bool(hello.get("demo")),
+                    client.info.address,
+                    status.get("queue", {}),
+                    decoding=hello.get("decoding", {}),
+                    provenance=provenance_in_hello(hello),
+                )
             except BridgeError as exc:
                 if client is not None:
                     client.close()

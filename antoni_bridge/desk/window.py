@@ -17,6 +17,7 @@ from PyQt6.QtGui import QAction, QCloseEvent, QColor, QKeySequence, QResizeEvent
 from PyQt6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QToolBar, QVBoxLayout, QWidget
 
 from antoni_bridge import paths
+from antoni_bridge.client import BUSY_STAGE, saved_provenance
 from antoni_bridge.desk.chat_panel import ChatPanel
 from antoni_bridge.desk.conversations import Conversation, Exchange, export
 from antoni_bridge.desk.daemon_link import AskJob, DaemonMonitor, DaemonStarter, DaemonState, stop_daemon
@@ -33,6 +34,7 @@ from antoni_bridge.slides.regions import Region, clip_to_slide, read_geojson_fea
 
 SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All files (*)"
 SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: the slide gets the rest
+FRONT_END = "desk"  # as the provenance of exported answers names it
 START_HINT = (
     "start one with the toolbar's Start daemon, `antoni-bridge serve` (the real weights: needs access to the "
     "gated models on Hugging Face) or `antoni-bridge serve --demo` (random demo weights, offline)"
@@ -60,6 +62,7 @@ class DeskWindow(QMainWindow):
         self.colours: dict[str, QColor] = {}  # region key -> its QuPath class colour
         self.daemon_starting = False
         self.job_tokens, self.job_generating_since = 0, 0.0
+        self.job_options: dict[str, Any] = {}  # the decoding options the user set for the running job
         self.sidebar_sized_by_user = False
         self.ask_before_closing = True  # False where a script drives the window (tests, benchmarks)
         self._build()
@@ -335,8 +338,10 @@ class DeskWindow(QMainWindow):
         content: dict[str, Any] = {
             "slide": str(conversation.slide),
             "conversation": conversation.turns_for(question),
-            "options": {"max_new_tokens": self.chat.max_tokens.value(), "greedy": True},
         }
+        self.job_options = self.chat.options_set()  # only what the user set: the daemon has the defaults
+        if self.job_options:
+            content["options"] = self.job_options
         if conversation.region is not None:
             content["region"] = conversation.region.to_geojson()
         if self.slide.mpp_override is not None:
@@ -365,28 +370,29 @@ class DeskWindow(QMainWindow):
             return
         if type_ == "accepted":
             self.chat.set_job(_queue_text(content["position"]))
+        elif type_ == "progress" and content["stage"] == BUSY_STAGE:
+            self.chat.set_job("Waiting: the daemon's queue is full (other front ends); the question is sent again")
         elif type_ == "progress" and content["stage"] == "generating":
             self.job_generating_since = time.monotonic()
-            self.chat.set_generation(0, self.chat.max_tokens.value(), 0.0)
+            self.chat.set_generation(0, self.chat.token_limit(), 0.0)
         elif type_ == "progress":
             self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
         elif type_ == "token":
             self.job_tokens += 1
             elapsed = time.monotonic() - self.job_generating_since if self.job_generating_since else 0.0
             rate = self.job_tokens / elapsed if elapsed > 0 else 0.0
-            self.chat.set_generation(self.job_tokens, self.chat.max_tokens.value(), rate)
+            self.chat.set_generation(self.job_tokens, self.chat.token_limit(), rate)
             exchange.answer += content["text"]
             if self.conversation() is self.job_conversation:  # the user may have picked another region
                 self.chat.add_answer_text(content["text"])
         elif type_ == "done":
             exchange.answer, exchange.state, exchange.demo = content["answer"], "done", bool(content.get("demo"))
+            known = self.daemon_state.provenance
+            exchange.provenance = saved_provenance(content, known, FRONT_END, self.job_options)["provenance"]
             timings = content.get("timings", {})
             exchange.note = f"{len(content.get('token_ids', []))} tokens in {timings.get('total_s', 0.0):.2f} s"
         elif type_ == "cancelled":
             exchange.state = "cancelled"
-        elif type_ in ("error", "busy"):
-            hint = content.get("hint") or "wait until the daemon's queue has room, then ask again"
-            self._job_failed(content.get("message", "The daemon refused the question."), hint)
 
     def _job_failed(self, message: str, hint: str) -> None:
         if self.job_exchange is not None:
