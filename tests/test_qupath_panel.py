@@ -69,11 +69,14 @@ def test_a_follow_up_continues_the_conversation_from_the_cache(seen: dict[str, A
     follow_up = seen["followUp"]
     assert not any(p.startswith("Embedding tiles") for p in follow_up["progress"])  # latents from the cache
     assert follow_up["transcript"].count("You: ") == 2 and follow_up["transcript"].count(DEMO_NOTE) == 2
-    saved = json.loads(seen["annotation"]["metadata"]["antoni.conversation"])
+    saved = json.loads(seen["annotation"]["metadata"]["ANTONI conversation"])
     assert [t["role"] for t in saved] == ["user", "assistant", "user", "assistant"]
-    assert seen["annotation"]["metadata"]["antoni.question"] == "Is there a tumour in this region?"
+    assert seen["annotation"]["metadata"]["ANTONI question 2"] == "Is there a tumour in this region?"
     metadata = seen["annotation"]["metadata"]
-    assert metadata["antoni.weights-id"] and metadata["antoni.adapter"] == "on"  # the daemon's hello names its weights
+    provenance = json.loads(metadata["ANTONI provenance 2"])
+    assert provenance["weights"] and provenance["adapter"] is True  # the daemon names its weights
+    assert provenance["demo"] is True and provenance["front_end"] == "qupath"
+    assert provenance["options_set"] == {"max_new_tokens": 24}  # only what the user set in the panel
     assert "You: Is there a tumour in this region?" in seen["annotation"]["description"]
 
 

@@ -36,6 +36,7 @@ class QuPathGUI {
     final Menu extensionsMenu = new Menu('Extensions')
     private final Map<KeyCombination, Action> accelerators = [:]
     Object imageData
+    Object project // a qupathdouble.Project, or null: no project open
 
     /** QuPathGUI.java:2530: QuPath's version (a Version there, its text here). */
     static String getVersion() { '0.6.0 (test double)' }
@@ -63,6 +64,17 @@ class QuPathGUI {
     Object getImageData() {
         QuPathDouble.calls << 'getImageData'
         return imageData
+    }
+
+    /** QuPathGUI.java 2650: the open project, or null. */
+    Object getProject() {
+        QuPathDouble.calls << 'getProject'
+        return project
+    }
+
+    /** QuPathGUI.java 2633-2636: the project list shows the entries again (their metadata with them). */
+    void refreshProject() {
+        QuPathDouble.calls << 'refreshProject'
     }
 
     /**
