@@ -3,10 +3,18 @@ package qupath.lib.gui
 import javafx.application.Platform
 import javafx.collections.FXCollections
 import javafx.collections.ObservableList
+import javafx.scene.Scene
 import javafx.scene.control.Menu
+import javafx.scene.control.MenuBar
 import javafx.scene.control.MenuItem
+import javafx.scene.control.SplitPane
+import javafx.scene.control.Tab
 import javafx.scene.control.TabPane
 import javafx.scene.input.KeyCombination
+import javafx.scene.layout.BorderPane
+import javafx.scene.layout.HBox
+import javafx.scene.layout.Priority
+import javafx.stage.Stage
 import org.controlsfx.control.action.Action
 import org.controlsfx.control.action.ActionUtils
 import qupathdouble.QuPathDouble
@@ -179,6 +187,43 @@ class QuPathGUI {
                 as FileFilter) : null
         URL[] urls = (jars ?: new File[0]).collect { it.toURI().toURL() } as URL[]
         return new URLClassLoader(urls, QuPathGUI.classLoader)
+    }
+
+    /**
+     * QuPath's main window as QuPathGUI.java 318-333 and QuPathMainPaneManager.java 68-96 lay it out: the menu bar
+     * (QuPath's menus in the order of QuPathGUI.java 673-691; Extensions holds the installed commands) over a split
+     * pane, the analysis tab pane on the left (min 300, preferred 400 px wide, not resized with the window) and
+     * the viewers on the right (black, PathPrefs.java:1277), the divider at min(0.5, 400 / width). QuPath's own
+     * tabs come first, empty here (AnalysisTabPane.java 101-160: Project, Image, Annotations, Hierarchy,
+     * Workflow), then the extensions' tabs. The double has no toolbar and draws no slides: the caller puts what
+     * a viewer shows into its view.
+     */
+    Stage showMainWindow(double width, double height) {
+        List<String> own = ['Project', 'Image', 'Annotations', 'Hierarchy', 'Workflow']
+        if (!analysisTabPane.tabs.any { it.text == own[0] }) {
+            analysisTabPane.tabs.addAll(0, own.collect { String name ->
+                Tab tab = new Tab(name)
+                tab.closable = false
+                return tab
+            })
+        }
+        analysisTabPane.minWidth = 300
+        analysisTabPane.prefWidth = 400
+        SplitPane.setResizableWithParent(analysisTabPane, false)
+        HBox viewerRegion = new HBox(2, *viewers.collect { it.getView() })
+        viewers.each { HBox.setHgrow(it.getView(), Priority.ALWAYS) }
+        viewerRegion.style = '-fx-background-color: black;'
+        SplitPane split = new SplitPane(analysisTabPane, viewerRegion)
+        split.setDividerPosition(0, Math.min(0.5, 400 / width))
+        List<Menu> menus = ['File', 'Edit', 'Tools', 'View', 'Objects', 'TMA', 'Measure', 'Automate', 'Analyze',
+                            'Classify', 'Extensions', 'Window', 'Help'].collect {
+            it == 'Extensions' ? extensionsMenu : new Menu(it)
+        }
+        Stage window = new Stage()
+        window.title = "QuPath ${getVersion()}"
+        window.scene = new Scene(new BorderPane(split, new MenuBar(*menus), null, null, null), width, height)
+        window.show()
+        return window
     }
 
     private static Preferences preferences() {
