@@ -89,6 +89,10 @@ Closure askAndWait = { String question ->
 seen.first = askAndWait('What organ is this tissue from?')
 seen.followUp = askAndWait('Is there a tumour in this region?')
 seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+Fx.run { // the tab headers scroll to a tab selected once the window is laid out, as after a click on the menu
+    qupath.analysisTabPane.selectionModel.select(0)
+    glue.showPanel()
+}
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
