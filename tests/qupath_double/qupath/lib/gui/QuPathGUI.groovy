@@ -17,8 +17,13 @@ import javafx.scene.layout.Priority
 import javafx.stage.Stage
 import org.controlsfx.control.action.Action
 import org.controlsfx.control.action.ActionUtils
+import qupath.lib.gui.scripting.QPEx
 import qupathdouble.QuPathDouble
 
+import javax.script.ScriptContext
+import javax.script.ScriptEngine
+import javax.script.ScriptEngineManager
+import javax.script.SimpleScriptContext
 import java.util.concurrent.FutureTask
 import java.util.function.Consumer
 import java.util.prefs.Preferences
@@ -168,16 +173,24 @@ class QuPathGUI {
     }
 
     /**
-     * DefaultScriptLanguage.java 172-232: QuPath's default imports are prepended as text (QPEx statically,
-     * QuPathGUI.java 1966-1967), and the script is compiled by Groovy over the thread's context loader, which
-     * QuPath's extension manager makes the loader of the jars in `<userPath>/extensions` (ScriptLanguageProvider
-     * .java 180-182). QuPath evaluates through the javax.script Groovy engine, which compiles the same text with
-     * a GroovyClassLoader over that loader, as GroovyShell does here.
+     * As QuPathGUI.runScript (QuPathGUI.java 1962-1975) and DefaultScriptLanguage.execute (DefaultScriptLanguage.java
+     * 161-214): QuPath's default imports prepended as text on one line, `import C;` for each of QPEx.getCoreClasses()
+     * then `import static qupath.lib.gui.scripting.QPEx.*` (533-545), then a line break and the script; evaluated
+     * uncompiled (ScriptParameters.java:61) in a fresh SimpleScriptContext naming the file (419-440), by the Groovy
+     * javax.script engine that a ScriptEngineManager over the extensions' class loader finds, with the thread's
+     * context loader set to that loader (ScriptLanguageProvider.java 180-182, 226-230).
      */
     Object runScript(File file) {
-        String imports = 'import qupath.lib.gui.QuPathGUI\nimport static qupath.lib.gui.scripting.QPEx.*\n'
-        Thread.currentThread().contextClassLoader = extensionClassLoader()
-        return new GroovyShell(Thread.currentThread().contextClassLoader).evaluate(imports + file.getText('UTF-8'))
+        String imports = QPEx.getCoreClasses().collect { "import ${it.name};" }.join(' ') + "import static ${QPEx.name}.*"
+        ClassLoader loader = extensionClassLoader()
+        Thread.currentThread().contextClassLoader = loader
+        ScriptEngine engine = new ScriptEngineManager(loader).getEngineByName('groovy')
+        if (engine == null) {
+            throw new IllegalStateException('No Groovy script engine (groovy-jsr223) is on the class path.')
+        }
+        ScriptContext context = new SimpleScriptContext()
+        context.setAttribute(ScriptEngine.FILENAME, file.name, ScriptContext.ENGINE_SCOPE)
+        return engine.eval(imports + System.lineSeparator() + file.getText('UTF-8'), context)
     }
 
     /** The jars in `<userPath>/extensions`, loaded as QuPath's extension manager does; none without a userPath. */
