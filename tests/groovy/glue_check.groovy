@@ -146,7 +146,7 @@ seen.request = [unset: wholeTarget.request([], [:]).containsKey('options'),
                 set: wholeTarget.request([], [max_new_tokens: 24]).options]
 seen.answerLengthHint = Fx.run { // the daemon's hello names its defaults: the empty field shows them
     String before = glue.panel.answerTokens.promptText
-    glue.panel.showState([connected: false, decoding: [greedy: true, max_new_tokens: 1024]])
+    glue.panel.showState(glue.panel.daemonState() + [decoding: [greedy: true, max_new_tokens: 1024]])
     [before: before, after: glue.panel.answerTokens.promptText, text: glue.panel.answerTokens.text]
 }
 seen.projectResumedTurns = Conversation.resume('', Fx.run { glue.target(true) }.savedConversation).turns.size()
