@@ -104,6 +104,7 @@ def test_the_self_test_passes_and_leaves_nothing_in_the_image(seen: dict[str, An
         "the open image",
         "the selected annotation",
         "writing and removing a description",
+        "where whole-image answers are saved",
         "the daemon",
     ):
         assert f"ok   {check}" in report, report
