@@ -210,6 +210,11 @@ def test_the_panel_sends_only_the_options_the_user_set_and_shows_the_daemons_def
         "after": "the daemon's default (1024 tokens)",
         "text": "",  # no answer length of the panel's own
     }
+    assert seen["badLength"] == {
+        "message": "The answer length must be a whole number of tokens from 1 to 8192. "
+        "Hint: or leave it empty for the daemon's default.",
+        "question": "What is this?",  # kept: nothing was asked
+    }
 
 
 def test_without_a_daemon_the_panel_names_the_cause_and_the_fix(seen: dict[str, Any]) -> None:

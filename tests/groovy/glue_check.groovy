@@ -223,6 +223,15 @@ seen.noDaemon = Fx.run {
      question: glue.panel.question.text, askEnabled: !glue.panel.askButton.disabled]
 }
 
+seen.badLength = Fx.run { // an answer length the daemon would refuse: said at once, nothing sent
+    glue.panel.answerTokens.text = 'lots'
+    glue.panel.question.text = 'What is this?'
+    glue.panel.askButton.fire()
+    Map result = [message: glue.panel.message.text, question: glue.panel.question.text]
+    glue.panel.answerTokens.text = ''
+    return result
+}
+
 def reinstalled = Fx.run { QuPathGlue.install(qupath) }
 seen.tabsAfterReinstall = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }
 seen.shortcutAfterReinstall = qupath.commands['Extensions>ANTONI>Ask ANTONI about this region'].accelerator?.name

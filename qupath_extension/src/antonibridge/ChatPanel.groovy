@@ -105,7 +105,8 @@ class ChatPanel {
             say('Type a question first.', 'then press Ask or Ctrl+Enter')
             return
         }
-        AskTarget target = currentTarget()
+        Map options = optionsSet()
+        AskTarget target = options == null ? null : currentTarget()
         if (target == null) {
             return
         }
@@ -123,8 +124,8 @@ class ChatPanel {
         show(target.key)
         transcript.appendText('ANTONI: ')
         working(true)
-        askedOptions = optionsSet()
-        link.ask(target.request(conversation.wire(), askedOptions))
+        askedOptions = options
+        link.ask(target.request(conversation.wire(), options))
     }
 
     void close() {
@@ -335,20 +336,28 @@ class ChatPanel {
         inform('The conversation is on the clipboard.')
     }
 
-    /** The options the user set: the daemon fills in the rest from its defaults (shown in the empty field). */
+    /**
+     * The options the user set: the daemon fills in the rest from its defaults (shown in the empty field). Null,
+     * and the panel says why, when the answer length is not one the daemon takes.
+     */
     private Map optionsSet() {
         String text = answerTokens.text.trim()
-        return text ? [max_new_tokens: text as int] : [:]
+        if (!text) {
+            return [:]
+        }
+        if (text.isInteger() && (text as int) in 1..MAX_ANSWER_TOKENS) {
+            return [max_new_tokens: text as int]
+        }
+        say("The answer length must be a whole number of tokens from 1 to ${MAX_ANSWER_TOKENS}.",
+                "or leave it empty for the daemon's default")
+        return null
     }
 
     private void applySettings() {
-        String length = answerTokens.text.trim()
-        if (length && !(length.isInteger() && (length as int) in 1..MAX_ANSWER_TOKENS)) {
-            say("The answer length must be a whole number of tokens from 1 to ${MAX_ANSWER_TOKENS}.",
-                    "or leave it empty for the daemon's default")
+        if (optionsSet() == null) {
             return
         }
-        answerTokens.text = length
+        answerTokens.text = answerTokens.text.trim()
         settings.put('connectionFile', connectionFile.text.trim())
         settings.put('address', address.text.trim())
         settings.put('answerTokens', answerTokens.text)
