@@ -30,7 +30,8 @@ import java.util.prefs.Preferences
  * The chat panel: the conversation with answers streaming in, progress while a slide is embedded, cancel,
  * a status line and the connection settings. It knows nothing of QuPath: `targets` answers
  * `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why not) and
- * `save(target, conversation)` keeps an answer. Runs on the JavaFX thread; the link reports through runLater.
+ * `save(target, conversation)` keeps an answer (returning a notice to show, or null). Runs on the JavaFX thread;
+ * the link reports through runLater.
  */
 class ChatPanel {
     static final Map<String, String> STAGES = [
