@@ -278,12 +278,22 @@ def _node(version: str) -> str:
     return f"io.github.qupath/{version}"
 
 
+# Java writes its output in the system's code page on Windows (cp1252...), which cannot hold every user's path:
+# UTF-8 on both sides (stdout.encoding from Java 19, file.encoding before).
+UTF8_OUTPUT = ("-Dstdout.encoding=UTF-8", "-Dfile.encoding=UTF-8")
+
+
 def _preference_tool(*args: str) -> str | None:
     java = _java()
     if java is None:
         return None
     try:
-        result = subprocess.run([java, str(PREFERENCE_TOOL), *args], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [java, *UTF8_OUTPUT, str(PREFERENCE_TOOL), *args],
+            capture_output=True,
+            encoding="utf-8",
+            timeout=120,
+        )
     except OSError:
         return None
     return result.stdout if result.returncode == 0 else None

@@ -36,6 +36,14 @@ JAVAFX = Path("/usr/share/openjfx/lib")  # openjfx
 FX_MODULES = ("base", "graphics", "controls", "swing")
 NPM_GROOVY = ROOT / "build" / "npm-groovy-lint" / "package" / "lib" / "java" / "groovy" / "lib"
 GROOVY_LIB = os.environ.get("ANTONI_BRIDGE_GROOVY_LIB") or (str(NPM_GROOVY) if NPM_GROOVY.is_dir() else None)
+# QuPath runs scripts through Groovy's javax.script engine (groovy-jsr223). npm's Groovy 4 has no such jar, so
+# Debian's (package groovy, 2.4.21) serves it: a thin adapter that compiles with the Groovy beside it.
+DEBIAN_JSR223 = Path("/usr/share/groovy/lib/groovy-jsr223.jar")
+
+
+def _script_engine() -> list[Path]:
+    """The groovy-jsr223 jar to add to GROOVY_LIB's jars, unless it has its own."""
+    return [] if not GROOVY_LIB or any(Path(GROOVY_LIB).glob("groovy-jsr223*.jar")) else [DEBIAN_JSR223]
 
 
 def _missing(gui: bool) -> list[str]:
@@ -44,6 +52,7 @@ def _missing(gui: bool) -> list[str]:
     if gui:
         missing += [str(JAVAFX / f"javafx.{m}.jar") for m in FX_MODULES if not (JAVAFX / f"javafx.{m}.jar").is_file()]
         missing += [str(CONTROLSFX)] if not CONTROLSFX.is_file() else []
+        missing += [str(jar) for jar in _script_engine() if not jar.is_file()]
         missing += [name for name in ("xvfb-run",) if shutil.which(name) is None]
     return missing
 
@@ -74,7 +83,7 @@ def command(script: str, *args: str, gui: bool = False, sources: bool = True, je
     jars = [jar for name, jar in JARS.items() if jeromq or name != "jeromq"]
     classpath = [*([SOURCES] if sources else []), SCRIPTS, *jars]
     if gui:
-        classpath += [DOUBLES, CONTROLSFX, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES)]
+        classpath += [DOUBLES, CONTROLSFX, *(JAVAFX / f"javafx.{m}.jar" for m in FX_MODULES), *_script_engine()]
     if GROOVY_LIB:
         java = str(Path(java_home()) / "bin" / "java")
         runtime = [

@@ -4,6 +4,7 @@ the panel's "not running" message is part of what is checked. tests/groovy/glue_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +128,93 @@ def test_answers_are_saved_with_the_annotation_after_the_users_own_description(s
     assert "[demo weights: random, the answer means nothing]" in description
     metadata = saved["metadata"]
     assert metadata["ANNOTATION_DESCRIPTION"] == description  # where QuPath keeps an annotation's description
-    assert metadata["antoni.question"] == "What grade?" and metadata["antoni.answer"] == "Low grade."
-    assert metadata["antoni.model"] == "antoni-bridge 0.1.0" and metadata["antoni.weights"] == "demo"
-    assert metadata["antoni.time"] == "2025-01-01T00:00:00Z"
     assert saved["calls"].count("fireObjectsChangedEvent 1") == 2  # QuPath is told, so the project saves it
     assert seen["resumedTurns"] == 4  # selecting the annotation later continues its conversation
     assert "setDescription" not in seen["wholeImageSaveCalls"]
-    assert metadata["antoni.weights-id"] == "demo-weights" and metadata["antoni.adapter"] == "on"
+    assert seen["annotationNotice"] is None
 
 
-def test_a_whole_image_answer_is_saved_with_the_image_and_its_provenance(seen: dict[str, Any]) -> None:
+def test_answers_use_batchs_metadata_keys_numbered_after_those_already_there(seen: dict[str, Any]) -> None:
+    metadata = seen["saved"]["metadata"]
+    assert metadata["ANTONI question 1"] == "Grade?" and metadata["ANTONI answer 1"] == "Low."  # batch's, kept
+    assert metadata["ANTONI question 2"] == "What is this?" and metadata["ANTONI answer 2"] == "Tumour."
+    assert metadata["ANTONI question 3"] == "What grade?" and metadata["ANTONI answer 3"] == "Low grade."
+    turns = json.loads(metadata["ANTONI conversation"])
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert not [key for key in metadata if key.startswith("antoni.")]  # one naming, batch's
+
+
+def test_each_answer_records_the_daemons_provenance_whole_with_the_front_end(seen: dict[str, Any]) -> None:
+    metadata = seen["saved"]["metadata"]
+    engine = json.loads(metadata["ANTONI provenance 2"])  # `done` carried the engine's provenance: kept whole
+    assert engine == {
+        "antoni_bridge": "0.2.0",
+        "weights": "demo-weights",
+        "weights_revision": "abc123",
+        "weights_sha256": "f00d",
+        "llm": None,
+        "tile_encoder": "virchow2",
+        "slide_encoder": "prism",
+        "adapter": True,
+        "demo": True,
+        "decoding": {"greedy": True, "max_new_tokens": 1024},
+        "stop_reason": "end_of_turn",
+        "front_end": "qupath",
+        "options_set": {},
+        "time": "2025-01-01T00:00:00Z",
+    }
+    older = json.loads(metadata["ANTONI provenance 3"])  # an older daemon: what its hello said
+    assert older == {
+        "antoni_bridge": "0.1.0",
+        "weights": "demo-weights",
+        "llm": None,
+        "adapter": True,
+        "demo": True,
+        "stop_reason": "max_tokens",
+        "front_end": "qupath",
+        "options_set": {"max_new_tokens": 24},
+        "time": "2025-01-01T00:00:00Z",
+    }
+
+
+def test_a_whole_image_answer_without_a_project_is_kept_in_the_image_and_the_panel_says_so(
+    seen: dict[str, Any],
+) -> None:
     saved = seen["wholeImageSaved"]
     properties = saved["properties"]
-    assert properties["antoni.answer"] == "Low grade." and properties["antoni.question"] == "What grade?"
-    assert properties["antoni.model"] == "antoni-bridge 0.1.0" and properties["antoni.weights"] == "demo"
-    assert properties["antoni.weights-id"] == "demo-weights" and properties["antoni.adapter"] == "on"
+    assert properties["ANTONI answer 1"] == "Low grade." and properties["ANTONI question 1"] == "What grade?"
+    provenance = json.loads(properties["ANTONI provenance 1"])
+    assert provenance["antoni_bridge"] == "0.1.0" and provenance["demo"] is True
+    assert provenance["weights"] == "demo-weights" and provenance["adapter"] is True
     assert saved["changed"] is True  # QuPath asks to save the image
+    assert seen["wholeImageNotice"].startswith("No project is open, so the answer is kept in the image's properties")
+
+
+def test_a_whole_image_answer_goes_into_the_project_entrys_metadata_as_batch_does(seen: dict[str, Any]) -> None:
+    saved = seen["projectSaved"]
+    metadata = saved["metadata"]
+    assert metadata["Scanner"] == "X"  # the user's own entry metadata stays
+    assert metadata["ANTONI question 1"] == "What grade?" and metadata["ANTONI answer 1"] == "Low grade."
+    assert json.loads(metadata["ANTONI provenance 1"])["front_end"] == "qupath"
+    assert saved["written"] == {"/projects/p/project.qpproj::1": metadata}  # syncChanges wrote the project
+    assert saved["calls"][-2:] == ["syncChanges", "refreshProject"]  # as QuPath's own "Add metadata"
+    assert list(saved["properties"]) == ["PROJECT_ENTRY_ID"]  # not in the image's properties
+    assert seen["projectNotice"] is None
+    assert seen["projectResumedTurns"] == 4  # asking about the whole image again continues its conversation
+
+
+def test_the_panel_sends_only_the_options_the_user_set_and_shows_the_daemons_defaults(seen: dict[str, Any]) -> None:
+    assert seen["request"] == {"unset": False, "set": {"max_new_tokens": 24}}
+    assert seen["answerLengthHint"] == {
+        "before": "the daemon's default",
+        "after": "the daemon's default (1024 tokens)",
+        "text": "",  # no answer length of the panel's own
+    }
+    assert seen["badLength"] == {
+        "message": "The answer length must be a whole number of tokens from 1 to 8192. "
+        "Hint: or leave it empty for the daemon's default.",
+        "question": "What is this?",  # kept: nothing was asked
+    }
 
 
 def test_without_a_daemon_the_panel_names_the_cause_and_the_fix(seen: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import javafx.stage.Window
 import org.locationtech.jts.util.GeometricShapeFactory
 import qupath.lib.gui.QuPathGUI
 import qupathdouble.ImageData
+import qupathdouble.Project
 import qupathdouble.QuPathDouble
 import qupathdouble.RotatedImageServer
 import qupathdouble.Viewer
@@ -100,25 +101,57 @@ seen.invalidMerged = regionOf([QuPathDouble.annotation(bowtie), QuPathDouble.ann
 // ---------------------------------------------------------------- answers saved with the annotation
 def tumour = QuPathDouble.annotation(square(1000, 1000, 500), 'Tumour')
 tumour.setDescription('My own note.')
+tumour.getMetadata().putAll(['ANTONI question 1': 'Grade?', 'ANTONI answer 1': 'Low.']) // an earlier batch run
 QuPathDouble.calls.clear()
 select([tumour])
 def target = Fx.run { glue.target(false) }
 seen.target = [key: target.key, label: target.label, mpp: target.mpp]
 def conversation = new Conversation(target.label)
-['What is this?': 'Tumour.', 'What grade?': 'Low grade.'].each { question, answer ->
+Map engineDone = [answer: 'Tumour.', demo: true, provenance: [ // `done` from a daemon with the engine's provenance
+        antoni_bridge: '0.2.0', weights: 'demo-weights', weights_revision: 'abc123', weights_sha256: 'f00d',
+        llm: null, tile_encoder: 'virchow2', slide_encoder: 'prism', adapter: true, demo: true,
+        decoding: [greedy: true, max_new_tokens: 1024], stop_reason: 'end_of_turn']]
+Map olderDone = [answer: 'Low grade.', demo: true, stop_reason: 'max_tokens'] // an older daemon: hello says what
+Map hello = [server: 'antoni-bridge 0.1.0', demo: true, weights: 'demo-weights', llm: null]
+[['What is this?', engineDone, [:]], ['What grade?', olderDone, [max_new_tokens: 24]]].each { question, done, options ->
     conversation.ask(question)
-    conversation.answered(answer, 'antoni-bridge 0.1.0', true, '2025-01-01T00:00:00Z',
-            [weightsId: 'demo-weights', llm: null, adapter: 'on'])
-    Fx.run { glue.save(target, conversation) }
+    conversation.answered(done.answer, Conversation.provenance(done, hello, options), '2025-01-01T00:00:00Z')
+    seen.annotationNotice = Fx.run { glue.save(target, conversation) }
 }
 seen.saved = [description: tumour.getDescription(), metadata: new LinkedHashMap(tumour.getMetadata()),
               calls: new ArrayList(QuPathDouble.calls)]
 def again = Fx.run { glue.target(false) }
 seen.resumedTurns = Conversation.resume(again.label, again.savedConversation).turns.size()
+
+// a whole-image answer without a project: in the image's properties, and the panel says so
 QuPathDouble.calls.clear()
-Fx.run { glue.save(glue.target(true), conversation) }
+seen.wholeImageNotice = Fx.run { glue.save(glue.target(true), conversation) }
 seen.wholeImageSaveCalls = new ArrayList(QuPathDouble.calls)
 seen.wholeImageSaved = [properties: new LinkedHashMap(qupath.imageData.getProperties()), changed: qupath.imageData.changed]
+
+// in a project: in the entry's metadata, where batch writes, and the project saved
+def inProject = QuPathDouble.image('file:/slides/c.svs')
+def project = new Project(new File('/projects/p/project.qpproj'))
+def entry = project.addImage(inProject)
+entry.getMetadata().put('Scanner', 'X') // the user's own metadata stays
+qupath.project = project
+def lastImage = qupath.imageData
+qupath.imageData = inProject
+QuPathDouble.calls.clear()
+def wholeTarget = Fx.run { glue.target(true) }
+seen.projectNotice = Fx.run { glue.save(wholeTarget, conversation) }
+seen.projectSaved = [metadata: new LinkedHashMap(entry.getMetadata()), written: project.written,
+                     properties: new LinkedHashMap(inProject.getProperties()), calls: new ArrayList(QuPathDouble.calls)]
+seen.request = [unset: wholeTarget.request([], [:]).containsKey('options'),
+                set: wholeTarget.request([], [max_new_tokens: 24]).options]
+seen.answerLengthHint = Fx.run { // the daemon's hello names its defaults: the empty field shows them
+    String before = glue.panel.answerTokens.promptText
+    glue.panel.showState(glue.panel.daemonState() + [decoding: [greedy: true, max_new_tokens: 1024]])
+    [before: before, after: glue.panel.answerTokens.promptText, text: glue.panel.answerTokens.text]
+}
+seen.projectResumedTurns = Conversation.resume('', Fx.run { glue.target(true) }.savedConversation).turns.size()
+qupath.project = null
+qupath.imageData = lastImage
 def before = qupath.imageData
 qupath.imageData = QuPathDouble.image('file:/slides/other.svs') // the user opened another image meanwhile
 seen.switched = Fx.run {
@@ -188,6 +221,15 @@ Fx.waitFor('the refusal of a question without a daemon', 10) { glue.panel.messag
 seen.noDaemon = Fx.run {
     [message: glue.panel.message.text, connection: glue.panel.connectionProblem.text, status: glue.panel.status.text,
      question: glue.panel.question.text, askEnabled: !glue.panel.askButton.disabled]
+}
+
+seen.badLength = Fx.run { // an answer length the daemon would refuse: said at once, nothing sent
+    glue.panel.answerTokens.text = 'lots'
+    glue.panel.question.text = 'What is this?'
+    glue.panel.askButton.fire()
+    Map result = [message: glue.panel.message.text, question: glue.panel.question.text]
+    glue.panel.answerTokens.text = ''
+    return result
 }
 
 def reinstalled = Fx.run { QuPathGlue.install(qupath) }

@@ -1,14 +1,19 @@
 // The chat panel as a user drives it, against a real daemon (ANTONI_BRIDGE_CONNECTION_FILE), inside the
 // QuPath double: asks about an annotation, follows up, takes a screenshot, then cancels a whole-slide question
-// while its tiles are embedded. Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG. Prints what it saw as JSON.
+// while its tiles are embedded. The panel sits in the double's main window (QuPath's layout), whose viewer shows
+// the slide's thumbnail: the screenshot in docs/qupath.md.
+// Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG THUMBNAIL.PNG DOWNSAMPLE. Prints what it saw as JSON.
 import antonibridge.AntoniBridge
 import antonibridge.Problem
 import antonibridge.Protocol
 import antonibridge.QuPathGlue
 import javafx.beans.value.ChangeListener
 import javafx.embed.swing.SwingFXUtils
-import javafx.scene.Scene
+import javafx.scene.image.Image
+import javafx.scene.image.ImageView
 import javafx.scene.input.Clipboard
+import javafx.scene.paint.Color
+import javafx.scene.shape.Polygon
 import javafx.stage.Stage
 import qupath.lib.gui.QuPathGUI
 import qupathdouble.QuPathDouble
@@ -18,18 +23,20 @@ import javax.imageio.ImageIO
 
 String slide = args[0], slowSlide = args[1]
 File screenshot = new File(args[2])
+File thumbnail = new File(args[3])
+double downsample = args[4] as double
 Fx.start()
 Map seen = [:]
 QuPathGUI qupath = QuPathGUI.getInstance()
+Viewer viewer = new Viewer()
 QuPathGlue glue = Fx.run {
-    qupath.viewers.add(new Viewer())
+    qupath.viewers.add(viewer)
     QuPathGlue.install(qupath)
 } as QuPathGlue
 def panel = glue.panel
 Stage stage = Fx.run {
-    Stage window = new Stage()
-    window.scene = new Scene(qupath.analysisTabPane, 460, 760)
-    window.show()
+    Stage window = qupath.showMainWindow(1280, 800)
+    glue.showPanel()
     return window
 } as Stage
 Fx.run {
@@ -43,6 +50,21 @@ Fx.waitFor('the connection to the daemon and its queue', 30) { (seen.status = pa
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
 qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
 qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
+Fx.run { // what QuPath's viewer would show: the slide, and the selected annotation in yellow (PathPrefs.java:1290)
+    Polygon outline = new Polygon(*tumour.getROI().getGeometry().coordinates.collectMany { [it.x, it.y] }
+            .collect { (it as double) / downsample })
+    outline.fill = Color.TRANSPARENT
+    outline.stroke = Color.YELLOW
+    outline.strokeWidth = 2
+    Image image = new Image(thumbnail.toURI().toString())
+    double scale = 820 / image.width // the thumbnail across the viewer, as QuPath opens a slide to fit
+    outline.points.setAll(outline.points.collect { it * scale }) // scaled points keep the line 2 px wide
+    ImageView view = new ImageView(image)
+    view.fitWidth = image.width * scale
+    view.preserveRatio = true
+    viewer.view.children.addAll(view, outline)
+    viewer.view.children.each { it.translateX = 20; it.translateY = 40 }
+}
 
 /** Ask as a user does; returns what the panel showed while answering. */
 Closure askAndWait = { String question ->
@@ -67,6 +89,10 @@ Closure askAndWait = { String question ->
 seen.first = askAndWait('What organ is this tissue from?')
 seen.followUp = askAndWait('Is there a tumour in this region?')
 seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+Fx.run { // the tab headers scroll to a tab selected once the window is laid out, as after a click on the menu
+    qupath.analysisTabPane.selectionModel.select(0)
+    glue.showPanel()
+}
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
@@ -95,19 +121,26 @@ seen.copied = Fx.run {
     [same: Clipboard.systemClipboard.string == panel.transcript.text, message: panel.message.text]
 }
 
-// Cancel while a slide nobody asked about yet is being embedded.
+// Cancel while a slide nobody asked about yet is being embedded. The daemon sees a cancel between batches of
+// tiles, so the time between two "Embedding tiles" reports (one batch) bounds how long a cancel may take.
 qupath.imageData = QuPathDouble.image(new File(slowSlide).toURI().toString())
+List<Long> batchEnds = Collections.synchronizedList([])
+ChangeListener onBatch = { obs, old, text -> if (text?.startsWith('Embedding tiles')) batchEnds << System.nanoTime() }
 Fx.run {
+    panel.progressText.textProperty().addListener(onBatch as ChangeListener)
     panel.wholeImage.selected = true
     panel.question.text = 'Describe this slide.'
     panel.askButton.fire()
 }
-Fx.waitFor('tile embedding', 60) { panel.progressText.text.startsWith('Embedding tiles') }
+Fx.waitFor('a batch of tiles embedded', 60) { batchEnds.size() >= 2 } // the first report comes before any
 seen.embedding = Fx.run { [text: panel.progressText.text, progress: panel.progress.progress] }
 long cancelledAt = System.nanoTime()
 Fx.run { panel.cancel.fire() }
 Fx.waitFor('the end of the cancelled question', 30) { !panel.askButton.disabled }
 seen.cancelSeconds = (System.nanoTime() - cancelledAt) / 1e9
+Fx.run { panel.progressText.textProperty().removeListener(onBatch as ChangeListener) }
+List<Long> ended = batchEnds.findAll { it < cancelledAt }
+seen.batchSeconds = (1..<ended.size()).collect { (ended[it] - ended[it - 1]) / 1e9 }
 seen.cancelled = Fx.run {
     [message: panel.message.text, question: panel.question.text, transcript: panel.transcript.text]
 }

@@ -16,8 +16,11 @@ class AntoniBridge {
     static final long CONNECT_MS = 10000
     static final long ANSWER_MS = 30L * 60 * 1000 // a whole slide embedded on a CPU takes minutes
 
-    /** The answer's text; a Problem (one sentence and a hint) when there is none. Not on QuPath's UI thread. */
-    static String ask(Object imageData, Object annotation, String question, int maxNewTokens = ChatPanel.MAX_NEW_TOKENS) {
+    /**
+     * The answer's text; a Problem (one sentence and a hint) when there is none. Not on QuPath's UI thread.
+     * `maxNewTokens`: the answer's length in tokens; null for the daemon's default.
+     */
+    static String ask(Object imageData, Object annotation, String question, Integer maxNewTokens = null) {
         if (Platform.isFxApplicationThread()) {
             throw new Problem('ui-thread', "AntoniBridge.ask waits for the daemon, so it cannot run on QuPath's UI thread.",
                     "remove 'guiscript=true' from the script's first line")
@@ -34,7 +37,8 @@ class AntoniBridge {
         }).start()
         try {
             connected(reports)
-            link.ask(target.request([[role: 'user', content: question]], [max_new_tokens: maxNewTokens]))
+            Map options = maxNewTokens ? [max_new_tokens: maxNewTokens] : [:] // none: the daemon's default
+            link.ask(target.request([[role: 'user', content: question]], options))
             return answer(reports)
         } finally {
             link.close()

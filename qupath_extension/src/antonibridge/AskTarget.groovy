@@ -17,7 +17,10 @@ class AskTarget {
 
     /** The content of the protocol's `ask` request for this target and conversation. */
     Map request(List<Map> conversation, Map options) {
-        Map content = [slide: slide, conversation: conversation, options: options]
+        Map content = [slide: slide, conversation: conversation]
+        if (options) { // only the options the user set: the daemon has the defaults
+            content.options = options
+        }
         if (region != null) {
             content.region = region
         }

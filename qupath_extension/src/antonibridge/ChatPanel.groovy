@@ -30,10 +30,10 @@ import java.util.prefs.Preferences
  * The chat panel: the conversation with answers streaming in, progress while a slide is embedded, cancel,
  * a status line and the connection settings. It knows nothing of QuPath: `targets` answers
  * `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why not) and
- * `save(target, conversation)` keeps an answer. Runs on the JavaFX thread; the link reports through runLater.
+ * `save(target, conversation)` keeps an answer (returning a notice to show, or null). Runs on the JavaFX thread;
+ * the link reports through runLater.
  */
 class ChatPanel {
-    static final int MAX_NEW_TOKENS = 512 // the default answer length, in tokens
     static final Map<String, String> STAGES = [
             'loading'       : 'Loading the models',
             'reading'       : 'Reading the slide',
@@ -44,6 +44,7 @@ class ChatPanel {
             'generating'    : 'Writing the answer',
     ]
     private static final String ERROR_STYLE = '-fx-text-fill: #b00020;'
+    static final int MAX_ANSWER_TOKENS = 8192 // the daemon refuses more (docs/protocol.md, option bounds)
 
     final VBox root = new VBox(6)
     final Label status = new Label('Connecting to the daemon...')
@@ -74,6 +75,7 @@ class ChatPanel {
     private final DaemonLink link
     private Map daemon = [:] // the link's latest state
     private AskTarget asking // the target of the question being answered; null when idle
+    private Map askedOptions // the options that question was sent with: only those the user set
     private String shownKey
 
     ChatPanel(Object targets) {
@@ -81,7 +83,7 @@ class ChatPanel {
         layOut()
         connectionFile.text = settings.get('connectionFile', DaemonLink.defaultConnectionFile().path)
         address.text = settings.get('address', '')
-        answerTokens.text = settings.get('answerTokens', MAX_NEW_TOKENS as String)
+        answerTokens.text = settings.get('answerTokens', '')
         link = new DaemonLink(new File(connectionFile.text), address.text.trim(), { String kind, Map data ->
             Platform.runLater({ kind == 'state' ? showState(data) : showJobEvent(data) } as Runnable)
         }).start()
@@ -104,7 +106,8 @@ class ChatPanel {
             say('Type a question first.', 'then press Ask or Ctrl+Enter')
             return
         }
-        AskTarget target = currentTarget()
+        Map options = optionsSet()
+        AskTarget target = options == null ? null : currentTarget()
         if (target == null) {
             return
         }
@@ -122,7 +125,8 @@ class ChatPanel {
         show(target.key)
         transcript.appendText('ANTONI: ')
         working(true)
-        link.ask(target.request(conversation.wire(), [max_new_tokens: answerLength()]))
+        askedOptions = options
+        link.ask(target.request(conversation.wire(), options))
     }
 
     void close() {
@@ -170,6 +174,8 @@ class ChatPanel {
         if (state.notice) {
             inform(state.notice as String)
         }
+        Object length = (state.decoding as Map)?.max_new_tokens
+        answerTokens.promptText = "the daemon's default${length != null ? " (${length as long} tokens)" : ''}"
     }
 
     private String queueText(Map queue) {
@@ -228,17 +234,19 @@ class ChatPanel {
         AskTarget target = asking
         Conversation conversation = conversations[target.key]
         String time = OffsetDateTime.now().truncatedTo(ChronoUnit.SECONDS).toString()
-        conversation.answered(content.answer as String, (daemon.server ?: 'antoni-bridge') as String,
-                content.demo as boolean, time, [weightsId: daemon.weights, llm: daemon.llm, adapter: 'on'])
+        conversation.answered(content.answer as String, Conversation.provenance(content, daemon, askedOptions), time)
         idle()
         show(target.key)
         try {
-            targets.save(target, conversation)
+            String notice = targets.save(target, conversation)
+            if (notice) {
+                inform(notice)
+            }
         } catch (Problem p) {
             say(p.message, p.hint)
         } catch (Exception exc) {
             exc.printStackTrace()
-            say("The answer could not be saved with the annotation (${exc.message}).",
+            say("The answer could not be saved with ${target.label} (${exc.message}).",
                     'copy the conversation to keep it')
         }
     }
@@ -329,13 +337,28 @@ class ChatPanel {
         inform('The conversation is on the clipboard.')
     }
 
-    private int answerLength() {
+    /**
+     * The options the user set: the daemon fills in the rest from its defaults (shown in the empty field). Null,
+     * and the panel says why, when the answer length is not one the daemon takes.
+     */
+    private Map optionsSet() {
         String text = answerTokens.text.trim()
-        return text.isInteger() && (text as int) > 0 ? text as int : MAX_NEW_TOKENS
+        if (!text) {
+            return [:]
+        }
+        if (text.isInteger() && (text as int) in 1..MAX_ANSWER_TOKENS) {
+            return [max_new_tokens: text as int]
+        }
+        say("The answer length must be a whole number of tokens from 1 to ${MAX_ANSWER_TOKENS}.",
+                "or leave it empty for the daemon's default")
+        return null
     }
 
     private void applySettings() {
-        answerTokens.text = answerLength() as String
+        if (optionsSet() == null) {
+            return
+        }
+        answerTokens.text = answerTokens.text.trim()
         settings.put('connectionFile', connectionFile.text.trim())
         settings.put('address', address.text.trim())
         settings.put('answerTokens', answerTokens.text)
@@ -392,7 +415,7 @@ class ChatPanel {
         grid.vgap = 6
         connectionFile.promptText = '~/.antoni-bridge/daemon.json'
         address.promptText = 'from the connection file (e.g. tcp://127.0.0.1:5555 through a tunnel)'
-        answerTokens.promptText = "at most this many tokens (default ${MAX_NEW_TOKENS})"
+        answerTokens.promptText = "the daemon's default"
         grid.addRow(0, new Label('Connection file'), connectionFile)
         grid.addRow(1, new Label('Address'), address)
         grid.addRow(2, new Label('Answer length'), answerTokens)

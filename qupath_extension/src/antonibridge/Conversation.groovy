@@ -2,7 +2,7 @@ package antonibridge
 
 /**
  * One conversation about one slide or region: the turns sent to the daemon (role and content) and, for each
- * answer, which model and weights gave it and when. Follow-ups send every turn again; the daemon reuses its
+ * answer, what answered (its provenance) and when. Follow-ups send every turn again; the daemon reuses its
  * cache for the same slide or region.
  */
 class Conversation {
@@ -44,10 +44,33 @@ class Conversation {
         turns && turns[-1].role == 'user' ? turns.remove(turns.size() - 1).content : null
     }
 
-    /** `provenance`: which weights answered (weightsId, llm, adapter), kept with the turn. */
-    void answered(String answer, String model, boolean demo, String time, Map provenance = [:]) {
-        turns << ([role: 'assistant', content: answer, model: model, weights: demo ? 'demo' : 'real', time: time] +
-                provenance)
+    /** `provenance`: what answered (see `provenance`), kept with the turn. */
+    void answered(String answer, Map provenance, String time) {
+        turns << [role: 'assistant', content: answer, time: time, provenance: provenance]
+    }
+
+    /**
+     * What answered, as saved with the answer: the `done` reply's `provenance` whole (weights, their revision and
+     * hash, LLM, adapter, demo, decoding, stop reason, antoni-bridge version), else what the daemon's `hello` said
+     * (a daemon older than provenance on `done`); with `front_end` and the options the user set (`options_set`).
+     */
+    static Map provenance(Map done, Map hello, Map optionsSet) {
+        Map found = done.provenance instanceof Map ? new LinkedHashMap(done.provenance as Map) : fromHello(done, hello)
+        return found + [front_end: 'qupath', options_set: optionsSet]
+    }
+
+    private static Map fromHello(Map done, Map hello) {
+        Map found = hello.provenance instanceof Map ? new LinkedHashMap(hello.provenance as Map) : [
+                antoni_bridge: (hello.server as String)?.replaceFirst('^antoni-bridge ', ''),
+                weights      : hello.weights,
+                llm          : hello.llm,
+                adapter      : true, // `ask` answers through ANTONI's adapter; only `view` turns it off
+        ]
+        found.demo = done.demo ?: hello.demo
+        if (done.stop_reason) {
+            found.stop_reason = done.stop_reason
+        }
+        return found
     }
 
     /** The turns as the protocol's `conversation`: role and content only. */
@@ -74,9 +97,11 @@ class Conversation {
             if (turn.role == 'user') {
                 text << "\nYou: ${turn.content}\n"
             } else {
+                Map provenance = (turn.provenance ?: [:]) as Map
+                String weights = provenance.demo ? 'demo' : 'real'
                 text << "ANTONI: ${(turn.content as String).trim()}\n"
-                text << "  (${turn.model}, ${turn.weights} weights, ${turn.time})\n"
-                if (turn.weights == 'demo') {
+                text << "  (antoni-bridge ${provenance.antoni_bridge}, ${weights} weights, ${turn.time})\n"
+                if (provenance.demo) {
                     text << "  ${DEMO_NOTE}\n"
                 }
             }

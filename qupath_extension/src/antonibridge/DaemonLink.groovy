@@ -210,6 +210,8 @@ class DaemonLink {
         state.demo = content.demo
         state.weights = content.weights
         state.llm = content.llm
+        state.provenance = content.provenance // newer daemons: what answers (the weights' revision and hash...)
+        state.decoding = content.decoding // the daemon's defaults for the options a question does not set
         state.problem = null
         lastStatus = 0
     }

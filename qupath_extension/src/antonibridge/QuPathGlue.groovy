@@ -29,6 +29,10 @@ class QuPathGlue {
     static final String SHORTCUT_TEXT = System.getProperty('os.name').startsWith('Mac') ? 'Cmd+Option+Q' : 'Ctrl+Alt+Q'
     static final String DESCRIBE = 'Describe the tissue in this region.'
     static final long MAX_VERTICES = 250000 // far beyond any drawn region; keeps requests small and the UI quick
+    static final String QUESTION = 'ANTONI question' // metadata keys shared with batch (antoni_bridge/batch/results.py)
+    static final String ANSWER = 'ANTONI answer'
+    static final String PROVENANCE = 'ANTONI provenance'
+    static final String CONVERSATION = 'ANTONI conversation'
 
     final Object qupath
     ChatPanel panel
@@ -57,7 +61,12 @@ class QuPathGlue {
         if (imageData == null) {
             throw refusal('No image is open.', 'open a slide in QuPath first')
         }
-        return targetOf(imageData, wholeImage ? null : selectedAnnotations(imageData.getHierarchy()))
+        if (!wholeImage) {
+            return targetOf(imageData, selectedAnnotations(imageData.getHierarchy()))
+        }
+        AskTarget whole = targetOf(imageData, null)
+        whole.savedConversation = savedWithImage(imageData).get(CONVERSATION)
+        return whole
     }
 
     /** An image, or these annotations of it (null: the whole image), as an AskTarget; a Problem says why not. */
@@ -81,47 +90,80 @@ class QuPathGlue {
                 objects: sorted,
                 hierarchy: imageData.getHierarchy(),
                 imageData: imageData,
-                savedConversation: one ? sorted[0].getMetadata().get('antoni.conversation') : null)
+                savedConversation: one ? sorted[0].getMetadata().get(CONVERSATION) : null)
     }
 
     /**
      * Keep the answer with its annotations (their metadata, and their description after the user's own text), or,
-     * for the whole image, in the image's properties (ImageData.setProperty, ImageData.java:487 in QuPath 0.6.0,
-     * saved in the image's data file; it marks the image changed so that QuPath asks to save).
+     * for the whole image, with the image. Returns a notice for the panel when the image is in no project.
      */
-    void save(AskTarget target, Conversation conversation) {
+    String save(AskTarget target, Conversation conversation) {
         if (!target.imageData.is(qupath.getImageData())) {
             throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
                     'image, so it was not saved there; it stays in the panel.',
                     'copy the conversation, or open that image again and ask once more to save it')
         }
-        Map<String, String> values = record(conversation)
         if (!target.objects) {
-            values.each { key, value -> target.imageData.setProperty(key, value) }
-            return
+            return saveWithImage(target.imageData, conversation)
         }
         target.objects.each { annotation ->
-            values.each { key, value -> annotation.getMetadata().put(key, value) }
+            Map<String, String> metadata = annotation.getMetadata()
+            metadata.putAll(record(conversation, metadata))
             annotation.setDescription(conversation.describe(annotation.getDescription()))
         }
         target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
+        return null
     }
 
-    /** The last answer with its provenance: the model and antoni-bridge version, the weights, the time. */
-    private static Map<String, String> record(Conversation conversation) {
+    /**
+     * Where batch puts a whole-image answer: the project entry's metadata (ProjectImageEntry.getMetadata(), written
+     * by Project.syncChanges(), then the project list refreshed, as QuPath's own "Add metadata" does:
+     * ProjectBrowser.java 680-683 in QuPath 0.6.0). An image in no project keeps it in its properties
+     * (ImageData.setProperty, ImageData.java:487, saved in the image's data file; QuPath then asks to save).
+     */
+    private String saveWithImage(def imageData, Conversation conversation) {
+        def project = qupath.getProject()
+        def entry = project?.getEntry(imageData)
+        if (entry == null) {
+            record(conversation, imageData.getProperties()).each { key, value -> imageData.setProperty(key, value) }
+            return "${project == null ? 'No project is open' : 'The image is not in the open project'}, so the " +
+                    "answer is kept in the image's properties, not in a project's image metadata: save the image " +
+                    '(File > Save) to keep it.'
+        }
+        Map<String, String> metadata = entry.getMetadata()
+        metadata.putAll(record(conversation, metadata))
+        project.syncChanges()
+        qupath.refreshProject()
+        return null
+    }
+
+    /** Where a whole image's answers are saved: its project entry's metadata, else its properties. */
+    private Map savedWithImage(def imageData) {
+        def entry = qupath.getProject()?.getEntry(imageData)
+        return entry != null ? entry.getMetadata() : imageData.getProperties()
+    }
+
+    /**
+     * The last question and answer as metadata entries shared with batch (docs/qupath.md, "Saved with the
+     * annotation"): `ANTONI question N`, `ANTONI answer N` and `ANTONI provenance N` (JSON), numbered after the
+     * answers `saved` already holds, from batch or earlier questions, which are kept; and `ANTONI conversation`,
+     * the whole conversation (JSON), from which the panel continues it.
+     */
+    private static Map<String, String> record(Conversation conversation, Map saved) {
+        int number = 1 + (saved.keySet().collect { answerNumber(it as String) }.max() ?: 0)
         Map answer = conversation.lastAnswer()
-        Map values = [
-                'antoni.question'    : conversation.lastQuestion(),
-                'antoni.answer'      : answer.content,
-                'antoni.model'       : answer.model,
-                'antoni.weights'     : answer.weights,
-                'antoni.weights-id'  : answer.weightsId,
-                'antoni.llm'         : answer.llm,
-                'antoni.adapter'     : answer.adapter,
-                'antoni.time'        : answer.time,
-                'antoni.conversation': conversation.toJson(),
+        return [
+                ("${QUESTION} ${number}".toString())  : conversation.lastQuestion(),
+                ("${ANSWER} ${number}".toString())    : (answer.content as String).trim(),
+                ("${PROVENANCE} ${number}".toString()): Protocol.toJson((answer.provenance ?: [:]) + [time: answer.time]),
+                (CONVERSATION)                        : conversation.toJson(),
         ]
-        return values.findAll { it.value != null }.collectEntries { key, value -> [key, value as String] }
+    }
+
+    /** N of a key `ANTONI answer N`, else 0. */
+    private static int answerNumber(String key) {
+        String number = key.startsWith(ANSWER + ' ') ? key.substring(ANSWER.length() + 1) : ''
+        return number.isInteger() ? number as int : 0
     }
 
     private static String slideFile(def server) {

@@ -41,6 +41,7 @@ class SelfTest {
         }
         check('the selected annotation: its region') { regionText(glue.target(false)) }
         check('writing and removing a description') { describeAndRestore(glue.target(false)) }
+        check('where whole-image answers are saved') { wholeImageStore(glue.qupath) }
         Map daemon = glue.panel.daemonState()
         check('the daemon (hello)') {
             if (!daemon.connected) {
@@ -82,6 +83,21 @@ class SelfTest {
             }
         }
         "${target.objects.size()} annotation(s), restored"
+    }
+
+    /** The project entry's metadata, or the image's properties without one (read only: nothing is written). */
+    private static String wholeImageStore(def qupath) {
+        def imageData = qupath.getImageData()
+        if (imageData == null) {
+            throw new Problem('bad-target', 'No image is open.', 'open a slide')
+        }
+        def project = qupath.getProject()
+        def entry = project?.getEntry(imageData)
+        if (entry == null) {
+            String why = project == null ? 'no project is open' : 'the image is not in the open project'
+            return "the image's properties (${why}; ${imageData.getProperties().size()} there)"
+        }
+        return "the project entry's metadata (${entry.getMetadata().size()} entries there)"
     }
 
     private String version() {

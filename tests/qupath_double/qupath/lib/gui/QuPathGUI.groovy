@@ -3,14 +3,27 @@ package qupath.lib.gui
 import javafx.application.Platform
 import javafx.collections.FXCollections
 import javafx.collections.ObservableList
+import javafx.scene.Scene
 import javafx.scene.control.Menu
+import javafx.scene.control.MenuBar
 import javafx.scene.control.MenuItem
+import javafx.scene.control.SplitPane
+import javafx.scene.control.Tab
 import javafx.scene.control.TabPane
 import javafx.scene.input.KeyCombination
+import javafx.scene.layout.BorderPane
+import javafx.scene.layout.HBox
+import javafx.scene.layout.Priority
+import javafx.stage.Stage
 import org.controlsfx.control.action.Action
 import org.controlsfx.control.action.ActionUtils
+import qupath.lib.gui.scripting.QPEx
 import qupathdouble.QuPathDouble
 
+import javax.script.ScriptContext
+import javax.script.ScriptEngine
+import javax.script.ScriptEngineManager
+import javax.script.SimpleScriptContext
 import java.util.concurrent.FutureTask
 import java.util.function.Consumer
 import java.util.prefs.Preferences
@@ -36,6 +49,7 @@ class QuPathGUI {
     final Menu extensionsMenu = new Menu('Extensions')
     private final Map<KeyCombination, Action> accelerators = [:]
     Object imageData
+    Object project // a qupathdouble.Project, or null: no project open
 
     /** QuPathGUI.java:2530: QuPath's version (a Version there, its text here). */
     static String getVersion() { '0.6.0 (test double)' }
@@ -63,6 +77,17 @@ class QuPathGUI {
     Object getImageData() {
         QuPathDouble.calls << 'getImageData'
         return imageData
+    }
+
+    /** QuPathGUI.java 2650: the open project, or null. */
+    Object getProject() {
+        QuPathDouble.calls << 'getProject'
+        return project
+    }
+
+    /** QuPathGUI.java 2633-2636: the project list shows the entries again (their metadata with them). */
+    void refreshProject() {
+        QuPathDouble.calls << 'refreshProject'
     }
 
     /**
@@ -148,16 +173,24 @@ class QuPathGUI {
     }
 
     /**
-     * DefaultScriptLanguage.java 172-232: QuPath's default imports are prepended as text (QPEx statically,
-     * QuPathGUI.java 1966-1967), and the script is compiled by Groovy over the thread's context loader, which
-     * QuPath's extension manager makes the loader of the jars in `<userPath>/extensions` (ScriptLanguageProvider
-     * .java 180-182). QuPath evaluates through the javax.script Groovy engine, which compiles the same text with
-     * a GroovyClassLoader over that loader, as GroovyShell does here.
+     * As QuPathGUI.runScript (QuPathGUI.java 1962-1975) and DefaultScriptLanguage.execute (DefaultScriptLanguage.java
+     * 161-214): QuPath's default imports prepended as text on one line, `import C;` for each of QPEx.getCoreClasses()
+     * then `import static qupath.lib.gui.scripting.QPEx.*` (533-545), then a line break and the script; evaluated
+     * uncompiled (ScriptParameters.java:61) in a fresh SimpleScriptContext naming the file (419-440), by the Groovy
+     * javax.script engine that a ScriptEngineManager over the extensions' class loader finds, with the thread's
+     * context loader set to that loader (ScriptLanguageProvider.java 180-182, 226-230).
      */
     Object runScript(File file) {
-        String imports = 'import qupath.lib.gui.QuPathGUI\nimport static qupath.lib.gui.scripting.QPEx.*\n'
-        Thread.currentThread().contextClassLoader = extensionClassLoader()
-        return new GroovyShell(Thread.currentThread().contextClassLoader).evaluate(imports + file.getText('UTF-8'))
+        String imports = QPEx.getCoreClasses().collect { "import ${it.name};" }.join(' ') + "import static ${QPEx.name}.*"
+        ClassLoader loader = extensionClassLoader()
+        Thread.currentThread().contextClassLoader = loader
+        ScriptEngine engine = new ScriptEngineManager(loader).getEngineByName('groovy')
+        if (engine == null) {
+            throw new IllegalStateException('No Groovy script engine (groovy-jsr223) is on the class path.')
+        }
+        ScriptContext context = new SimpleScriptContext()
+        context.setAttribute(ScriptEngine.FILENAME, file.name, ScriptContext.ENGINE_SCOPE)
+        return engine.eval(imports + System.lineSeparator() + file.getText('UTF-8'), context)
     }
 
     /** The jars in `<userPath>/extensions`, loaded as QuPath's extension manager does; none without a userPath. */
@@ -167,6 +200,43 @@ class QuPathGUI {
                 as FileFilter) : null
         URL[] urls = (jars ?: new File[0]).collect { it.toURI().toURL() } as URL[]
         return new URLClassLoader(urls, QuPathGUI.classLoader)
+    }
+
+    /**
+     * QuPath's main window as QuPathGUI.java 318-333 and QuPathMainPaneManager.java 68-96 lay it out: the menu bar
+     * (QuPath's menus in the order of QuPathGUI.java 673-691; Extensions holds the installed commands) over a split
+     * pane, the analysis tab pane on the left (min 300, preferred 400 px wide, not resized with the window) and
+     * the viewers on the right (black, PathPrefs.java:1277), the divider at min(0.5, 400 / width). QuPath's own
+     * tabs come first, empty here (AnalysisTabPane.java 101-160: Project, Image, Annotations, Hierarchy,
+     * Workflow), then the extensions' tabs. The double has no toolbar and draws no slides: the caller puts what
+     * a viewer shows into its view.
+     */
+    Stage showMainWindow(double width, double height) {
+        List<String> own = ['Project', 'Image', 'Annotations', 'Hierarchy', 'Workflow']
+        if (!analysisTabPane.tabs.any { it.text == own[0] }) {
+            analysisTabPane.tabs.addAll(0, own.collect { String name ->
+                Tab tab = new Tab(name)
+                tab.closable = false
+                return tab
+            })
+        }
+        analysisTabPane.minWidth = 300
+        analysisTabPane.prefWidth = 400
+        SplitPane.setResizableWithParent(analysisTabPane, false)
+        HBox viewerRegion = new HBox(2, *viewers.collect { it.getView() })
+        viewers.each { HBox.setHgrow(it.getView(), Priority.ALWAYS) }
+        viewerRegion.style = '-fx-background-color: black;'
+        SplitPane split = new SplitPane(analysisTabPane, viewerRegion)
+        split.setDividerPosition(0, Math.min(0.5, 400 / width))
+        List<Menu> menus = ['File', 'Edit', 'Tools', 'View', 'Objects', 'TMA', 'Measure', 'Automate', 'Analyze',
+                            'Classify', 'Extensions', 'Window', 'Help'].collect {
+            it == 'Extensions' ? extensionsMenu : new Menu(it)
+        }
+        Stage window = new Stage()
+        window.title = "QuPath ${getVersion()}"
+        window.scene = new Scene(new BorderPane(split, new MenuBar(*menus), null, null, null), width, height)
+        window.show()
+        return window
     }
 
     private static Preferences preferences() {
