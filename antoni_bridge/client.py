@@ -12,6 +12,7 @@ when the daemon does not answer (the Lazy Pirate pattern).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ IDEMPOTENT = ("hello", "status")
 RETRIES = 3
 RETRY_WAIT_S = 0.5
 NOT_RUNNING_HINT = "start it with `antoni-bridge serve`"
+CHECK_REPLIES = "ANTONI_BRIDGE_CHECK_REPLIES"  # "1": every reply is checked against the schema (the tests set it)
 
 
 class DaemonUnreachable(BridgeError):
@@ -137,6 +139,10 @@ class Client:
             message = self._receive()
             self.last_heard = time.monotonic()
             if message.parent_id == sent.msg_id or message.parent_id is None:
+                if os.environ.get(CHECK_REPLIES) == "1":
+                    from antoni_bridge.daemon.messages import check_reply
+
+                    check_reply(sent.type, message.type, message.content)
                 return message
 
     def _receive(self) -> Message:
