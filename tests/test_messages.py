@@ -7,11 +7,14 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
+from antoni_bridge.client import Client
 from antoni_bridge.daemon.messages import (
     REQUESTS,
     AskRequest,
@@ -21,6 +24,7 @@ from antoni_bridge.daemon.messages import (
     refusal,
     schema_text,
 )
+from antoni_bridge.daemon.protocol import ConnectionInfo, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "docs" / "protocol.schema.json"
@@ -123,3 +127,31 @@ def test_a_reply_that_drifts_from_the_schema_is_caught() -> None:
     with pytest.raises(ReplyDrift, match="cannot be answered"):
         check_reply("hello", "done", {})
     check_reply("paint", "error", {"code": "unknown-type", "message": "Unknown request type 'paint'.", "hint": "x"})
+
+
+def test_the_python_client_fails_on_a_reply_that_drifts_when_asked_to(tmp_path: Path) -> None:
+    """A peer answering `status` with a field the schema lacks, over real sockets: the client raises (the
+    tests set ANTONI_BRIDGE_CHECK_REPLIES=1, so every daemon reply in the suite is checked this way)."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    info = ConnectionInfo.new(f"tcp://127.0.0.1:{port}")
+    info.write(tmp_path / "daemon.json")
+
+    def answer_with_drift() -> None:
+        session = Session(info.key_bytes)
+        identity, *frames = router.recv_multipart()
+        request = session.parse(frames)
+        drifted = {"queue": {}, "gpu": None, "loaded": [], "cache": {}, "mood": "sunny"}
+        router.send_multipart([identity, *session.frames(session.message("status", drifted, request))])
+
+    peer = threading.Thread(target=answer_with_drift)
+    peer.start()
+    try:
+        with Client(tmp_path / "daemon.json", timeout_s=10) as client, pytest.raises(ReplyDrift, match="mood"):
+            client.request("status")
+    finally:
+        peer.join(timeout=10)
+        router.close()
+        context.term()
