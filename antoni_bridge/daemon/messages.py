@@ -68,6 +68,7 @@ ErrorCode = Literal[
 
 
 def refused(sentence: str) -> PydanticCustomError:
+    """The error whose message is the whole sentence a `bad-request` carries."""
     return PydanticCustomError(REFUSED, sentence)
 
 
@@ -89,9 +90,9 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-def optional(description: str, **constraints: Any) -> Any:
-    """A field a client may leave out (but not send as null): no default appears in the schema."""
-    return Field(None, description=description, json_schema_extra=_no_default, **constraints)
+def optional(description: str) -> Any:
+    """A field that may be left out (but not sent as null): no default appears in the schema."""
+    return Field(None, description=description, json_schema_extra=_no_default)
 
 
 class Strict(BaseModel):
