@@ -15,6 +15,7 @@ one policy for a full queue: `busy` is retried after 0.5 s, doubling to 8 s, for
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ IDEMPOTENT = ("hello", "status")
 RETRIES = 3
 RETRY_WAIT_S = 0.5
 NOT_RUNNING_HINT = "start it with `antoni-bridge serve`"
+CHECK_REPLIES = "ANTONI_BRIDGE_CHECK_REPLIES"  # "1": every reply is checked against the schema (the tests set it)
 
 
 class DaemonUnreachable(BridgeError):
@@ -240,6 +242,10 @@ class Client:
             message = self._receive()
             self.last_heard = time.monotonic()
             if message.parent_id == sent.msg_id or message.parent_id is None:
+                if os.environ.get(CHECK_REPLIES) == "1":
+                    from antoni_bridge.daemon.messages import check_reply
+
+                    check_reply(sent.type, message.type, message.content)
                 return message
 
     def _receive(self) -> Message:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from antoni_bridge.client import CHECK_REPLIES
 from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
 from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
 
 SMALL = (8000, 6000)  # level-0 pixels of the test slides at 0.25 um/px
+os.environ[CHECK_REPLIES] = "1"  # every reply a Python client reads in the tests must match the protocol's schema
 
 
 @pytest.fixture(autouse=True)
