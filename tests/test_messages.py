@@ -110,6 +110,10 @@ def test_every_request_type_and_reply_is_mapped_in_the_schema() -> None:
     [
         ({"slide": "/a.svs"}, "The request carries a non-empty conversation (a list of {role, content} turns)."),
         ({"slide": "a.svs", "conversation": [{"role": "user", "content": "Q"}]}, "must be an absolute path"),
+        (
+            {"slide": "C:\\slides\\a.svs", "conversation": [{"role": "user", "content": "Q"}]},
+            "(a path of another system: the daemon reads paths on its own machine).",
+        ),
         ({"features": 5, "conversation": [{"role": "user", "content": "Q"}]}, "'features' must be a path string."),
     ],
 )

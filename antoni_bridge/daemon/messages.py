@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,6 +29,7 @@ from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.platforms import is_absolute
 from antoni_bridge.slides.regions import MAX_REGION_VERTICES
 
 VERSION = 1
@@ -131,9 +131,19 @@ def _path(value: str, info: Any) -> str:
         raise refused(f"'{name}' is {len(value):,} characters long; a path has at most {MAX_PATH_CHARS:,}.")
     if "\0" in value:
         raise refused(f"'{name}' contains a NUL character, which no file path can.")
-    if not (os.path.isabs(value) or value == "~" or value.startswith("~/")):
-        raise refused(f"'{name}' must be an absolute path (or start with ~/, the daemon's home), not {value[:200]!r}.")
+    if not (is_absolute(value) or value == "~" or value.startswith("~/")):
+        raise refused(
+            f"'{name}' must be an absolute path (or start with ~/, the daemon's home), not {value[:200]!r}"
+            f"{_other_system(value)}."
+        )
     return value
+
+
+def _other_system(value: str) -> str:
+    """What to add when a path is absolute only on the other kind of system (C:\\ sent to Linux, / to Windows)."""
+    if PureWindowsPath(value).is_absolute() or PurePosixPath(value).is_absolute():
+        return " (a path of another system: the daemon reads paths on its own machine)"
+    return ""
 
 
 def _path_field(name: str) -> Any:
