@@ -79,6 +79,7 @@ class Daemon:
         self.session: Session | None = None
         self.last_seen: dict[bytes, float] = {}
         self.last_pruned = time.monotonic()
+        self.listened_at = time.monotonic()  # the socket was last found empty, or emptied, then
         self.cache_summary: dict[str, Any] = {}  # refreshed by the worker: `status` must not touch the disk
 
     # ------------------------------------------------------------------ socket loop
@@ -103,7 +104,9 @@ class Daemon:
         previous = self._stop_on_signals()
         try:
             while not self.stopping.is_set():
-                if socket.poll(POLL_MS, zmq.POLLIN):
+                ready = socket.poll(POLL_MS, zmq.POLLIN)
+                self.listened_at = time.monotonic()  # what clients sent before now is read next
+                if ready:
                     self._receive(socket)
                 self._drain(socket)
                 self._cancel_jobs_of_silent_clients()
@@ -213,8 +216,10 @@ class Daemon:
         self._reply(identity, parent, "error", {"code": code, "message": shorten(message, 1000), "hint": hint})
 
     def _cancel_jobs_of_silent_clients(self) -> None:
-        """A client that stopped heartbeating is gone: its jobs would only keep the GPU busy."""
-        now = time.monotonic()
+        """A client that stopped heartbeating is gone: its jobs would only keep the GPU busy. Silence counts
+        up to the last time this loop read the socket, not up to now: a loop held up (the process starved of
+        CPU, or a C call holding the GIL) has the clients' heartbeats waiting unread."""
+        now = self.listened_at
         for job in self.jobs.jobs():
             if now - self.last_seen.get(job.client, now) > self.client_dead_s and not job.cancel.is_set():
                 log.info("client of job %s is silent; cancelling", job.id)
@@ -228,7 +233,7 @@ class Daemon:
             return
         self.last_pruned = now
         owners = {job.client for job in self.jobs.jobs()}
-        cutoff = now - self.client_dead_s
+        cutoff = self.listened_at - self.client_dead_s
         self.last_seen = {who: seen for who, seen in self.last_seen.items() if seen > cutoff or who in owners}
 
     # ------------------------------------------------------------------ requests
