@@ -12,17 +12,33 @@ from antoni_bridge.errors import BridgeError
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed over `path` when the block ends without error."""
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block ends without error.
+
+    The temporary name carries this process's id (so a cache sweep can tell a dead writer's leftovers)
+    and `suffix` (for writers that append one, such as numpy's .npy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
-        with tmp.open("rb+") as written:  # on disk before the rename: a power cut leaves old or new
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def durable_replace(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place, synced first so a power cut leaves old or new, never
+    an empty file; the folder is synced too, so the rename itself survives (POSIX; Windows cannot open a
+    folder as a file)."""
+    with tmp.open("rb+") as written:
+        os.fsync(written.fileno())
+    os.replace(tmp, path)
+    if os.name == "posix":
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def write_atomically(path: Path, text: str) -> None:

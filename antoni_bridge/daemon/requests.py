@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from antoni_bridge.daemon.runtime import MODEL_PARTS
+from antoni_bridge.engine import MODEL_PARTS
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.regions import MAX_REGION_VERTICES
 
