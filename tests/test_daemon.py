@@ -41,6 +41,16 @@ def test_hello_and_status(daemon: Path) -> None:
         assert status["device"] == "cpu" and status["provenance"]["weights"] == hello["provenance"]["weights"]
 
 
+def test_status_in_plain_words_and_as_json(daemon: Path) -> None:
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    words = run_cli("status", env=env)
+    assert words.returncode == 0, words.stderr
+    assert "device: cpu" in words.stdout and "GPU memory: no GPU" in words.stdout and "queue: " in words.stdout
+    assert "[demo: random weights]" in words.stdout and "{" not in words.stdout
+    as_json = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert as_json["device"] == "cpu" and as_json["provenance"]["demo"] is True
+
+
 def test_ask_a_features_file_streams_tokens_and_ends_once(daemon: Path, tmp_path: Path) -> None:
     latents = tmp_path / "latents.pt"
     torch.save(torch.randn(513, 64), latents)

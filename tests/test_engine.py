@@ -175,3 +175,15 @@ def test_options_from_a_request_fill_in_the_defaults() -> None:
     assert options_from({"max_new_tokens": 6.0, "top_k": None}) == GenerationOptions(max_new_tokens=6)
     with pytest.raises(BridgeError, match="Unknown decoding option 'beam'"):
         options_from({"beam": 3})
+
+
+def test_serve_options_reach_the_engine(tmp_path: Path) -> None:
+    from antoni_bridge.cli import _parser
+    from antoni_bridge.commands.serve import engine_for
+
+    args = _parser().parse_args(
+        ["serve", "--demo", "--device", "cpu", "--precision", "fp32", "--batch-size", "7", "--threads", "1"]
+    )
+    engine = engine_for(args)
+    assert engine.settings == EngineSettings("fp32", 7, 1) and engine.choice.demo
+    assert engine.settings.model_quant(engine.choice.quant) == "none"  # fp32 with --quant auto

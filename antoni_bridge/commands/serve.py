@@ -34,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from antoni_bridge.daemon.logs import setup_logging
     from antoni_bridge.daemon.server import Daemon
-    from antoni_bridge.engine import Engine
     from antoni_bridge.files import keep_files_private
-    from antoni_bridge.model_sources import engine_settings, model_choice
 
     if not args.verbose:
         hf_logging.disable_progress_bar()
@@ -48,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(root) for root in args.slide_root if not root.is_dir()]
     if missing:
         raise BridgeError(f"--slide-root {missing[0]} is not a folder.", "give folders that hold your slides")
-    engine = Engine(model_choice(args), args.cache_dir, args.slide_root, engine_settings(args))
-    engine.weights_folder()  # a wrong --weights fails now, not at the first question
+    engine = engine_for(args)
     log_file = args.log_file or paths.log_file()
     keep_files_private()  # logs, caches and the key: the user's alone
     setup_logging(log_file, args.verbose)
@@ -60,6 +57,16 @@ def run(args: argparse.Namespace) -> int:
     )
     Daemon(args.address, engine, paths.connection_file(), args.queue, args.client_timeout, curve).serve()
     return 0
+
+
+def engine_for(args: argparse.Namespace):  # -> engine.Engine
+    """The engine the options describe: models, slide folders, and --precision/--batch-size/--threads."""
+    from antoni_bridge.engine import Engine
+    from antoni_bridge.model_sources import engine_settings, model_choice
+
+    engine = Engine(model_choice(args), args.cache_dir, args.slide_root, engine_settings(args))
+    engine.weights_folder()  # a wrong --weights fails now, not at the first question
+    return engine
 
 
 def _curve(args: argparse.Namespace):  # -> server.Curve | None
