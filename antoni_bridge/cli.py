@@ -27,7 +27,7 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         _refuse_extras(parser, args, extras)
@@ -116,7 +116,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="antoni-bridge", description="ANTONI-Alpha on whole slides, locally.")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"antoni-bridge {__version__}")

@@ -178,10 +178,10 @@ def test_options_from_a_request_fill_in_the_defaults() -> None:
 
 
 def test_serve_options_reach_the_engine(tmp_path: Path) -> None:
-    from antoni_bridge.cli import _parser
+    from antoni_bridge.cli import build_parser
     from antoni_bridge.commands.serve import engine_for
 
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         ["serve", "--demo", "--device", "cpu", "--precision", "fp32", "--batch-size", "7", "--threads", "1"]
     )
     engine = engine_for(args)
