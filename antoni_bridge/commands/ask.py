@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.local:
         done = _answer_local(args, request, conversation, stream)
     else:
-        done = run_job("ask", {**_job_content(args, request), "conversation": conversation, "options": _options(args)},
-                       stream)  # fmt: skip
+        content = {**_job_content(args, request), "conversation": conversation, "options": _options(args)}
+        done = run_job("ask", content, stream)
     _print_answer(args, done)
     conversations.save(key, [*conversation, {"role": "assistant", "content": done["answer"]}])
     return 0
@@ -244,8 +244,9 @@ def _print_choices(args: argparse.Namespace, choices, done: dict[str, Any]) -> i
     demo = done["demo"]
     if args.json:
         rows = [{"label": label, "choice": text, "mean_nll": nll} for label, text, nll in ranking]
-        result = {"best": ranking[0][0], "ranking": rows, "demo_weights": demo, "seconds": done["timings"]["total_s"],
-                  "provenance": done.get("provenance"), "front_end": "cli", "options_set": {}}  # fmt: skip
+        seconds, provenance = done["timings"]["total_s"], done.get("provenance")
+        result = {"best": ranking[0][0], "ranking": rows, "demo_weights": demo, "seconds": seconds}
+        result |= {"provenance": provenance, "front_end": "cli", "options_set": {}}
         print(json.dumps(result, ensure_ascii=False))
         return 0
     for label, text, nll in ranking:

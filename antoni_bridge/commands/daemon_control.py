@@ -31,8 +31,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     """The status reply in plain words: what answers, on what, with how much memory, and what waits."""
     provenance = status.get("provenance") or {}
     sha = provenance.get("weights_sha256")
-    weights = f"{provenance.get('weights', '?')}" + (f" (revision {provenance['weights_revision']})"
-                                                     if provenance.get("weights_revision") else "")  # fmt: skip
+    revision = provenance.get("weights_revision")
+    weights = str(provenance.get("weights", "?")) + (f" (revision {revision})" if revision else "")
     lines = [
         f"weights: {weights}" + (" [demo: random weights]" if provenance.get("demo") else ""),
         f"weights sha256: {sha[:16] if sha else 'not yet known (computed when the model loads)'}",
@@ -62,9 +62,10 @@ def _gpu_line(gpu: dict[str, float] | None) -> str:
 
 def _queue_line(queue: dict[str, Any]) -> str:
     running = queue.get("running")
-    now = "idle" if running is None else (
-        f"running {running['kind']} job {running['job_id']} ({running['stage']} {running['done']}/{running['total']})"
-    )  # fmt: skip
+    now = "idle"
+    if running is not None:
+        step = f"{running['stage']} {running['done']}/{running['total']}"
+        now = f"running {running['kind']} job {running['job_id']} ({step})"
     return f"queue: {now}; {len(queue.get('waiting', []))} waiting of {queue.get('capacity', '?')}"
 
 
