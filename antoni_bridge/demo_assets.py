@@ -6,13 +6,12 @@ into place, so an interrupted first run never leaves half a demo behind.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from antoni_bridge import paths, platforms
+from antoni_bridge import paths
+from antoni_bridge.files import replacing_folder
 
 DEMO_NOTE = "[demo weights: random, the answer means nothing]"
 
@@ -61,11 +60,5 @@ def demo_slide() -> Path:
 
 
 def _build_atomically(folder: Path, build) -> None:  # build: Callable[[Path], object]
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with replacing_folder(folder) as tmp:
         build(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        platforms.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,17 +13,48 @@ from antoni_bridge import platforms
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write to; renamed over `path` when the block ends without error."""
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block ends without error.
+
+    The temporary name carries this process's id (so a cache sweep can tell a dead writer's leftovers)
+    and `suffix` (for writers that append one, such as numpy's .npy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
         yield tmp
-        with tmp.open("rb+") as written:  # on disk before the rename: a power cut leaves old or new
-            os.fsync(written.fileno())
-        platforms.replace(tmp, path)
+        durable_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def durable_replace(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place, synced first so a power cut leaves old or new, never
+    an empty file; the folder is synced too, so the rename itself survives (POSIX; Windows cannot open a
+    folder as a file: platforms.sync_folder)."""
+    with tmp.open("rb+") as written:
+        os.fsync(written.fileno())
+    platforms.replace(tmp, path)
+    platforms.sync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: Path) -> Iterator[Path]:
+    """A temporary folder beside `folder` to fill; put in its place, whole, when the block ends without
+    error. An older folder of the name is moved aside (not deleted) until the new one is in place, and
+    what a killed writer left beside it is removed first."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    for stale in folder.parent.glob(f".{folder.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        yield tmp
+        if folder.exists():
+            platforms.replace(folder, old)
+        platforms.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -1,6 +1,6 @@
 """Which models a command runs on, from its options: the device, the ANTONI weights, the encoders, and the
-full set the daemon's runtime loads (`serve`, and `batch --local`, which runs the daemon's runtime
-in-process). Shared by every command that loads a model, so each names and finds models alike."""
+engine's model choice and settings (`serve`, and every `--local` run, which calls the engine in-process).
+Shared by every command that loads a model, so each names and finds models alike."""
 
 from __future__ import annotations
 
@@ -35,12 +35,22 @@ def weights_folder(args: argparse.Namespace) -> Path:
     return resolve_model_dir(args.weights, "ANTONI-Alpha weights", args.revision)
 
 
-def model_sources(args: argparse.Namespace):  # -> daemon.runtime.ModelSources
+def model_choice(args: argparse.Namespace):  # -> engine.ModelChoice
     """Encoders, weights and LLM as the options name them (the demo set with --demo)."""
-    from antoni_bridge.daemon.runtime import ModelSources
+    from antoni_bridge.engine import ModelChoice
 
     tile, slide = encoder_sources(args)
-    return ModelSources(tile, slide, weights_folder(args), args.llm, device(args.device), args.quant, args.demo)
+    weights = weights_folder(args) if args.demo else args.weights
+    return ModelChoice(tile, slide, weights, args.revision, args.llm, device(args.device), args.quant, args.demo)
+
+
+def engine_settings(args: argparse.Namespace):  # -> engine.EngineSettings
+    """--precision, --batch-size and --threads, checked."""
+    from antoni_bridge.engine import EngineSettings
+
+    settings = EngineSettings(args.precision, args.batch_size, args.threads)
+    settings.check()
+    return settings
 
 
 def encoder_sources(args: argparse.Namespace) -> tuple[str, str]:
@@ -56,14 +66,20 @@ def encoder_sources(args: argparse.Namespace) -> tuple[str, str]:
 def encoder_options(command: argparse.ArgumentParser) -> None:
     """The options naming the tile and slide encoders and how they run."""
     from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
+    from antoni_bridge.engine.settings import PRECISIONS
 
     command.add_argument("--tile-encoder", default=VIRCHOW_ID, help=f"folder or hub id (default {VIRCHOW_ID})")
     command.add_argument("--slide-encoder", default=PRISM_ID, help=f"folder or hub id (default {PRISM_ID})")
     command.add_argument("--demo", action="store_true", help="use the embedded demo weights (made on first use)")
     command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    command.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16", help="encoders on CUDA")
-    command.add_argument("--batch-size", type=int, default=64)
-    command.add_argument("--threads", type=int, default=None, help="tile decoding threads")
+    command.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="arithmetic on CUDA: encoders' autocast; fp32 or bf16 also sets the LLM's with --quant auto",
+    )
+    command.add_argument("--batch-size", type=int, default=None, help="tiles per encoder batch (default 64)")
+    command.add_argument("--threads", type=int, default=None, help="tile decoding and torch CPU threads")
     command.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default in ~/.cache)")
 
 
@@ -71,11 +87,11 @@ def load_encoders(args: argparse.Namespace, on: str):  # -> Encoders
     from antoni_bridge.encoders.pipeline import Encoders
 
     tile, slide = encoder_sources(args)
-    return Encoders.load(tile, slide, device=on, precision=args.precision)
+    return Encoders.load(tile, slide, device=on, precision=engine_settings(args).encoder_precision())
 
 
 def load_model(args: argparse.Namespace, weights: Path):  # -> AntoniModel
-    """ANTONI-Alpha for `ask --local`, `eval` and the like (the daemon loads through its runtime)."""
+    """ANTONI-Alpha for `eval` and training (answering loads it through the engine)."""
     from transformers.utils import logging as hf_logging
 
     from antoni_bridge.model.antoni import AntoniModel

@@ -28,8 +28,9 @@ from PyQt6.QtWidgets import QApplication
 
 from antoni_bridge.demo_assets import demo_slide
 from antoni_bridge.desk.daemon_link import stop_daemon
-from antoni_bridge.desk.tile_loader import TileCache, best_level, read_tile, tiles_covering
+from antoni_bridge.desk.tile_loader import TileCache, read_tile, tiles_covering
 from antoni_bridge.desk.window import DeskWindow
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.reader import Slide
 
 FRAME_MS, PAN_PX = 16, 48  # 60 frames/s, 2,900 screen px/s: a brisk drag
@@ -107,7 +108,7 @@ def read_on_this_thread(window: DeskWindow, slide: Path, places: list[QPointF]) 
     """What each jump would cost a viewer that read its tiles where it paints them."""
     view, seconds = window.view, []
     with Slide(slide) as reader:
-        level = best_level(reader.level_downsamples, 1 / view.zoom())
+        level = coarsest_level(reader.level_downsamples, 1 / view.zoom())
         for place in places:
             view.centre_on(place)
             keys = tiles_covering(
@@ -139,7 +140,7 @@ def fill_after_jumps(window: DeskWindow, places: list[QPointF]) -> tuple[int, fl
 
 def all_visible_loaded(window: DeskWindow) -> bool:
     view, slide = window.view, window.slide
-    level = best_level(slide.level_downsamples, 1 / view.zoom())
+    level = coarsest_level(slide.level_downsamples, 1 / view.zoom())
     keys = tiles_covering(view.visible_area(), level, slide.level_downsamples[level], slide.level_dimensions[level])
     return all(key in view.cache for key in keys)
 

@@ -189,6 +189,8 @@ def test_ask_a_features_file_locally_as_json(demo_40x: tuple[Path, DemoLayout], 
     answer = json.loads(result.stdout)
     assert answer["demo_weights"] is True and len(answer["token_ids"]) <= 6
     assert set(answer["timings"]) >= {"first_token_s", "total_s", "tokens_per_s", "prompt_tokens"}
+    assert answer["front_end"] == "cli" and answer["options_set"] == {"greedy": True, "max_new_tokens": 6}
+    assert answer["provenance"]["decoding"]["max_new_tokens"] == 6 and answer["provenance"]["demo"] is True
 
 
 def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, DemoLayout]) -> None:

@@ -34,8 +34,21 @@ def test_hello_and_status(daemon: Path) -> None:
     with _client(daemon) as client:
         hello = client.request("hello").content
         assert hello["protocol"] == 1 and hello["demo"] is True
+        assert hello["decoding"]["greedy"] is True and hello["decoding"]["max_new_tokens"] == 1024
+        assert hello["provenance"]["demo"] is True and hello["provenance"]["antoni_bridge"]
         status = client.request("status").content
         assert status["queue"]["waiting"] == [] and status["gpu"] is None
+        assert status["device"] == "cpu" and status["provenance"]["weights"] == hello["provenance"]["weights"]
+
+
+def test_status_in_plain_words_and_as_json(daemon: Path) -> None:
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    words = run_cli("status", env=env)
+    assert words.returncode == 0, words.stderr
+    assert "device: cpu" in words.stdout and "GPU memory: no GPU" in words.stdout and "queue: " in words.stdout
+    assert "[demo: random weights]" in words.stdout and "{" not in words.stdout
+    as_json = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert as_json["device"] == "cpu" and as_json["provenance"]["demo"] is True
 
 
 def test_ask_a_features_file_streams_tokens_and_ends_once(daemon: Path, tmp_path: Path) -> None:
@@ -48,6 +61,11 @@ def test_ask_a_features_file_streams_tokens_and_ends_once(daemon: Path, tmp_path
     done = events[-1].content
     assert done["demo"] is True and len(done["token_ids"]) <= 6
     assert "".join(e.content["text"] for e in events if e.type == "token") == done["answer"]
+    provenance = done["provenance"]
+    assert provenance["decoding"]["max_new_tokens"] == 6 and provenance["decoding"]["greedy"] is True  # the defaults
+    assert len(provenance["weights_sha256"]) == 64 and provenance["stop_reason"] in ("end_of_turn", "max_tokens")
+    log = (daemon.parent / "logs" / "daemon.log").read_text()
+    assert f"job {done['job_id']}: done (weights " in log and f"sha256 {provenance['weights_sha256'][:12]}" in log
 
 
 def test_ask_a_region_reports_stages_and_the_repeat_hits_the_cache(

@@ -1,5 +1,5 @@
 """Asking one item: through the running daemon (or a demo daemon of the batch's own), or in-process
-with the daemon's own runtime (`--local`), which keeps models and latents loaded between items.
+with the engine in this process (`--local`), which keeps models and latents loaded between items.
 
 Both return the content of the job's `done` message, its `provenance` completed with what the batch
 saves (docs/batch.md); a refusal or failure of the item raises `BridgeError` with the daemon's sentence.
@@ -118,19 +118,28 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
 
 
 def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
-    """The daemon's runtime and ask runner in this process: the same code answers, without sockets."""
-    from antoni_bridge.daemon.jobs import Job
-    from antoni_bridge.daemon.runtime import Runtime
-    from antoni_bridge.daemon.worker import run_ask
-    from antoni_bridge.model_sources import model_sources
+    """The engine in this process, models and latents kept between items: the daemon's answers, no sockets."""
+    from antoni_bridge.engine import Engine, options_from, source_from
+    from antoni_bridge.model_sources import model_choice
 
-    runtime = Runtime(model_sources(args), args.cache_dir or paths.feature_cache_dir())
+    engine = Engine(model_choice(args), args.cache_dir)
 
     def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
-        def emit(kind: str, content: dict[str, Any]) -> None:
-            if kind == "progress":
-                on_stage(content["stage"])
-
-        return run_ask(Job("ask", b"", "", job_content(item, options)), runtime, emit)
+        content = job_content(item, options)
+        answer = engine.ask(
+            source_from(content),
+            content["conversation"],
+            options_from(options),
+            on_progress=lambda progress: on_stage(progress.stage),
+        )
+        return {
+            "answer": answer.text,
+            "demo": engine.choice.demo,
+            "token_ids": answer.token_ids,
+            "latents_from": answer.latents_from,
+            "tiles": answer.tiles,
+            "timings": answer.timings,
+            "provenance": answer.provenance,
+        }
 
     return ask

@@ -13,6 +13,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from antoni_bridge.engine import Cancelled
+
 REMEMBERED_IDS = 10_000  # msg_ids of accepted jobs, to refuse a reused one (about 1 MB)
 
 
@@ -22,10 +24,6 @@ class Busy(Exception):
 
 class DuplicateId(Exception):
     """A job request reuses the msg_id of an accepted one: its events could not be told apart."""
-
-
-class Cancelled(Exception):
-    """Raised inside a running job when its cancel flag is seen."""
 
 
 @dataclass

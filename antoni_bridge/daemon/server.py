@@ -14,14 +14,14 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from antoni_bridge import __version__
-from antoni_bridge.daemon.jobs import Busy, Cancelled, DuplicateId, Job, JobQueue
+from antoni_bridge.daemon.jobs import Busy, DuplicateId, Job, JobQueue
 from antoni_bridge.daemon.logs import REFUSAL, shorten
 from antoni_bridge.daemon.protocol import (
     MAX_MESSAGE_BYTES,
@@ -33,8 +33,9 @@ from antoni_bridge.daemon.protocol import (
     is_loopback,
 )
 from antoni_bridge.daemon.requests import JOB_CHECKS, check_job
-from antoni_bridge.daemon.runtime import Runtime
 from antoni_bridge.daemon.worker import RUNNERS
+from antoni_bridge.engine import DEFAULT_DECODING, Cancelled, Engine
+from antoni_bridge.engine.provenance import short
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.platforms import STOP_SIGNALS, pid_alive, return_big_blocks
 
@@ -62,13 +63,13 @@ class Daemon:
     def __init__(
         self,
         address: str,
-        runtime: Runtime,
+        engine: Engine,
         connection_file: Path,
         capacity: int = 16,
         client_dead_s: float = CLIENT_DEAD_S,
         curve: Curve | None = None,
     ) -> None:
-        self.address, self.runtime, self.connection_file = address, runtime, connection_file
+        self.address, self.engine, self.connection_file = address, engine, connection_file
         self.client_dead_s, self.curve = client_dead_s, curve
         self.jobs = JobQueue(capacity)
         self.outbox: queue.Queue[tuple[bytes, list[bytes]]] = queue.Queue()
@@ -263,11 +264,13 @@ class Daemon:
             {
                 "protocol": VERSION,
                 "server": f"antoni-bridge {__version__}",
-                "demo": self.runtime.sources.demo,
-                "weights": self.runtime.sources.weights.name,  # which ANTONI weights answer (a record's provenance)
-                "llm": self.runtime.sources.llm,
+                "demo": self.engine.choice.demo,
+                "weights": Path(self.engine.choice.weights).name,  # which ANTONI weights answer
+                "llm": self.engine.choice.llm,
                 "capabilities": ["hello", "status", "cancel", "heartbeat", "shutdown", *JOB_CHECKS],
-                "loaded": self.runtime.loaded(),
+                "loaded": self.engine.loaded(),
+                "provenance": self.engine.provenance(),
+                "decoding": asdict(DEFAULT_DECODING),  # what a request's options are laid over
                 "heartbeat_s": 0.25,
                 "client_dead_s": self.client_dead_s,
             },
@@ -276,8 +279,9 @@ class Daemon:
     def _status(self, identity: bytes, message: Message) -> None:
         from antoni_bridge.gpu import gpu_memory
 
-        content = {"queue": self.jobs.snapshot(), "gpu": gpu_memory(), "loaded": self.runtime.loaded()}
-        self._reply(identity, message, "status", {**content, "cache": self.cache_summary})
+        content = {"queue": self.jobs.snapshot(), "gpu": gpu_memory(), "loaded": self.engine.loaded()}
+        described = {"device": self.engine.choice.device, "provenance": self.engine.provenance()}
+        self._reply(identity, message, "status", {**content, **described, "cache": self.cache_summary})
 
     def _submit(self, identity: bytes, message: Message) -> None:
         problem = check_job(message.type, message.content)
@@ -336,14 +340,17 @@ class Daemon:
             job = self.jobs.take(timeout=0.1)
             if job is not None:
                 end, content = self._run(job)
-                log.info("job %s: %s", job.id, end)
+                if "provenance" in content:
+                    log.info("job %s: %s (%s)", job.id, end, short(content["provenance"]))
+                else:
+                    log.info("job %s: %s", job.id, end)
                 self.jobs.finish(job, end)
                 self._end(job, end, content)
                 self._refresh_cache_summary()
 
     def _refresh_cache_summary(self) -> None:
         try:
-            self.cache_summary = self.runtime.cache_summary()
+            self.cache_summary = self.engine.cache_usage()
         except OSError:  # a cache folder changing underneath: keep the last figures, keep working
             log.warning("could not read the cache's size", exc_info=True)
 
@@ -351,7 +358,7 @@ class Daemon:
         """Run a job; return its terminal message (done, cancelled or error). Never raises: the worker
         thread must outlive every job."""
         try:
-            return "done", RUNNERS[job.kind](job, self.runtime, lambda type_, content: self._event(job, type_, content))
+            return "done", RUNNERS[job.kind](job, self.engine, lambda type_, content: self._event(job, type_, content))
         except Cancelled:
             return "cancelled", {"reason": job.reason or "request"}
         except BridgeError as exc:

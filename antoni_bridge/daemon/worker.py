@@ -1,7 +1,7 @@
-"""What the one GPU worker does for each kind of job; each runner returns the content of its `done`.
+"""What the one GPU worker does for each kind of job: one Engine call, its result as the `done` content.
 
-Runners report through `emit` (progress and token events) and look at the job's cancel flag between
-tile batches and between tokens; a cancel raises `Cancelled`, bad input a `BridgeError`.
+Runners turn the engine's progress and text callbacks into `progress` and `token` events and hand it
+the job's cancel flag; a cancel raises `Cancelled`, bad input a `BridgeError`.
 """
 
 from __future__ import annotations
@@ -9,184 +9,122 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
-from antoni_bridge.daemon.jobs import Cancelled, Job
-from antoni_bridge.daemon.runtime import MODEL_PARTS, Latents, Runtime
+from antoni_bridge.daemon.jobs import Job
+from antoni_bridge.engine import MODEL_PARTS, Answer, Engine, options_from, source_from
+from antoni_bridge.engine.jobs import STOP_REASONS
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.slides.planning import Progress
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # decoded, 192 MB of RGB; a small PNG can claim gigapixels
+WIRE_STOP_REASONS = {ours: wire for wire, ours in STOP_REASONS.items()}  # `done` keeps protocol v1's words
 Emit = Callable[[str, dict[str, Any]], None]
-Runner = Callable[[Job, Runtime, Emit], dict[str, Any]]
+Runner = Callable[[Job, Engine, Emit], dict[str, Any]]
 
 
-def progress(job: Job, emit: Emit, stage: str, done: int, total: int, rate: float = 0.0) -> None:
-    job.stage, job.done, job.total = stage, done, total
-    emit("progress", {"stage": stage, "done": done, "total": total, "rate": rate})
+def _callbacks(job: Job, emit: Emit) -> dict[str, Any]:
+    """The engine's progress and cancel callbacks for a job; progress is also kept for `status`."""
+
+    def on_progress(p) -> None:  # p: slides.planning.Progress
+        job.stage, job.done, job.total = p.stage, p.done, p.total
+        emit("progress", {"stage": p.stage, "done": p.done, "total": p.total, "rate": p.rate})
+
+    return {"on_progress": on_progress, "cancelled": job.cancel.is_set}
 
 
-def _latents(job: Job, runtime: Runtime, emit: Emit) -> Latents:
-    def report(p: Progress) -> None:  # also where a cancel is seen between tile batches
-        job.check()
-        progress(job, emit, p.stage, p.done, p.total, p.rate)
-
-    latents = runtime.latents_for(job.content, report)
-    job.check()
-    return latents
+def _on_text(emit: Emit) -> Callable[[str], None]:
+    return lambda text: emit("token", {"text": text})
 
 
-def _load(job: Job, runtime: Runtime, emit: Emit, parts: list[str]) -> None:
-    """Load what the job needs and is not loaded yet, first, so the user sees why the start takes long."""
-    missing = [part for part in parts if getattr(runtime, part) is None]
-    if missing:
-        progress(job, emit, "loading", 0, 1)  # one step: loading reports no finer progress
-        runtime.load(missing)
-        progress(job, emit, "loading", 1, 1)
-
-
-def _needs(content: dict[str, Any], model: bool = True) -> list[str]:
-    return (["encoders"] if "slide" in content else []) + (["model"] if model else [])
-
-
-def _options(content: dict[str, Any]):  # -> GenerationOptions
-    from antoni_bridge.model.generation import GenerationOptions
-
-    options = dict(content.get("options", {}))
-    for name in ("max_new_tokens", "top_k", "seed"):  # whole numbers, perhaps sent as 6.0 by a Java client
-        if options.get(name) is not None:
-            options[name] = int(options[name])
-    return GenerationOptions(**options)
-
-
-def _generated(job: Job, runtime: Runtime, result, start: float) -> dict[str, Any]:  # result: Generated
-    if result.stop_reason == "cancelled":
-        raise Cancelled
+def _answered(answer: Answer, engine: Engine) -> dict[str, Any]:
     return {
-        "answer": result.text,
-        "stop_reason": result.stop_reason,
-        "demo": runtime.sources.demo,
-        "token_ids": result.token_ids,
-        "timings": {
-            "first_token_s": result.first_token_s,
-            "generation_s": result.total_s,
-            "tokens_per_s": result.tokens_per_s,
-            "total_s": time.perf_counter() - start,
-            "reused_tokens": result.reused_tokens,
-        },
+        "answer": answer.text,
+        "stop_reason": WIRE_STOP_REASONS[answer.stop_reason],
+        "demo": engine.choice.demo,
+        "token_ids": answer.token_ids,
+        "timings": {k: v for k, v in answer.timings.items() if k != "prompt_tokens"},
+        "provenance": answer.provenance,
     }
 
 
-def run_ask(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    start = time.perf_counter()
-    _load(job, runtime, emit, _needs(job.content))
-    latents = _latents(job, runtime, emit)
-    progress(job, emit, "generating", 0, 1)
-    result = runtime.model.answer(
-        latents.values,
-        job.content["conversation"],
-        _options(job.content),
-        on_text=lambda text: emit("token", {"text": text}),
-        cancelled=job.cancel.is_set,
-        prefix_key=latents.key,
+def run_ask(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    answer = engine.ask(
+        source_from(c),
+        c["conversation"],
+        options_from(c.get("options")),
+        on_text=_on_text(emit),
+        **_callbacks(job, emit),
     )
     return {
-        **_generated(job, runtime, result, start),
-        "cache_hit": latents.source != "computed",
-        "latents_from": latents.source,
-        "latents_shape": list(latents.values.shape),
-        "tiles": latents.tiles,
-        "region_clipped": latents.clipped,
+        **_answered(answer, engine),
+        "cache_hit": answer.cache_hit,
+        "latents_from": answer.latents_from,
+        "latents_shape": answer.latents_shape,
+        "tiles": answer.tiles,
+        "region_clipped": answer.region_clipped,
     }
 
 
-def run_score(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    start = time.perf_counter()
-    _load(job, runtime, emit, _needs(job.content))
-    latents = _latents(job, runtime, emit)
-    progress(job, emit, "scoring", 0, 1)
-    scores = runtime.model.score_choices(latents.values, job.content["question"], job.content["choices"])
-    job.check()
+def run_score(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    scores = engine.score(source_from(c), c["question"], c["choices"], **_callbacks(job, emit))
     return {
         "choices": scores.choices,
         "mean_nll": scores.mean_nll,  # per choice; lower is more likely
         "best": scores.best,
-        "cache_hit": latents.source != "computed",
-        "region_clipped": latents.clipped,
-        "demo": runtime.sources.demo,
-        "timings": {"total_s": time.perf_counter() - start},
+        "cache_hit": scores.cache_hit,
+        "region_clipped": scores.region_clipped,
+        "demo": engine.choice.demo,
+        "timings": scores.timings,
+        "provenance": scores.provenance,
     }
 
 
-def run_view(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    start = time.perf_counter()
-    image, clipped = _field_of_view(job.content, runtime)
-    _load(job, runtime, emit, ["model"])
-    progress(job, emit, "generating", 0, 1)
-    result = runtime.model.view(
-        image,
-        job.content["conversation"],
-        _options(job.content),
-        on_text=lambda text: emit("token", {"text": text}),
-        cancelled=job.cancel.is_set,
+def run_view(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    image, clipped = _uploaded(c["image"]) if "image" in c else engine.field_of_view(source_from(c))
+    answer = engine.view(
+        image, c["conversation"], options_from(c.get("options")), on_text=_on_text(emit), **_callbacks(job, emit)
     )
-    return {**_generated(job, runtime, result, start), "image_size": list(image.shape[:2]), "region_clipped": clipped}
+    return {**_answered(answer, engine), "image_size": answer.image_size, "region_clipped": clipped}
 
 
-def _field_of_view(content: dict[str, Any], runtime: Runtime) -> tuple[Any, bool]:  # (np.ndarray, clipped)
+def _uploaded(data: str) -> tuple[Any, bool]:  # (np.ndarray, clipped)
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    if "image" in content:
-        try:
-            data = base64.b64decode(content["image"], validate=True)
-            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as opened:  # no decoder runs other code
-                if opened.width * opened.height > MAX_IMAGE_PIXELS:
-                    raise BridgeError(
-                        f"The image is {opened.width} x {opened.height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.",
-                        "send a field of view of a few thousand pixels at most: the model sees 896 x 896",
-                    )
-                return np.asarray(opened.convert("RGB")), False
-        except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
-    from antoni_bridge.slides.field_of_view import read_field_of_view
-    from antoni_bridge.slides.reader import Slide
-    from antoni_bridge.slides.regions import clip_to_slide
-
-    request = runtime.slide_request(content)
-    with Slide(request.path, request.slide_mpp) as slide:
-        region = clip_to_slide(request.region, *slide.dimensions) if request.region else None
-        return read_field_of_view(slide, region), region is not request.region
+    try:
+        decoded = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(decoded), formats=["PNG", "JPEG"]) as opened:  # no decoder runs other code
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise BridgeError(
+                    f"The image is {opened.width} x {opened.height} pixels; the limit is {MAX_IMAGE_PIXELS:,}.",
+                    "send a field of view of a few thousand pixels at most: the model sees 896 x 896",
+                )
+            return np.asarray(opened.convert("RGB")), False
+    except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
 
 
-def run_embed(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    start = time.perf_counter()
-    _load(job, runtime, emit, ["encoders"])
-    latents = _latents(job, runtime, emit)
-    return {
-        "tiles": latents.tiles,
-        "latents_shape": list(latents.values.shape),
-        "cache_hit": latents.source != "computed",
-        "latents_from": latents.source,
-        "region_clipped": latents.clipped,
-        "timings": {"total_s": time.perf_counter() - start},
-    }
+def run_embed(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    return asdict(engine.embed(source_from(job.content), **_callbacks(job, emit)))
 
 
-def run_forget(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    return {"removed": runtime.forget(job.content.get("slide"))}
+def run_forget(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    return {"removed": engine.forget(job.content.get("slide"))}
 
 
-def run_load(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    _load(job, runtime, emit, job.content.get("models", list(MODEL_PARTS)))
-    return {"loaded": runtime.loaded()}
+def run_load(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    engine.load(job.content.get("models", list(MODEL_PARTS)), _callbacks(job, emit)["on_progress"])
+    return {"loaded": engine.loaded()}
 
 
-def run_unload(job: Job, runtime: Runtime, emit: Emit) -> dict[str, Any]:
-    runtime.unload(job.content.get("models", list(MODEL_PARTS)))
-    return {"loaded": runtime.loaded()}
+def run_unload(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    engine.unload(job.content.get("models", list(MODEL_PARTS)))
+    return {"loaded": engine.loaded()}
 
 
 RUNNERS: dict[str, Runner] = {

@@ -24,12 +24,6 @@ CACHE_BYTES = 384 << 20
 TileKey = tuple[int, int, int]  # level, column, row
 
 
-def best_level(downsamples: tuple[float, ...], wanted: float) -> int:
-    """The coarsest level still at least as sharp as the screen (level pixels no bigger than screen pixels)."""
-    sharp_enough = [i for i, d in enumerate(downsamples) if d <= wanted * 1.01]
-    return sharp_enough[-1] if sharp_enough else 0
-
-
 def tiles_covering(area: QRectF, level: int, downsample: float, level_size: tuple[int, int]) -> list[TileKey]:
     """The tiles of `level` over `area` (level-0 pixels), nearest the area's centre first."""
     edge = TILE * downsample

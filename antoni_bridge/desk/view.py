@@ -31,10 +31,10 @@ from antoni_bridge.desk.tile_loader import (
     TileCache,
     TileKey,
     TileLoader,
-    best_level,
     tile_rect,
     tiles_covering,
 )
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.regions import Region
 
 WHEEL_STEP = 1.25  # zoom factor per wheel notch
@@ -91,7 +91,7 @@ class SlideView(QGraphicsView):
             return
         slide = self.slide
         bounds = QRectF(0, 0, *slide.dimensions)
-        level = best_level(slide.level_downsamples, 1 / self.zoom())
+        level = coarsest_level(slide.level_downsamples, 1 / self.zoom())
         downsample, level_size = slide.level_downsamples[level], slide.level_dimensions[level]
         area = rect.intersected(bounds)
         if not area.isEmpty():

@@ -29,7 +29,7 @@ from antoni_bridge.desk.regions import RegionList, colours_by_name, name_new_reg
 from antoni_bridge.desk.tile_loader import TileLoader
 from antoni_bridge.desk.view import SlideView
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.files import write_atomically
+from antoni_bridge.files import replacing, write_atomically
 from antoni_bridge.slides.regions import Region, clip_to_slide, read_geojson_features, read_geojson_regions
 
 SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All files (*)"
@@ -465,10 +465,9 @@ class DeskWindow(QMainWindow):
 
     def save_screenshot(self, path: Path) -> None:
         """The window as drawn now, as PNG (for the docs)."""
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        if not self.grab().save(str(tmp), "PNG"):
-            raise BridgeError(f"Could not write the screenshot {path}.", "check the folder")
-        tmp.replace(path)
+        with replacing(path, suffix=".png") as tmp:
+            if not self.grab().save(str(tmp), "PNG"):
+                raise BridgeError(f"Could not write the screenshot {path}.", "check the folder")
 
     def unsaved_conversations(self) -> list[Conversation]:
         return [c for c in self.conversations.values() if c.unsaved]

@@ -76,6 +76,7 @@ class EmbedResult:
     timings: dict[str, float]
     tissue: TissueMask
     grid: TileGrid
+    key: str = ""  # the feature cache's key of this result
 
 
 def embed_slide(
@@ -96,8 +97,10 @@ def embed_planned(
     cache: FeatureCache,
     progress: ProgressCallback = quiet,
     settings: EmbedSettings = EmbedSettings(),
+    features: bool = True,
 ) -> EmbedResult:
-    """Embed an already planned slide (plan first, so a bad slide fails before any model loads). Closes it."""
+    """Embed an already planned slide (plan first, so a bad slide fails before any model loads). Closes it.
+    Without `features`, a cache hit leaves the tile features on disk (the result's `features` is None)."""
     with planned.slide as slide:
         grid = planned.grid
         if grid.spec.size != encoders.tile.input_size:
@@ -106,10 +109,10 @@ def embed_planned(
                 f"use --size {encoders.tile.input_size}; change the scale with --mpp",
             )
         key = cache_key(_key_parts(slide, grid, request, encoders))
-        cached = cache.get(key)
+        cached = cache.get(key, features=features)
         if cached is not None and cached.latents is not None:
             data = feature_file(slide, grid, request, cached.features, cached.latents, encoders)
-            return EmbedResult(data, True, 0, {"plan_s": planned.seconds}, planned.tissue, grid)
+            return EmbedResult(data, True, 0, {"plan_s": planned.seconds}, planned.tissue, grid, key)
         start = time.perf_counter()
         features, resumed = embed_tiles(slide, grid, encoders.tile, cache.partial(key), progress, settings)
         tiles_s = time.perf_counter() - start
@@ -121,7 +124,57 @@ def embed_planned(
         data = feature_file(slide, grid, request, features, latents, encoders)
         cache.put(key, data)
     timings = {"plan_s": planned.seconds, "tile_embedding_s": tiles_s, "slide_encoding_s": slide_s}
-    return EmbedResult(data, False, resumed, timings, planned.tissue, grid)
+    return EmbedResult(data, False, resumed, timings, planned.tissue, grid, key)
+
+
+@dataclass(frozen=True)
+class SlideLatents:
+    """A slide's (or region's) latents without its tile features: what answering needs."""
+
+    latents: np.ndarray  # (513, D)
+    fingerprint: str  # the slide's content fingerprint
+    tiles: int
+    clipped: bool  # the region reached beyond the slide and was clipped to it
+    cache_hit: bool
+
+
+def embed_latents(
+    request: SlideRequest,
+    encoders: Encoders,
+    cache: FeatureCache,
+    progress: ProgressCallback = quiet,
+    settings: EmbedSettings = EmbedSettings(),
+) -> SlideLatents:
+    """The latents of the request. When the slide file (by identity) and every setting are as when its
+    latents were cached, they are read alone: the slide is not opened nor its tissue found again."""
+    lookup = cache_key(_lookup_parts(request, encoders))
+    facts = cache.recall(lookup)
+    latents = cache.latents(facts["key"]) if facts else None
+    if facts is not None and latents is not None:
+        return SlideLatents(latents, facts["fingerprint"], facts["tiles"], facts["clipped"], True)
+    result = embed_planned(plan(request, progress), request, encoders, cache, progress, settings, features=False)
+    fingerprint = str(result.data.attrs["slide_fingerprint"])
+    clipped = result.grid.region is not request.region  # clip_to_slide returns a region inside as it is
+    facts = {"key": result.key, "fingerprint": fingerprint, "tiles": len(result.grid), "clipped": clipped}
+    cache.remember(lookup, facts)
+    return SlideLatents(result.data.latents, fingerprint, len(result.grid), clipped, result.cache_hit)
+
+
+def _lookup_parts(request: SlideRequest, encoders: Encoders) -> dict[str, object]:
+    """What decides the cache key and is known before the slide is opened: the file's identity stands
+    for its content (a replaced or rewritten file has another), the settings for the grid."""
+    from antoni_bridge.slides.reader import file_identity
+
+    return {
+        "pipeline": PIPELINE_VERSION,
+        "path": str(request.path),
+        "file": list(file_identity(request.path)),
+        "slide_mpp": request.slide_mpp,
+        "region": request.region.key() if request.region else None,
+        "grid": asdict(request.spec),
+        "detector": asdict(request.detector),
+        **_encoder_parts(encoders),
+    }
 
 
 def embed_tiles(
@@ -165,6 +218,12 @@ def _key_parts(slide: Slide, grid: TileGrid, request: SlideRequest, encoders: En
         "grid": asdict(grid.spec),
         "planned": [planned, grid.level, grid.read_size],
         "detector": asdict(request.detector),
+        **_encoder_parts(encoders),
+    }
+
+
+def _encoder_parts(encoders: Encoders) -> dict[str, object]:
+    return {
         "tile_encoder": [encoders.tile.identity, encoders.tile.device.type, str(encoders.tile.autocast_dtype)],
         "slide_encoder": [encoders.slide.identity, str(encoders.slide.autocast_dtype)],
     }

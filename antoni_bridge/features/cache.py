@@ -1,10 +1,12 @@
 """The feature cache: finished feature files by key, and resumable partial work.
 
 A key names everything the result depends on (slide content, region, grid, tissue detector, encoder
-weights). Finished entries are feature files written atomically, so a crash leaves either the old
-state or the new entry, never half an entry. While a slide is embedded, each finished batch range is
-saved as its own small file (also written then renamed); a run that was interrupted resumes after the
-last saved range instead of starting over.
+weights). Building it means opening the slide and finding tissue, so a small index also maps what a
+caller knows before opening anything (the file's identity, the region, the settings) to the key: a
+repeat of an unchanged slide reads its latents and nothing else. Finished entries are feature files
+written atomically, so a crash leaves either the old state or the new entry, never half an entry. While
+a slide is embedded, each finished batch range is saved as its own small file (also written then
+renamed); a run that was interrupted resumes after the last saved range instead of starting over.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -22,7 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from antoni_bridge.features.h5 import FeatureFile, durable_replace, read_feature_file, write_feature_file
+from antoni_bridge.features.h5 import FeatureFile, read_feature_file, read_latents, write_feature_file
+from antoni_bridge.files import replacing, write_atomically
 from antoni_bridge.platforms import pid_alive
 
 
@@ -47,7 +49,12 @@ class FeatureCache:
         if not self.root.is_dir():
             return
         cutoff = time.time() - STALE_AFTER_S
-        for tmp in [*self.root.glob(".*.tmp"), *self.root.glob("partial/*/.*.tmp.npy")]:
+        temporaries = [
+            *self.root.glob(".*.tmp"),
+            *self.root.glob("index/.*.tmp"),
+            *self.root.glob("partial/*/.*.tmp.npy"),
+        ]
+        for tmp in temporaries:
             writer = _WRITER_PID.search(tmp.name)
             with contextlib.suppress(OSError):
                 if (writer and not pid_alive(int(writer[1]))) or tmp.stat().st_mtime < cutoff:
@@ -56,14 +63,36 @@ class FeatureCache:
     def entry(self, key: str) -> Path:
         return self.root / f"{key}.h5"
 
-    def get(self, key: str) -> FeatureFile | None:
+    def get(self, key: str, features: bool = True) -> FeatureFile | None:
+        """The entry, its tile features left unread unless `features` (they are N x 2560 floats)."""
         path = self.entry(key)
         if not path.is_file():
             return None
         try:
-            return read_feature_file(path)
+            return read_feature_file(path, features=features)
         except Exception:  # a damaged entry is a miss; it is replaced by the next write
             return None
+
+    def latents(self, key: str) -> np.ndarray | None:
+        """Only the latents of an entry (2.6 MB where its features can be a gigabyte); None on a miss."""
+        try:
+            return read_latents(self.entry(key)) if self.entry(key).is_file() else None
+        except Exception:  # a damaged entry is a miss
+            return None
+
+    def remember(self, lookup: str, facts: dict[str, Any]) -> None:
+        """Index an entry (`facts["key"]`) under what the caller knew before opening the slide."""
+        write_atomically(self.root / "index" / f"{lookup}.json", json.dumps(facts))
+
+    def recall(self, lookup: str) -> dict[str, Any] | None:
+        """The facts remembered under `lookup`, while their entry exists."""
+        try:
+            facts = json.loads((self.root / "index" / f"{lookup}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(facts, dict) or not self.entry(str(facts.get("key"))).is_file():
+            return None
+        return facts
 
     def put(self, key: str, data: FeatureFile) -> Path:
         write_feature_file(self.entry(key), data)
@@ -89,6 +118,7 @@ class FeatureCache:
                 removed += 1
         if fingerprint is None:
             shutil.rmtree(self.root / "partial", ignore_errors=True)
+            shutil.rmtree(self.root / "index", ignore_errors=True)
         return removed
 
 
@@ -136,12 +166,8 @@ class PartialFeatures:
 
     def save(self, start: int, features: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{start:09d}.{os.getpid()}.tmp.npy"
-        try:
+        with replacing(self.folder / f"{start:09d}.npy", suffix=".npy") as tmp:
             np.save(tmp, np.asarray(features, dtype=np.float32))
-            durable_replace(tmp, self.folder / f"{start:09d}.npy")
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -22,8 +22,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import replacing
 
 FORMAT_VERSION = 1
 
@@ -41,10 +41,8 @@ class FeatureFile:
 def write_feature_file(path: str | os.PathLike[str], data: FeatureFile) -> None:
     """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as h5:
+        with replacing(path) as tmp, h5py.File(tmp, "w") as h5:
             coords = h5.create_dataset("coords", data=np.asarray(data.coords, dtype=np.int64))
             coords.attrs.update(_attr_values(data.coords_attrs))
             h5.create_dataset("contour_index", data=np.asarray(data.contour_index, dtype=np.int32))
@@ -53,25 +51,15 @@ def write_feature_file(path: str | os.PathLike[str], data: FeatureFile) -> None:
             if data.latents is not None:
                 h5.create_dataset("latents", data=np.asarray(data.latents, dtype=np.float32))
             h5.attrs.update(_attr_values({"format_version": FORMAT_VERSION, **data.attrs}))
-        durable_replace(tmp, path)
     except OSError as exc:
         raise BridgeError(
             f"Cannot write {path} ({exc.strerror or exc}).", "check the folder, its permissions and free space"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def durable_replace(tmp: Path, path: Path) -> None:
-    """Rename a finished temporary file into place, synced first so a power cut cannot leave it empty."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    platforms.replace(tmp, path)
-    platforms.sync_folder(path.parent)
-
-
-def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
-    """Read and check a feature file; a damaged or foreign file gives one clear error."""
+def read_feature_file(path: str | os.PathLike[str], features: bool = True) -> FeatureFile:
+    """Read and check a feature file; a damaged or foreign file gives one clear error. Without `features`
+    the tile features stay on disk (a caller that needs only the latents reads megabytes, not a gigabyte)."""
     path = Path(path)
     if not path.is_file():
         raise BridgeError(f"No feature file at {path}.", "create one with `antoni-bridge embed SLIDE --out FILE`")
@@ -84,7 +72,7 @@ def read_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
                 contour_index=h5["contour_index"][()],
                 attrs={k: _python(k, v) for k, v in h5.attrs.items()},
                 coords_attrs={k: _python(k, v) for k, v in h5["coords"].attrs.items()},
-                features=h5["features"][()] if "features" in h5 else None,
+                features=h5["features"][()] if features and "features" in h5 else None,
                 latents=h5["latents"][()] if "latents" in h5 else None,
             )
     except BridgeError:

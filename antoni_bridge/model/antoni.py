@@ -125,6 +125,10 @@ class AntoniModel(nn.Module):
         self.load_state_dict({k: state[k] for k in required}, strict=False)
         self.prefixes.clear()
 
+    def forget_prefix(self, key: str) -> None:
+        """Drop the KV cache kept for the latents `key` (their slide was forgotten or replaced)."""
+        self.prefixes.entries.pop(key, None)
+
     def trained_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds, under the published key names: projector, LoRA matrices, trained copies."""
         return {

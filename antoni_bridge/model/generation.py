@@ -17,23 +17,7 @@ from typing import Any
 import torch
 
 from antoni_bridge.errors import BridgeError
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_new_tokens: int = 1024
-    greedy: bool = True  # the published evaluation decodes greedily
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def check(self) -> None:
-        if self.max_new_tokens < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise BridgeError(
-                "Generation options out of range.",
-                "max_new_tokens >= 1, temperature > 0, 0 < top_p <= 1, top_k >= 0",
-            )
+from antoni_bridge.model.options import GenerationOptions
 
 
 @dataclass

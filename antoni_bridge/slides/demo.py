@@ -21,7 +21,7 @@ from skimage import data as skdata
 from skimage import draw
 from tqdm import tqdm
 
-from antoni_bridge import platforms
+from antoni_bridge.files import replacing
 
 LAYOUT_DOWNSAMPLE = 16
 GLASS_RGB = (242, 240, 244)
@@ -156,32 +156,27 @@ def write_demo_slide(
         bar.close()
 
     description = _aperio_description(width, height, tile, quality, mpp)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
-            options = {
-                "compression": "jpeg",
-                "compressionargs": {"level": quality},
-                "photometric": "rgb",
-                "metadata": None,
-            }
-            tif.write(
-                level0_tiles(),
-                shape=(height, width, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                description=description,
-                resolution=(1e4 / mpp, 1e4 / mpp),
-                resolutionunit="CENTIMETER",
-                **options,
-            )
-            thumb = reduced[-1]
-            tif.write(thumb, description=f"{description}\r\nthumbnail", photometric="rgb", metadata=None)
-            for image in reduced:
-                tif.write(image, tile=(tile, tile), description=description, **options)
-        platforms.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
+        options = {
+            "compression": "jpeg",
+            "compressionargs": {"level": quality},
+            "photometric": "rgb",
+            "metadata": None,
+        }
+        tif.write(
+            level0_tiles(),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            description=description,
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+            **options,
+        )
+        thumb = reduced[-1]
+        tif.write(thumb, description=f"{description}\r\nthumbnail", photometric="rgb", metadata=None)
+        for image in reduced:
+            tif.write(image, tile=(tile, tile), description=description, **options)
     return layout
 
 

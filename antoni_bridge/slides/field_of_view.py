@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.regions import Region
 
@@ -27,14 +28,8 @@ def read_field_of_view(slide: Slide, region: Region | None, size: int = FIELD_SI
     side_px = int(min(side, width - left, height - top))
     if side_px < 16:
         raise BridgeError(f"The region is {side_px} px across: too small to look at.", "draw a larger region")
-    level = _coarsest_level_with(slide, side_px / size)
+    level = coarsest_level(slide.level_downsamples, max(side_px / size, 1.0), tolerance=1.0)
     downsample = slide.level_downsamples[level]
     read = max(1, round(side_px / downsample))
     pixels = slide.read_region((left, top), level, (read, read))
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.LANCZOS))
-
-
-def _coarsest_level_with(slide: Slide, downsample: float) -> int:
-    """The coarsest level at least as fine as `downsample` (level 0 when none is)."""
-    fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= max(downsample, 1.0)]
-    return max(fine_enough, key=lambda i: slide.level_downsamples[i]) if fine_enough else 0

@@ -15,11 +15,10 @@ import numpy as np
 import shapely
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.regions import Region, clip_to_slide
 from antoni_bridge.slides.tissue import TissueMask
-
-LEVEL_TOLERANCE = 1.01  # a level 1% coarser than wanted still counts (pyramids are rounded)
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,6 @@ class TileGrid:
 
     def __len__(self) -> int:
         return len(self.coords)
-
-
-def choose_level(slide: Slide, downsample: float) -> int:
-    """The coarsest level that is not coarser than `downsample` (reading less, resampling down)."""
-    usable = [i for i, d in enumerate(slide.level_downsamples) if d <= downsample * LEVEL_TOLERANCE]
-    return usable[-1] if usable else 0
 
 
 def plan_grid(slide: Slide, tissue: TissueMask, spec: GridSpec, region: Region | None = None) -> TileGrid:
@@ -95,7 +88,7 @@ def plan_grid(slide: Slide, tissue: TissueMask, spec: GridSpec, region: Region |
         )
     if len(coords) > spec.max_tiles:
         raise _too_many(len(coords), spec)
-    level = choose_level(slide, spec.mpp / slide.mpp)
+    level = coarsest_level(slide.level_downsamples, spec.mpp / slide.mpp)
     downsample = slide.level_downsamples[level]
     return TileGrid(
         coords=coords,

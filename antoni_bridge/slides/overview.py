@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from antoni_bridge.files import replacing
 from antoni_bridge.slides.grid import TileGrid
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.reader import Slide
 from antoni_bridge.slides.tissue import TissueMask
 
@@ -38,8 +39,7 @@ def write_overview(slide: Slide, tissue: TissueMask, grid: TileGrid | None, out:
 def thumbnail(slide: Slide, max_side: int = MAX_SIDE) -> tuple[Image.Image, float]:
     """The smallest level whose longest side is at least `max_side` (or the coarsest), fitted to `max_side`;
     and its scale (thumbnail pixels per level-0 pixel)."""
-    sides = [max(d) for d in slide.level_dimensions]
-    level = max((i for i, side in enumerate(sides) if side >= max_side), default=slide.level_count - 1)
+    level = coarsest_level(slide.level_downsamples, max(slide.dimensions) / max_side, tolerance=1.0)
     image = Image.fromarray(slide.read_level(level))
     image.thumbnail((max_side, max_side))
     return image, image.width / slide.dimensions[0]

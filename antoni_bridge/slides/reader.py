@@ -193,6 +193,11 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """Device, inode, size and modification time: a file replaced or rewritten on disk has another."""
+    return _identity(os.stat(path))
+
+
 def same_file(slide: Slide, fd: int) -> bool:
     """Whether an open descriptor is still the file the slide's metadata came from."""
     return _identity(os.fstat(fd)) == slide.file_identity

@@ -16,6 +16,7 @@ import numpy as np
 from skimage import color, filters, measure, morphology, transform
 
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.slides.levels import coarsest_level
 from antoni_bridge.slides.reader import Slide
 
 Step = Callable[[int, int], None]  # (done, total): called between pieces of work; may raise to stop it
@@ -111,8 +112,7 @@ class ThresholdTissueDetector:
 
     def _level(self, slide: Slide) -> int:
         """The coarsest level that is still at least as fine as `mpp`."""
-        fine_enough = [i for i, d in enumerate(slide.level_downsamples) if d <= self.mpp / slide.mpp * 1.01]
-        return fine_enough[-1] if fine_enough else 0
+        return coarsest_level(slide.level_downsamples, self.mpp / slide.mpp)
 
     def _low_resolution(self, slide: Slide, step: Step) -> tuple[np.ndarray, float]:
         """Read the level `_level` picks, strip by strip, then shrink it to `mpp`."""

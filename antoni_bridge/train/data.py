@@ -12,7 +12,6 @@ choice depends only on (seed, epoch, case), so a resumed run sees exactly the da
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ import h5py
 import numpy as np
 import torch
 
-from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import replacing
 
 Turn = dict[str, str]
 IGNORE = -100  # label of positions the loss skips: prompts, the image block, padding
@@ -120,19 +119,14 @@ def is_trainable(name: str, turns: Any, wanted: tuple[str, ...] | None) -> bool:
 
 def write_instruct_data(path: Path, cases: list[Case]) -> None:
     """Write cases in the HISTAI-Instruct layout, to a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            embeddings, texts = h5.create_group("embeddings"), h5.create_group("text_attributes")
-            for case in cases:
-                group = embeddings.create_group(case.key)
-                group.create_dataset("features", data=np.asarray(case.latents, dtype=np.float32))
-                group.create_dataset("organ", data=case.organ.encode("utf-8"))
-                text = {"organ": case.organ, **case.conversations}
-                texts.create_dataset(case.key, data=json.dumps(text, ensure_ascii=False).encode("utf-8"))
-        platforms.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, h5py.File(tmp, "w") as h5:
+        embeddings, texts = h5.create_group("embeddings"), h5.create_group("text_attributes")
+        for case in cases:
+            group = embeddings.create_group(case.key)
+            group.create_dataset("features", data=np.asarray(case.latents, dtype=np.float32))
+            group.create_dataset("organ", data=case.organ.encode("utf-8"))
+            text = {"organ": case.organ, **case.conversations}
+            texts.create_dataset(case.key, data=json.dumps(text, ensure_ascii=False).encode("utf-8"))
 
 
 def training_tokens(model: Any, conversation: list[Turn]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from antoni_bridge import platforms
 from antoni_bridge.errors import BridgeError
+from antoni_bridge.files import replacing_folder
 from antoni_bridge.model.antoni import TRAINED_MARKERS, AntoniModel
 from antoni_bridge.train.config import TrainConfig
 from antoni_bridge.train.data import InstructData
@@ -237,17 +235,10 @@ class Trainer:
         """Write a weights folder from the main process, whole or not at all: an older folder of the same
         name is moved aside, not deleted, until the new one is in place."""
         if self.processes.is_main_process:
-            tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-            for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a run killed while writing
-                shutil.rmtree(stale, ignore_errors=True)
-            self.model.save(tmp)
-            if state is not None:
-                torch.save(state, tmp / STATE_FILE)
-            if folder.exists():
-                platforms.replace(folder, old)
-            platforms.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            with replacing_folder(folder) as tmp:
+                self.model.save(tmp)
+                if state is not None:
+                    torch.save(state, tmp / STATE_FILE)
         self.processes.wait_for_everyone()
 
     def _state(self) -> dict[str, Any]:
@@ -329,8 +320,8 @@ class Trainer:
         """Drop what an interrupted run logged after its last checkpoint; the resumed run logs it again."""
         log = self.config.output_dir / METRICS_FILE
         if log.is_file():
-            kept = [line for line in log.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
-            log.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
+            log.write_text("".join(f"{line}\n" for line in kept))
 
 
 def _settings(layout: dict[str, int]) -> str:

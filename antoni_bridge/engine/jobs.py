@@ -1,0 +1,369 @@
+"""The engine: the models, the latents (memory and disk) and the jobs on them, as plain Python calls.
+
+Every front end reaches the model through here: the daemon is a transport over one `Engine`, and
+`--local` runs call it in-process. Each job reports progress through `on_progress`, looks at
+`cancelled` between tile batches and between tokens (raising `Cancelled`), and raises `BridgeError`
+on bad input. A features file is read and checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from antoni_bridge import paths
+from antoni_bridge.engine.choice import ModelChoice
+from antoni_bridge.engine.latents import LatentMemory, Latents, read_features_file
+from antoni_bridge.engine.provenance import answer_provenance, model_provenance, weights_sha256
+from antoni_bridge.engine.settings import EngineSettings
+from antoni_bridge.engine.sources import FeaturesSource, SlideRoots, SlideSource, Source
+from antoni_bridge.errors import BridgeError
+from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
+
+if TYPE_CHECKING:  # slides.planning loads numpy, h5py and the tissue detector: only when a job runs
+    from antoni_bridge.slides.planning import Progress
+
+MODEL_PARTS = ("encoders", "model")
+STOP_REASONS = {"stop": "end_of_turn", "length": "max_tokens", "cancelled": "cancelled"}  # the model's -> ours
+OnProgress = Callable[["Progress"], None] | None
+IsCancelled = Callable[[], bool] | None
+
+
+class Cancelled(Exception):
+    """Raised inside a job when its `cancelled` callback says so."""
+
+
+@dataclass
+class Answer:
+    text: str
+    token_ids: list[int]
+    stop_reason: str  # end_of_turn, max_tokens (cancelled raises instead)
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+    latents_from: str | None = None  # computed, disk, memory, file; None for view
+    latents_shape: list[int] | None = None
+    tiles: int | None = None
+    region_clipped: bool = False
+    cache_hit: bool = False
+    image_size: list[int] | None = None  # view: the image the model saw
+
+
+@dataclass
+class Scores:
+    choices: list[str]
+    mean_nll: list[float]  # per choice; lower is more likely
+    best: str
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+    cache_hit: bool = False
+    region_clipped: bool = False
+
+
+@dataclass
+class Embedded:
+    tiles: int | None
+    latents_shape: list[int]
+    cache_hit: bool
+    latents_from: str
+    region_clipped: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        choice: ModelChoice,
+        cache_dir: Path | None = None,
+        slide_roots: Sequence[Path] = (),
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.choice, self.settings = choice, settings or EngineSettings()
+        self.settings.check()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else paths.feature_cache_dir()
+        self.roots = SlideRoots(slide_roots)
+        self.memory = LatentMemory()
+        self.encoders: Any = None  # encoders.pipeline.Encoders
+        self.model: Any = None  # model.antoni.AntoniModel
+        self.weights_sha256: str | None = None  # hashed once, when the model first loads
+        self._weights: Path | None = None
+
+    # ------------------------------------------------------------------ models
+
+    def weights_folder(self) -> Path:
+        """The ANTONI-Alpha weights folder (a hub id is resolved once, with its revision)."""
+        if self._weights is None:
+            from antoni_bridge.encoders.sources import resolve_model_dir
+
+            self._weights = resolve_model_dir(self.choice.weights, "ANTONI-Alpha weights", self.choice.revision)
+        return self._weights
+
+    def loaded(self) -> list[str]:
+        return [part for part in MODEL_PARTS if getattr(self, part) is not None]
+
+    def load(self, parts: Sequence[str] = MODEL_PARTS, progress: OnProgress = None) -> None:
+        """Load what `parts` names and is not loaded yet, saying so first: the user sees why a start is slow."""
+        missing = [part for part in MODEL_PARTS if part in parts and getattr(self, part) is None]
+        if not missing:
+            return
+        _step(progress, "loading", 0, 1)  # one step: loading reports no finer progress
+        if self.settings.threads:
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
+        if "encoders" in missing:
+            from antoni_bridge.encoders.pipeline import Encoders
+
+            c = self.choice
+            self.encoders = Encoders.load(c.tile_encoder, c.slide_encoder, c.device, self.settings.encoder_precision())
+        if "model" in missing:
+            from antoni_bridge.model.antoni import AntoniModel
+
+            folder, quant = self.weights_folder(), self.settings.model_quant(self.choice.quant)
+            self.model = AntoniModel.load(folder, self.choice.llm, self.choice.device, quant)
+            if self.weights_sha256 is None:
+                self.weights_sha256 = weights_sha256(folder)
+        _step(progress, "loading", 1, 1)
+
+    def unload(self, parts: Sequence[str] = MODEL_PARTS) -> None:
+        """Drop models and give their GPU memory back to other programs."""
+        from antoni_bridge.gpu import release_unused
+
+        for part in parts:
+            setattr(self, part, None)
+        release_unused()
+
+    # ------------------------------------------------------------------ jobs
+
+    def ask(
+        self,
+        source: Source,
+        conversation: list[dict[str, Any]],
+        options: GenerationOptions | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Answer:
+        """The model's next turn in a conversation about a slide, a region or a features file."""
+        start, options = time.perf_counter(), options or DEFAULT_DECODING
+        latents = self._checked_latents(source, on_progress, cancelled)
+        self.load(["model"], on_progress)
+        _step(on_progress, "generating", 0, 1)
+        result = self.model.answer(
+            latents.values, conversation, options, on_text=on_text, cancelled=cancelled, prefix_key=latents.key
+        )
+        return Answer(
+            **_generated(result, self._provenance(options, result.stop_reason), start),
+            latents_from=latents.source,
+            latents_shape=list(latents.values.shape),
+            tiles=latents.tiles,
+            region_clipped=latents.clipped,
+            cache_hit=latents.source != "computed",
+        )
+
+    def score(
+        self,
+        source: Source,
+        question: str,
+        choices: list[str],
+        *,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Scores:
+        """Multiple choice: each choice's mean negative log-likelihood as the answer to `question`."""
+        start = time.perf_counter()
+        latents = self._checked_latents(source, on_progress, cancelled)
+        self.load(["model"], on_progress)
+        _step(on_progress, "scoring", 0, 1)
+        scores = self.model.score_choices(latents.values, question, choices)
+        _check(cancelled)
+        return Scores(
+            choices=scores.choices,
+            mean_nll=scores.mean_nll,
+            best=scores.best,
+            provenance=self.provenance(),
+            timings={"total_s": time.perf_counter() - start},
+            cache_hit=latents.source != "computed",
+            region_clipped=latents.clipped,
+        )
+
+    def view(
+        self,
+        image: Any,  # np.ndarray (H, W, 3) uint8
+        conversation: list[dict[str, Any]],
+        options: GenerationOptions | None = None,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Answer:
+        """MedGemma's own answer about an image (the adapter off), e.g. a field of view of a region."""
+        start, options = time.perf_counter(), options or DEFAULT_DECODING
+        self.load(["model"], on_progress)
+        _step(on_progress, "generating", 0, 1)
+        result = self.model.view(image, conversation, options, on_text=on_text, cancelled=cancelled)
+        provenance = {**self._provenance(options, result.stop_reason), "adapter": False}
+        return Answer(**_generated(result, provenance, start), image_size=list(image.shape[:2]))
+
+    def field_of_view(self, source: SlideSource) -> tuple[Any, bool]:
+        """The RGB field of view of a slide or region for `view`, and whether the region was clipped."""
+        from antoni_bridge.slides.field_of_view import read_field_of_view
+        from antoni_bridge.slides.reader import Slide
+        from antoni_bridge.slides.regions import clip_to_slide
+
+        with Slide(self.roots.allowed(source.path), source.slide_mpp) as slide:
+            region = clip_to_slide(source.region, *slide.dimensions) if source.region else None
+            return read_field_of_view(slide, region), region is not source.region
+
+    def embed(self, source: SlideSource, *, on_progress: OnProgress = None, cancelled: IsCancelled = None) -> Embedded:
+        """The latents of a slide or region, computed (or found) and kept for the questions to come."""
+        start = time.perf_counter()
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        return Embedded(
+            tiles=latents.tiles,
+            latents_shape=list(latents.values.shape),
+            cache_hit=latents.source != "computed",
+            latents_from=latents.source,
+            region_clipped=latents.clipped,
+            timings={"total_s": time.perf_counter() - start},
+        )
+
+    def forget(self, slide: Path | str | None) -> dict[str, int]:
+        """Drop cached latents of one slide (all its regions, memory and disk), or of every slide."""
+        from antoni_bridge.features.cache import FeatureCache
+        from antoni_bridge.slides.reader import Slide
+
+        fingerprint = None
+        if slide is not None:
+            with Slide(self.roots.allowed(slide)) as opened:
+                fingerprint = opened.fingerprint
+        dropped = self.memory.forget(fingerprint)
+        if self.model is not None:
+            for latents in dropped:
+                self.model.forget_prefix(latents.key)
+        return {"memory": len(dropped), "disk": FeatureCache(self.cache_dir).forget(fingerprint)}
+
+    # ------------------------------------------------------------------ latents
+
+    def latents(self, source: Source, *, on_progress: OnProgress = None, cancelled: IsCancelled = None) -> Latents:
+        """The latents a source names: a features file, or a slide (or region) from memory, the feature
+        cache (latents alone) or the encoders."""
+        report = _cancellable(on_progress, cancelled)
+        if isinstance(source, FeaturesSource):
+            if not Path(source.path).expanduser().exists():
+                hint = "create one with `antoni-bridge embed SLIDE --out FILE`"
+                raise BridgeError(f"No features file at {source.path}.", hint)
+            return read_features_file(FeaturesSource(self.roots.allowed(source.path)))
+        source = replace(source, path=self.roots.allowed(source.path))
+        remembered = self.memory.get(source)
+        if remembered is not None:
+            return remembered
+        latents = self._embed(source, report)
+        _check(cancelled)
+        self.memory.put(source, latents)
+        return latents
+
+    def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
+        """Latents checked against the weights' shape before the language model takes its minute to load."""
+        from antoni_bridge.model.antoni import check_latents
+        from antoni_bridge.model.config import AntoniConfig
+
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        _check(cancelled)
+        if self.model is None:
+            check_latents(latents.values, AntoniConfig.read(self.weights_folder()))
+        return latents
+
+    def _embed(self, source: SlideSource, report: Callable[[Progress], None]) -> Latents:
+        import torch
+
+        from antoni_bridge.encoders.pipeline import embed_latents
+        from antoni_bridge.features.cache import FeatureCache
+        from antoni_bridge.slides.planning import SlideRequest
+
+        self.load(["encoders"], report)
+        request = SlideRequest(source.path, region=source.region, slide_mpp=source.slide_mpp)
+        got = embed_latents(
+            request, self.encoders, FeatureCache(self.cache_dir), report, self.settings.embed_settings()
+        )
+        region = source.region.key() if source.region else ""
+        source_name = "disk" if got.cache_hit else "computed"
+        values = torch.from_numpy(got.latents)
+        return Latents(values, f"{got.fingerprint}:{region}", source_name, got.tiles, got.clipped, got.fingerprint)
+
+    # ------------------------------------------------------------------ reporting
+
+    def provenance(self) -> dict[str, Any]:
+        """What answers come from now (the content hash once the model has loaded)."""
+        return model_provenance(self.choice, self.weights_sha256)
+
+    def _provenance(self, options: GenerationOptions, stop_reason: str) -> dict[str, Any]:
+        return answer_provenance(self.provenance(), options, STOP_REASONS[stop_reason])
+
+    def cache_usage(self) -> dict[str, int]:
+        """Latents in memory; finished entries and their bytes in the feature cache (reads the disk)."""
+        from antoni_bridge.features.cache import FeatureCache
+
+        entries, size = FeatureCache(self.cache_dir).usage()
+        return {"memory_entries": len(self.memory), "disk_entries": entries, "disk_bytes": size}
+
+    def status(self) -> dict[str, Any]:
+        from antoni_bridge.gpu import gpu_memory
+
+        memory = gpu_memory()
+        gpu = {k.replace("_mib", "_bytes"): int(v * 2**20) for k, v in memory.items()} if memory else None
+        return {
+            "device": self.choice.device,
+            "loaded": self.loaded(),
+            "gpu_memory": gpu,
+            "provenance": self.provenance(),
+            "cache": self.cache_usage(),
+        }
+
+
+def _generated(result: Any, provenance: dict[str, Any], start: float) -> dict[str, Any]:  # result: Generated
+    if result.stop_reason == "cancelled":
+        raise Cancelled
+    return {
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "stop_reason": STOP_REASONS[result.stop_reason],
+        "provenance": provenance,
+        "timings": {
+            "first_token_s": result.first_token_s,
+            "generation_s": result.total_s,
+            "tokens_per_s": result.tokens_per_s,
+            "total_s": time.perf_counter() - start,
+            "reused_tokens": result.reused_tokens,
+            "prompt_tokens": result.prompt_tokens,
+        },
+    }
+
+
+def _step(on_progress: OnProgress, stage: str, done: int, total: int) -> None:
+    from antoni_bridge.slides.planning import Progress
+
+    _report(on_progress, Progress(stage, done, total))
+
+
+def _report(on_progress: OnProgress, progress: Progress) -> None:
+    if on_progress is not None:
+        on_progress(progress)
+
+
+def _check(cancelled: IsCancelled) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled
+
+
+def _cancellable(on_progress: OnProgress, cancelled: IsCancelled) -> Callable[[Progress], None]:
+    """A progress callback that is also where a cancel is seen between tile batches."""
+
+    def report(progress: Progress) -> None:
+        _check(cancelled)
+        _report(on_progress, progress)
+
+    return report
