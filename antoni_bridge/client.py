@@ -24,8 +24,8 @@ from typing import Any
 import zmq
 
 from antoni_bridge import paths
-from antoni_bridge.daemon.jobs import Cancelled
 from antoni_bridge.daemon.protocol import ConnectionInfo, Message, ProtocolError, Session, is_loopback
+from antoni_bridge.engine import Cancelled
 from antoni_bridge.errors import BridgeError
 
 TERMINAL = ("done", "error", "cancelled", "busy")

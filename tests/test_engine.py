@@ -66,7 +66,7 @@ def test_an_answer_carries_its_provenance(engine: Engine, weights: DemoWeights, 
     assert provenance["weights_sha256"] == hashlib.sha256(weight_file.read_bytes()).hexdigest()
     assert provenance["weights"] == str(weights.antoni) and provenance["demo"] is True
     assert provenance["adapter"] is True and provenance["decoding"] == asdict(SHORT)
-    assert provenance["stop_reason"] == answer.stop_reason and answer.stop_reason in ("end_of_turn", "max_tokens")
+    assert provenance["stop_reason"] == answer.stop_reason and answer.stop_reason in ("stop", "length")
     assert provenance["tile_encoder"] == str(weights.tile_encoder) and provenance["antoni_bridge"]
     assert answer.latents_from == "file" and len(answer.token_ids) <= 4
     status = engine.status()

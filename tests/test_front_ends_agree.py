@@ -23,7 +23,6 @@ from tests.conftest import run_cli
 from tests.test_client import demo_daemon
 
 QUESTION = "What organ is this tissue from?"
-CLI_DEFAULTS = ("--greedy",)  # the CLI samples unless told; once its default is the daemon's, this goes
 WAIT_MS = 300_000  # 1024 demo tokens on shared build-machine cores
 
 
@@ -35,7 +34,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def through_the_cli(daemon: Path, slide: Path) -> dict[str, Any]:
     env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
-    result = run_cli("ask", str(slide), QUESTION, "--json", *CLI_DEFAULTS, env=env, timeout=600)
+    result = run_cli("ask", str(slide), QUESTION, "--json", env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -88,22 +88,19 @@ def check_outputs(args: argparse.Namespace, *inputs: Path | None) -> None:
 
 def run_job(type_: str, content: dict[str, Any], on_token=None) -> dict[str, Any]:
     """One job through the running daemon, with progress bars; the content of its `done`."""
-    from antoni_bridge import paths
     from antoni_bridge.client import Client
+    from antoni_bridge.engine import Cancelled
 
     with Client() as client, ProgressBars() as bars:
-        for event in client.events(type_, content):
-            if event.type == "progress":
-                bars.update(progress_of(event.content))
-            elif event.type == "token" and on_token is not None:
-                bars.close()
-                on_token(event.content["text"])
-            elif event.type == "done":
-                return event.content
-            elif event.type in ("error", "busy", "cancelled"):
-                message = event.content.get("message", f"The job was {event.type}.")
-                raise BridgeError(message, event.content.get("hint", ""))
-    raise BridgeError("The daemon ended the job without an answer.", f"see its log ({paths.log_file()} by default)")
+
+        def token(text: str) -> None:
+            bars.close()  # the answer streams below the finished bars
+            on_token(text)
+
+        try:
+            return client.run_job(type_, content, on_progress=bars.update, on_token=token if on_token else None)
+        except Cancelled as exc:
+            raise BridgeError(f"The daemon cancelled the job ({exc}).", "ask again") from None
 
 
 def progress_of(content: dict[str, Any]):  # -> planning.Progress

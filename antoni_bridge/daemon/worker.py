@@ -15,11 +15,9 @@ from typing import Any
 
 from antoni_bridge.daemon.jobs import Job
 from antoni_bridge.engine import MODEL_PARTS, Answer, Engine, options_from, source_from
-from antoni_bridge.engine.jobs import STOP_REASONS
 from antoni_bridge.errors import BridgeError
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # decoded, 192 MB of RGB; a small PNG can claim gigapixels
-WIRE_STOP_REASONS = {ours: wire for wire, ours in STOP_REASONS.items()}  # `done` keeps protocol v1's words
 Emit = Callable[[str, dict[str, Any]], None]
 Runner = Callable[[Job, Engine, Emit], dict[str, Any]]
 
@@ -41,7 +39,7 @@ def _on_text(emit: Emit) -> Callable[[str], None]:
 def _answered(answer: Answer, engine: Engine) -> dict[str, Any]:
     return {
         "answer": answer.text,
-        "stop_reason": WIRE_STOP_REASONS[answer.stop_reason],
+        "stop_reason": answer.stop_reason,
         "demo": engine.choice.demo,
         "token_ids": answer.token_ids,
         "timings": {k: v for k, v in answer.timings.items() if k != "prompt_tokens"},

@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # slides.planning loads numpy, h5py and the tissue detector: 
     from antoni_bridge.slides.planning import Progress
 
 MODEL_PARTS = ("encoders", "model")
-STOP_REASONS = {"stop": "end_of_turn", "length": "max_tokens", "cancelled": "cancelled"}  # the model's -> ours
 OnProgress = Callable[["Progress"], None] | None
 IsCancelled = Callable[[], bool] | None
 
@@ -40,7 +39,7 @@ class Cancelled(Exception):
 class Answer:
     text: str
     token_ids: list[int]
-    stop_reason: str  # end_of_turn, max_tokens (cancelled raises instead)
+    stop_reason: str  # stop (end of turn) or length (token limit); a cancel raises instead
     provenance: dict[str, Any]
     timings: dict[str, float]
     latents_from: str | None = None  # computed, disk, memory, file; None for view
@@ -301,7 +300,7 @@ class Engine:
         return model_provenance(self.choice, self.weights_sha256)
 
     def _provenance(self, options: GenerationOptions, stop_reason: str) -> dict[str, Any]:
-        return answer_provenance(self.provenance(), options, STOP_REASONS[stop_reason])
+        return answer_provenance(self.provenance(), options, stop_reason)
 
     def cache_usage(self) -> dict[str, int]:
         """Latents in memory; finished entries and their bytes in the feature cache (reads the disk)."""
@@ -330,7 +329,7 @@ def _generated(result: Any, provenance: dict[str, Any], start: float) -> dict[st
     return {
         "text": result.text,
         "token_ids": result.token_ids,
-        "stop_reason": STOP_REASONS[result.stop_reason],
+        "stop_reason": result.stop_reason,
         "provenance": provenance,
         "timings": {
             "first_token_s": result.first_token_s,

@@ -110,8 +110,8 @@ def conversation = new Conversation(target.label)
 Map engineDone = [answer: 'Tumour.', demo: true, provenance: [ // `done` from a daemon with the engine's provenance
         antoni_bridge: '0.2.0', weights: 'demo-weights', weights_revision: 'abc123', weights_sha256: 'f00d',
         llm: null, tile_encoder: 'virchow2', slide_encoder: 'prism', adapter: true, demo: true,
-        decoding: [greedy: true, max_new_tokens: 1024], stop_reason: 'end_of_turn']]
-Map olderDone = [answer: 'Low grade.', demo: true, stop_reason: 'max_tokens'] // an older daemon: hello says what
+        decoding: [greedy: true, max_new_tokens: 1024], stop_reason: 'stop']]
+Map olderDone = [answer: 'Low grade.', demo: true, stop_reason: 'length'] // an older daemon: hello says what
 Map hello = [server: 'antoni-bridge 0.1.0', demo: true, weights: 'demo-weights', llm: null]
 [['What is this?', engineDone, [:]], ['What grade?', olderDone, [max_new_tokens: 24]]].each { question, done, options ->
     conversation.ask(question)
