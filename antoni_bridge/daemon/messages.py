@@ -28,12 +28,12 @@ from pydantic import (
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
+from antoni_bridge.engine import MODEL_PARTS
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.platforms import is_absolute
 from antoni_bridge.slides.regions import MAX_REGION_VERTICES
 
 VERSION = 1
-MODEL_PARTS = ("encoders", "model")
 MAX_CHOICES = 32
 MAX_IMAGE_CHARS = 24 * 2**20  # base64 of an 18 MB picture; the message limit is 32 MiB
 MAX_NEW_TOKENS = 8192  # far beyond any answer the model was trained to give
