@@ -138,8 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     demo_slide.add_argument("--mpp", type=float, default=0.25)
     demo_slide.set_defaults(run=_make_demo_slide)
 
-    demo_weights = commands.add_parser("make-demo-weights", help="write tiny random-weight demo models")
+    demo_weights = commands.add_parser("make-demo-weights", help="train the demo weights on the demo task (CPU)")
     demo_weights.add_argument("out", type=Path)
+    demo_weights.add_argument("--untrained", action="store_true", help="write the random weights training starts from")
+    demo_weights.add_argument("--seed", type=int, default=0, help="seed of the slides, models and training")
+    demo_weights.add_argument("--work", type=Path, help="keep the slides, data and checkpoints in this folder")
     demo_weights.set_defaults(run=_make_demo_weights)
 
     tiles = commands.add_parser("tiles", help="find tissue and write the tile grid (no model needed)")
@@ -250,13 +253,9 @@ def _make_demo_slide(args: argparse.Namespace) -> int:
 
 
 def _make_demo_weights(args: argparse.Namespace) -> int:
-    from antoni_bridge.demo_assets import write_demo_weights
+    from antoni_bridge.train.demo_weights import make_and_report
 
-    weights = write_demo_weights(args.out)
-    print(f"wrote demo weights (random) to {args.out}:")
-    for name, folder in vars(weights).items():
-        print(f"  {name:14} {folder}")
-    return 0
+    return make_and_report(args.out, args.seed, args.untrained, args.work)
 
 
 # ---------------------------------------------------------------------------------------------- slides
