@@ -133,9 +133,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo_slide = commands.add_parser("make-demo-slide", help="write the demo slide (pyramidal JPEG SVS)")
     demo_slide.add_argument("out", type=Path)
-    demo_slide.add_argument("--width", type=int, default=20_000)
-    demo_slide.add_argument("--height", type=int, default=15_000)
-    demo_slide.add_argument("--mpp", type=float, default=0.25)
+    demo_slide.add_argument("--width", type=int, default=10_000)
+    demo_slide.add_argument("--height", type=int, default=7_500)
+    demo_slide.add_argument("--mpp", type=float, default=0.5)
+    demo_slide.add_argument("--seed", type=int, default=28, help="layout of the pieces (28: the demo slide's)")
     demo_slide.set_defaults(run=_make_demo_slide)
 
     demo_weights = commands.add_parser("make-demo-weights", help="train the demo weights on the demo task (CPU)")
@@ -245,9 +246,9 @@ def _make_demo_slide(args: argparse.Namespace) -> int:
     if args.width < 1000 or args.height < 1000 or args.mpp <= 0:
         raise BridgeError(
             "The demo slide needs at least 1000 x 1000 pixels and a positive mpp.",
-            "e.g. --width 20000 --height 15000 --mpp 0.25",
+            "e.g. --width 10000 --height 7500 --mpp 0.5",
         )
-    write_demo_slide(args.out, args.width, args.height, args.mpp)
+    write_demo_slide(args.out, args.width, args.height, args.mpp, seed=args.seed)
     print(f"wrote {args.out} ({args.width} x {args.height} px at {args.mpp} um/px)")
     return 0
 

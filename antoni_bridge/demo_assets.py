@@ -8,6 +8,7 @@ too long for a first run, so they are made once and shipped. Nothing downloads.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from antoni_bridge import paths
 from antoni_bridge.errors import BridgeError
 
+DEMO_WEIGHTS_VARIABLE = "ANTONI_BRIDGE_DEMO_WEIGHTS"
 DEMO_NOTE = "[demo weights: trained only on a synthetic stain/piece-count task, they know no pathology]"
 
 
@@ -45,21 +47,25 @@ def write_demo_weights(folder: Path, seed: int = 0, image_tokens: int = 256) -> 
 
 
 def demo_weights() -> DemoWeights:
-    """The shipped demo weights (trained on the demo task)."""
+    """The shipped demo weights (trained on the demo task), or the folder ANTONI_BRIDGE_DEMO_WEIGHTS names
+    (demo weights made with `antoni-bridge make-demo-weights DIR`, trained or --untrained)."""
     from antoni_bridge.train.demo_weights import SHIPPED
 
-    if not (SHIPPED / "antoni" / "config.json").is_file():
+    chosen = os.environ.get(DEMO_WEIGHTS_VARIABLE)
+    folder = Path(chosen).expanduser().resolve() if chosen else SHIPPED
+    if not (folder / "antoni" / "config.json").is_file():
         raise BridgeError(
-            f"The demo weights are missing from {SHIPPED}.",
-            "reinstall antoni-bridge, or make them with `antoni-bridge make-demo-weights` into that folder",
+            f"No demo weights in {folder}.",
+            f"make them with `antoni-bridge make-demo-weights {folder}`"
+            + (f", or unset {DEMO_WEIGHTS_VARIABLE}" if chosen else ", or reinstall antoni-bridge"),
         )
-    return DemoWeights.under(SHIPPED)
+    return DemoWeights.under(folder)
 
 
 def demo_slide() -> Path:
     from antoni_bridge.slides.demo import write_demo_slide
 
-    path = paths.demo_dir() / "demo-slide.svs"
+    path = paths.demo_dir() / "demo-task-slide.svs"  # not the older, untrained demo's "demo-slide.svs"
     if not path.is_file():
         print(f"making the demo slide {path} (once)", file=sys.stderr)
         write_demo_slide(path)  # written to a temporary name and renamed

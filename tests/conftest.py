@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from antoni_bridge.demo_assets import DEMO_WEIGHTS_VARIABLE, DemoWeights, write_demo_weights
 from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
 from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
 
@@ -29,10 +30,29 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real `antoni-bridge serve --demo` process per test module; yields its connection file."""
+    """A real `antoni-bridge serve --demo` process (the shipped, trained demo weights) per test module; yields
+    its connection file."""
+    yield from _serve_demo(tmp_path_factory, {})
+
+
+@pytest.fixture(scope="session")
+def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
+    """Random demo weights, as `make-demo-weights --untrained` writes them: their answers run to any length."""
+    return write_demo_weights(tmp_path_factory.mktemp("untrained-weights"))
+
+
+@pytest.fixture(scope="module")
+def untrained_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
+    """`serve --demo` on untrained weights, for tests that need long answers (streaming, cancelling, limits)."""
+    folder = untrained_weights.antoni.parent
+    yield from _serve_demo(tmp_path_factory, {DEMO_WEIGHTS_VARIABLE: str(folder)})
+
+
+def _serve_demo(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, str]) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("daemon-home")
     connection = home / "daemon.json"
     env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+    env |= extra_env
     process = subprocess.Popen(
         [
             sys.executable,

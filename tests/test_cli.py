@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from antoni_bridge import paths
+from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.slides.demo import DemoLayout
 from tests.conftest import run_cli
 
@@ -205,7 +206,7 @@ def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, De
         "5",
     )
     assert result.returncode == 0, result.stderr
-    assert "demo weights: random" in result.stdout and "of at most 5 tokens, first after" in result.stdout
+    assert DEMO_NOTE in result.stdout and "of at most 5 tokens, first after" in result.stdout
     assert re.search(r"[\d.]+ tokens/s", result.stdout), result.stdout
 
 
