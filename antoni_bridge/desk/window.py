@@ -35,7 +35,7 @@ SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All
 SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: the slide gets the rest
 START_HINT = (
     "start one with the toolbar's Start daemon, `antoni-bridge serve` (the real weights: needs access to the "
-    "gated models on Hugging Face) or `antoni-bridge serve --demo` (random demo weights, offline)"
+    "gated models on Hugging Face) or `antoni-bridge serve --demo` (demo weights: a synthetic task only, offline)"
 )
 
 
