@@ -95,9 +95,10 @@ def demo_40x(slides_dir: Path) -> tuple[Path, DemoLayout]:
 
 @pytest.fixture(scope="session")
 def demo_20x(slides_dir: Path) -> Path:
-    """The same tissue layout scanned at 20x: half the pixels at twice the pixel size."""
+    """The same tissue layout scanned at 20x: half the pixels at twice the pixel size, and a pyramid whose
+    levels have the 40x slide's pixel sizes (1 and 4 um/px)."""
     path = slides_dir / "demo-20x.svs"
-    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, progress=False)
+    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, downsamples=(2, 8), progress=False)
     return path
 
 

@@ -25,7 +25,7 @@ from skimage import data as skdata
 from skimage import draw
 from tqdm import tqdm
 
-LAYOUT_DOWNSAMPLE = 16
+LAYOUT_UM = 8.0  # one layout pixel: 16 level-0 pixels at 0.5 um/px, so 20x and 40x scans share one layout
 GLASS_RGB = (242, 240, 244)
 PEN_RGB = (20, 110, 60)
 STAINS = ("H&E", "DAB")
@@ -58,7 +58,7 @@ class DemoLayout:
     pen: np.ndarray
     pieces: tuple[Piece, ...]
     debris: np.ndarray
-    downsample: int = LAYOUT_DOWNSAMPLE
+    downsample: int
 
     @property
     def tissue(self) -> np.ndarray:
@@ -68,14 +68,15 @@ class DemoLayout:
 def demo_layout(width: int, height: int, seed: int = DEMO_SEED, mpp: float = 0.5) -> DemoLayout:
     """One to four pieces placed at random without touching, a pen stroke, and debris, drawn from `seed`."""
     rng = np.random.default_rng(seed)
-    w, h = -(-width // LAYOUT_DOWNSAMPLE), -(-height // LAYOUT_DOWNSAMPLE)
+    downsample = max(1, round(LAYOUT_UM / mpp))
+    w, h = -(-width // downsample), -(-height // downsample)
     labels = np.zeros((h, w), dtype=np.int8)
     circles = _place(rng, w, h, int(rng.integers(1, 5)))
     stains = _stains(rng, len(circles))
     pieces = []
     for index, ((cx, cy, r), stain) in enumerate(zip(circles, stains, strict=True), 1):
         hole = _draw_piece(rng, labels, index, cx, cy, r)
-        to_level0 = LAYOUT_DOWNSAMPLE
+        to_level0 = downsample
         pieces.append(
             Piece(
                 stain,
@@ -89,13 +90,13 @@ def demo_layout(width: int, height: int, seed: int = DEMO_SEED, mpp: float = 0.5
     _strip(pen, (corner[0], corner[1]), (corner[0] + rng.uniform(0.15, 0.3), corner[1] - 0.03), 0.012 * min(w, h))
     pen &= labels == 0
     debris = np.zeros((h, w), dtype=bool)
-    radius = DEBRIS_UM / mpp / LAYOUT_DOWNSAMPLE
+    radius = DEBRIS_UM / LAYOUT_UM
     for _ in range(int(rng.integers(1, 4))):
         x, y = rng.uniform(0.05, 0.95) * w, rng.uniform(0.05, 0.95) * h
         rr, cc = draw.disk((y, x), max(1.0, radius), shape=debris.shape)
         debris[rr, cc] = True
     debris &= (labels == 0) & ~pen
-    return DemoLayout(labels=labels, pen=pen, pieces=tuple(pieces), debris=debris)
+    return DemoLayout(labels=labels, pen=pen, pieces=tuple(pieces), debris=debris, downsample=downsample)
 
 
 def _stains(rng: np.random.Generator, count: int) -> list[str]:
@@ -184,13 +185,15 @@ def stain_blocks(stain: str) -> tuple[np.ndarray, ...]:
 class _Painter:
     """Paints level-0 rows of a demo slide from its layout and the stains' texture blocks."""
 
-    def __init__(self, layout: DemoLayout, width: int, seed: int) -> None:
+    def __init__(self, layout: DemoLayout, width: int, seed: int, mpp: float) -> None:
         self.layout = layout
         self.width = width
         noise = np.random.default_rng(seed).integers(-3, 4, size=(BLOCK, width, 1), dtype=np.int16)
         self.glass = np.clip(np.asarray(GLASS_RGB, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-        self.blocks = {stain: stain_blocks(stain) for stain in STAINS}
-        blocks_x = -(-width // BLOCK)
+        zoom = max(1, round(0.5 / mpp))  # the stains' pixels are ~0.5 um/px: keep their size in microns
+        self.blocks = {stain: [b.repeat(zoom, 0).repeat(zoom, 1) for b in stain_blocks(stain)] for stain in STAINS}
+        self.block = BLOCK * zoom
+        blocks_x = -(-width // self.block)
         self.choice = np.random.default_rng(seed + 1).integers(0, 1 << 30, size=(4096, blocks_x))
         self.columns = np.arange(width) // layout.downsample
         stain_of = np.array([-1] + [STAINS.index(p.stain) for p in layout.pieces], dtype=np.int8)
@@ -218,11 +221,11 @@ class _Painter:
         out = np.empty((y1 - y0, self.width, 3), dtype=np.uint8)
         y = y0
         while y < y1:
-            by, ly = divmod(y, BLOCK)
-            take = min(BLOCK - ly, y1 - y)
-            for bx in range(-(-self.width // BLOCK)):
-                x0 = bx * BLOCK
-                x1 = min(x0 + BLOCK, self.width)
+            by, ly = divmod(y, self.block)
+            take = min(self.block - ly, y1 - y)
+            for bx in range(-(-self.width // self.block)):
+                x0 = bx * self.block
+                x1 = min(x0 + self.block, self.width)
                 block = blocks[self.choice[by % 4096, bx] % len(blocks)]
                 out[y - y0 : y - y0 + take, x0:x1] = block[ly : ly + take, : x1 - x0]
             y += take
@@ -252,7 +255,7 @@ def write_demo_slide(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     layout = demo_layout(width, height, seed, mpp)
-    painter = _Painter(layout, width, seed)
+    painter = _Painter(layout, width, seed, mpp)
     band = math.lcm(tile, *downsamples)
     reduced = [np.empty((height // d, width // d, 3), dtype=np.uint8) for d in downsamples]
 
