@@ -73,6 +73,8 @@ def test_demo_command_runs_offline(tmp_path: Path) -> None:
     result = run_cli("demo", timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("latents (513, 64)") == 3 and result.stdout.count("answer: ") == 3
+    said, truth = re.findall(r"answer: (.*)\n", result.stdout), re.findall(r"truth:  (.*)\n", result.stdout)
+    assert sum(a.strip() == t.strip() for a, t in zip(said, truth, strict=True)) >= 2, result.stdout
     follow_up = result.stdout.split("== ")[-1]
     assert "from the daemon's memory" in follow_up and " 0 prompt tokens reused" not in follow_up
     assert not (paths.home() / "demo-daemon.json").exists()  # the demo's daemon stopped
