@@ -34,7 +34,7 @@ class Recipe:
     """Everything that decides the demo weights besides the code."""
 
     seed: int = 0
-    train_slides: int = 80
+    train_slides: int = 120
     test_slides: int = 40
     image_tokens: int = 32  # the projector's output: 256 as published; fewer train four times as fast
     stage1: dict[str, Any] | None = None
@@ -44,7 +44,7 @@ class Recipe:
         common = {"batch_size": 16, "gradient_accumulation": 1, "warmup_ratio": 0.05, "weight_decay": 0.0,
                   "projector_dropout": 0.0, "lora_dropout": 0.0, "gradient_checkpointing": False,
                   "save_every": 10**6, "eval_every": 10**6, "quant": "none", "seed": self.seed}  # fmt: skip
-        own = {1: {"learning_rate": 2e-3, "epochs": 3}, 2: {"learning_rate": 2e-3, "epochs": 40}}[number]
+        own = {1: {"learning_rate": 2e-3, "epochs": 3}, 2: {"learning_rate": 2e-3, "epochs": 60}}[number]
         return common | own | ((self.stage1 if number == 1 else self.stage2) or {})
 
 
