@@ -2,7 +2,7 @@
 
 It starts a daemon of its own (on a free loopback port, with its own connection file, so a daemon the
 user already runs is left alone), asks the demo task's questions about the whole slide, then about a
-region holding one piece, then follows up on the whole slide (answered from the daemon's memory, the
+region holding one DAB piece, then follows up on the whole slide (answered from the daemon's memory, the
 prompt's KV cache reused), and stops the daemon. The demo weights were trained on this synthetic task
 only (which stain, DAB or not, how many pieces); each answer is printed with the truth from the layout.
 """
@@ -20,7 +20,7 @@ from antoni_bridge.client import Client
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.errors import BridgeError
 
-REGION = (2500, 4300, 2600, 2600)  # level-0 box around the demo slide's H&E piece, and nothing else
+REGION = (290, 997, 3311, 3311)  # level-0 box around the demo slide's largest DAB piece, and nothing else
 OPTIONS = {"max_new_tokens": 40}  # the rest as the daemon's defaults (greedy)
 SOURCES = {"computed": "computed", "disk": "from the disk cache", "memory": "from the daemon's memory"}
 
@@ -47,7 +47,7 @@ def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Call
     steps = [
         ("the whole slide", {"slide": str(slide)}, "stain", "slide"),
         (f"a region ({REGION[0]},{REGION[1]} {REGION[2]}x{REGION[3]})", {"slide": str(slide), "region": region},
-         "describe", "region"),
+         "stain", "region"),
         ("the whole slide again (follow-up)", {"slide": str(slide)}, "dab", "slide"),
     ]  # fmt: skip
     conversations: dict[str, list[dict[str, str]]] = {}

@@ -17,6 +17,7 @@ from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_til
 from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
 
 SMALL = (8000, 6000)  # level-0 pixels of the test slides at 0.25 um/px
+LAYOUT = 28  # the test slides' layout: three pieces, one with a hole
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +90,7 @@ def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_40x(slides_dir: Path) -> tuple[Path, DemoLayout]:
     path = slides_dir / "demo-40x.svs"
-    layout = write_demo_slide(path, *SMALL, mpp=0.25, progress=False)
+    layout = write_demo_slide(path, *SMALL, mpp=0.25, seed=LAYOUT, progress=False)
     return path, layout
 
 
@@ -98,7 +99,7 @@ def demo_20x(slides_dir: Path) -> Path:
     """The same tissue layout scanned at 20x: half the pixels at twice the pixel size, and a pyramid whose
     levels have the 40x slide's pixel sizes (1 and 4 um/px)."""
     path = slides_dir / "demo-20x.svs"
-    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, downsamples=(2, 8), progress=False)
+    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, downsamples=(2, 8), seed=LAYOUT, progress=False)
     return path
 
 
@@ -106,7 +107,7 @@ def demo_20x(slides_dir: Path) -> Path:
 def demo_odd_pyramid(slides_dir: Path) -> Path:
     """A pyramid whose levels are 3x and 9x smaller, not powers of two."""
     path = slides_dir / "demo-odd.svs"
-    write_demo_slide(path, *SMALL, mpp=0.25, downsamples=(3, 9), progress=False)
+    write_demo_slide(path, *SMALL, mpp=0.25, downsamples=(3, 9), seed=LAYOUT, progress=False)
     return path
 
 

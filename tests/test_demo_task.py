@@ -31,14 +31,14 @@ def test_answers_follow_the_pieces_and_a_region_keeps_only_its_own() -> None:
     layout = demo_layout(10_000, 7_500)  # the demo slide: two DAB pieces and one H&E piece
     slide, region = SlideFacts.of(layout), SlideFacts.of(layout, REGION)
     assert (slide.he, slide.dab, slide.stain) == (1, 2, "both")
-    assert (region.he, region.dab, region.stain) == (1, 0, "H&E")
+    assert (region.he, region.dab, region.stain) == (0, 1, "DAB")
     assert answers(slide) == {
         "stain": "Both H&E and immunohistochemistry (DAB).",
         "dab": "Yes.",
         "count": "Three pieces.",
         "describe": "Three pieces of tissue: one H&E-stained, two with DAB staining.",
     }
-    assert description(region) == "One piece of H&E-stained tissue; no DAB staining."
+    assert description(region) == "One piece of tissue with DAB staining (immunohistochemistry)."
     case = labels("k", SlideFacts(0, 2))
     assert {name: q["answer"] for name, q in case["questions"].items()} == {
         "stain": "Immunohistochemistry (DAB)",
@@ -126,9 +126,9 @@ def test_a_region_is_answered_from_its_own_piece(tmp_path: Path) -> None:
     model = AntoniModel.load(weights.antoni, device="cpu", quant="none")
     cache = FeatureCache(tmp_path / "cache")
     region = embed_slide(SlideRequest(slide, region=Region.rectangle(*REGION)), encoders, cache)
-    asked = [{"role": "user", "content": QUESTIONS["dab"]}]
+    asked = [{"role": "user", "content": QUESTIONS["stain"]}]
     said = model.answer(torch.from_numpy(region.data.latents), asked, GenerationOptions(max_new_tokens=24)).text
-    assert said.strip() == "No.", said  # the whole slide has DAB; the region's one piece does not
+    assert said.strip() == "Immunohistochemistry (DAB).", said  # the whole slide has H&E too; not the region
 
 
 @pytest.mark.skipif(os.environ.get("ANTONI_BRIDGE_REMAKE_DEMO") != "1", reason="about 10 to 20 minutes of CPU")

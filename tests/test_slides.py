@@ -45,10 +45,11 @@ def test_tissue_found_where_the_layout_has_it_and_pen_ink_rejected(demo_40x: tup
 
 
 def test_a_large_hole_stays_a_hole(tmp_path: Path) -> None:
-    """On the demo slide itself (5 x 3.75 mm): its hole is larger than the detector fills."""
+    """On a slide of the demo slide's size (5 x 3.75 mm): this hole is larger than the detector fills."""
     from antoni_bridge.slides.demo import write_demo_slide
+    from tests.conftest import LAYOUT
 
-    layout = write_demo_slide(tmp_path / "demo.svs", progress=False)
+    layout = write_demo_slide(tmp_path / "demo.svs", seed=LAYOUT, progress=False)
     piece = next(p for p in layout.pieces if p.hole)
     with Slide(tmp_path / "demo.svs") as slide:
         mask = ThresholdTissueDetector().detect(slide)
