@@ -1,8 +1,10 @@
 """`antoni-bridge demo`: the main job as a user meets it, offline, on the demo slide and demo weights.
 
 It starts a daemon of its own (on a free loopback port, with its own connection file, so a daemon the
-user already runs is left alone), asks about the whole slide, then about a region, then follows up on
-the whole slide (answered from the daemon's memory, the prompt's KV cache reused), and stops the daemon.
+user already runs is left alone), asks the demo task's questions about the whole slide, then about a
+region holding one DAB piece, then follows up on the whole slide (answered from the daemon's memory, the
+prompt's KV cache reused), and stops the daemon. The demo weights were trained on this synthetic task
+only (which stain, DAB or not, how many pieces); each answer is printed with the truth from the layout.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from antoni_bridge.client import Client
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.errors import BridgeError
 
-REGION = (6000, 4000, 4000, 3000)
-OPTIONS = {"max_new_tokens": 40, "greedy": False, "top_k": 64, "top_p": 0.95, "seed": 0}
+REGION = (290, 997, 3311, 3311)  # level-0 box around the demo slide's largest DAB piece, and nothing else
+OPTIONS = {"max_new_tokens": 40}  # the rest as the daemon's defaults (greedy)
 SOURCES = {"computed": "computed", "disk": "from the disk cache", "memory": "from the daemon's memory"}
 
 
@@ -27,7 +29,9 @@ def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Call
     """Run the three questions, printing answers as they stream; progress events go to `on_progress`."""
     from antoni_bridge.daemon.launch import start_daemon
     from antoni_bridge.demo_assets import demo_slide, demo_weights
+    from antoni_bridge.slides.demo import demo_layout
     from antoni_bridge.slides.regions import Region
+    from antoni_bridge.train.demo_task import QUESTIONS, SlideFacts, answers
 
     slide = demo_slide()
     demo_weights()  # built before the daemon starts, so its start is quick
@@ -38,22 +42,26 @@ def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Call
         connection_file=connection,
     )
     region = Region.rectangle(*REGION).to_geojson()
+    layout = demo_layout(10_000, 7_500)
+    truth = {"slide": answers(SlideFacts.of(layout)), "region": answers(SlideFacts.of(layout, REGION))}
     steps = [
-        ("the whole slide", {"slide": str(slide)}, "What organ is this tissue from?", "slide"),
+        ("the whole slide", {"slide": str(slide)}, "stain", "slide"),
         (f"a region ({REGION[0]},{REGION[1]} {REGION[2]}x{REGION[3]})", {"slide": str(slide), "region": region},
-         "Is there a neoplasm in this region?", "region"),
-        ("the whole slide again (follow-up)", {"slide": str(slide)}, "What is the most likely diagnosis?", "slide"),
+         "stain", "region"),
+        ("the whole slide again (follow-up)", {"slide": str(slide)}, "dab", "slide"),
     ]  # fmt: skip
     conversations: dict[str, list[dict[str, str]]] = {}
     stopping = False
     try:
         with Client(connection, timeout_s=30) as client:
-            for label, target, question, conversation_key in steps:
+            for label, target, name, conversation_key in steps:
+                question = QUESTIONS[name]
                 print(f"\n== {label}: {question}", flush=True)
                 conversation = conversations.setdefault(conversation_key, [])
                 conversation.append({"role": "user", "content": question})
                 content = {**target, "conversation": conversation, "options": OPTIONS}
                 done = _ask(client, content, on_progress, close_progress)
+                print(f"   truth:  {truth[conversation_key][name]}", flush=True)
                 conversation.append({"role": "assistant", "content": done["answer"]})
             client.request("shutdown")
             stopping = True

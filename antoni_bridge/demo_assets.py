@@ -1,19 +1,23 @@
-"""The embedded demo: a demo slide and demo weights, made on first use in the user cache.
+"""The embedded demo: a demo slide, made on first use in the user cache, and the demo weights.
 
-Both are built by our own code (nothing downloads) and written to a temporary folder that is renamed
-into place, so an interrupted first run never leaves half a demo behind.
+The demo weights ship with the package (antoni_bridge/train/demo_model, about 3 MB): tiny models in the
+published layouts whose ANTONI part was trained on the synthetic demo task (antoni_bridge.train.demo_task)
+by `antoni-bridge make-demo-weights`; its MADE.json says how. Making them takes about ten minutes of CPU,
+too long for a first run, so they are made once and shipped. Nothing downloads.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from antoni_bridge import paths
-from antoni_bridge.files import replacing_folder
+from antoni_bridge.errors import BridgeError
 
-DEMO_NOTE = "[demo weights: random, the answer means nothing]"
+DEMO_WEIGHTS_VARIABLE = "ANTONI_BRIDGE_DEMO_WEIGHTS"
+DEMO_NOTE = "[demo weights: trained only on a synthetic stain/piece-count task, they know no pathology]"
 
 
 @dataclass(frozen=True)
@@ -28,37 +32,41 @@ class DemoWeights:
         return cls(folder / "tile-encoder", folder / "slide-encoder", folder / "llm", folder / "antoni")
 
 
-def write_demo_weights(folder: Path) -> DemoWeights:
-    """Tiny random-weight Virchow, Prism, Gemma 3 and ANTONI-Alpha in the published layouts."""
+def write_demo_weights(folder: Path, seed: int = 0, image_tokens: int = 256) -> DemoWeights:
+    """Tiny Virchow, Prism, Gemma 3 (with the demo task's tokenizer) and ANTONI-Alpha in the published
+    layouts, all random: what training starts from, and what tests that need a model that never stops use."""
     from antoni_bridge.encoders.demo import DEMO_PERCEIVER, write_demo_slide_encoder, write_demo_tile_encoder
     from antoni_bridge.model.demo import write_demo_antoni, write_demo_llm
 
     weights = DemoWeights.under(folder)
-    write_demo_tile_encoder(weights.tile_encoder)
-    write_demo_slide_encoder(weights.slide_encoder)
-    write_demo_llm(weights.llm)
-    write_demo_antoni(weights.antoni, weights.llm, DEMO_PERCEIVER.latent_dim)
+    write_demo_tile_encoder(weights.tile_encoder, seed)
+    write_demo_slide_encoder(weights.slide_encoder, seed)
+    write_demo_llm(weights.llm, seed)
+    write_demo_antoni(weights.antoni, weights.llm, DEMO_PERCEIVER.latent_dim, seed, image_tokens)
     return weights
 
 
 def demo_weights() -> DemoWeights:
-    folder = paths.demo_dir() / "weights"
+    """The shipped demo weights (trained on the demo task), or the folder ANTONI_BRIDGE_DEMO_WEIGHTS names
+    (demo weights made with `antoni-bridge make-demo-weights DIR`, trained or --untrained)."""
+    from antoni_bridge.train.demo_weights import SHIPPED
+
+    chosen = os.environ.get(DEMO_WEIGHTS_VARIABLE)
+    folder = Path(chosen).expanduser().resolve() if chosen else SHIPPED
     if not (folder / "antoni" / "config.json").is_file():
-        print(f"making the demo weights in {folder} (once)", file=sys.stderr)
-        _build_atomically(folder, write_demo_weights)
+        raise BridgeError(
+            f"No demo weights in {folder}.",
+            f"make them with `antoni-bridge make-demo-weights {folder}`"
+            + (f", or unset {DEMO_WEIGHTS_VARIABLE}" if chosen else ", or reinstall antoni-bridge"),
+        )
     return DemoWeights.under(folder)
 
 
 def demo_slide() -> Path:
     from antoni_bridge.slides.demo import write_demo_slide
 
-    path = paths.demo_dir() / "demo-slide.svs"
+    path = paths.demo_dir() / "demo-task-slide.svs"  # not the older, untrained demo's "demo-slide.svs"
     if not path.is_file():
         print(f"making the demo slide {path} (once)", file=sys.stderr)
         write_demo_slide(path)  # written to a temporary name and renamed
     return path
-
-
-def _build_atomically(folder: Path, build) -> None:  # build: Callable[[Path], object]
-    with replacing_folder(folder) as tmp:
-        build(tmp)

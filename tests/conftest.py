@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from antoni_bridge.client import CHECK_REPLIES
+from antoni_bridge.demo_assets import DEMO_WEIGHTS_VARIABLE, DemoWeights, write_demo_weights
 from antoni_bridge.encoders.demo import write_demo_slide_encoder, write_demo_tile_encoder
 from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
 
 SMALL = (8000, 6000)  # level-0 pixels of the test slides at 0.25 um/px
 os.environ[CHECK_REPLIES] = "1"  # every reply a Python client reads in the tests must match the protocol's schema
+LAYOUT = 28  # the test slides' layout: three pieces, one with a hole
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +33,29 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real `antoni-bridge serve --demo` process per test module; yields its connection file."""
+    """A real `antoni-bridge serve --demo` process (the shipped, trained demo weights) per test module; yields
+    its connection file."""
+    yield from _serve_demo(tmp_path_factory, {})
+
+
+@pytest.fixture(scope="session")
+def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
+    """Random demo weights, as `make-demo-weights --untrained` writes them: their answers run to any length."""
+    return write_demo_weights(tmp_path_factory.mktemp("untrained-weights"))
+
+
+@pytest.fixture(scope="module")
+def untrained_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
+    """`serve --demo` on untrained weights, for tests that need long answers (streaming, cancelling, limits)."""
+    folder = untrained_weights.antoni.parent
+    yield from _serve_demo(tmp_path_factory, {DEMO_WEIGHTS_VARIABLE: str(folder)})
+
+
+def _serve_demo(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, str]) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("daemon-home")
     connection = home / "daemon.json"
     env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
+    env |= extra_env
     process = subprocess.Popen(
         [
             sys.executable,
@@ -71,15 +92,16 @@ def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_40x(slides_dir: Path) -> tuple[Path, DemoLayout]:
     path = slides_dir / "demo-40x.svs"
-    layout = write_demo_slide(path, *SMALL, mpp=0.25, progress=False)
+    layout = write_demo_slide(path, *SMALL, mpp=0.25, seed=LAYOUT, progress=False)
     return path, layout
 
 
 @pytest.fixture(scope="session")
 def demo_20x(slides_dir: Path) -> Path:
-    """The same tissue layout scanned at 20x: half the pixels at twice the pixel size."""
+    """The same tissue layout scanned at 20x: half the pixels at twice the pixel size, and a pyramid whose
+    levels have the 40x slide's pixel sizes (1 and 4 um/px)."""
     path = slides_dir / "demo-20x.svs"
-    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, progress=False)
+    write_demo_slide(path, SMALL[0] // 2, SMALL[1] // 2, mpp=0.5, downsamples=(2, 8), seed=LAYOUT, progress=False)
     return path
 
 
@@ -87,7 +109,7 @@ def demo_20x(slides_dir: Path) -> Path:
 def demo_odd_pyramid(slides_dir: Path) -> Path:
     """A pyramid whose levels are 3x and 9x smaller, not powers of two."""
     path = slides_dir / "demo-odd.svs"
-    write_demo_slide(path, *SMALL, mpp=0.25, downsamples=(3, 9), progress=False)
+    write_demo_slide(path, *SMALL, mpp=0.25, downsamples=(3, 9), seed=LAYOUT, progress=False)
     return path
 
 

@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image
 
 from antoni_bridge import paths
+from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.slides.demo import DemoLayout
 from tests.conftest import run_cli
 
@@ -72,6 +73,8 @@ def test_demo_command_runs_offline(tmp_path: Path) -> None:
     result = run_cli("demo", timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("latents (513, 64)") == 3 and result.stdout.count("answer: ") == 3
+    said, truth = re.findall(r"answer: (.*)\n", result.stdout), re.findall(r"truth:  (.*)\n", result.stdout)
+    assert sum(a.strip() == t.strip() for a, t in zip(said, truth, strict=True)) >= 2, result.stdout
     follow_up = result.stdout.split("== ")[-1]
     assert "from the daemon's memory" in follow_up and " 0 prompt tokens reused" not in follow_up
     assert not (paths.home() / "demo-daemon.json").exists()  # the demo's daemon stopped
@@ -207,7 +210,7 @@ def test_ask_about_a_slide_region_streams_and_says_demo(demo_40x: tuple[Path, De
         "5",
     )
     assert result.returncode == 0, result.stderr
-    assert "demo weights: random" in result.stdout and "of at most 5 tokens, first after" in result.stdout
+    assert DEMO_NOTE in result.stdout and "of at most 5 tokens, first after" in result.stdout
     assert re.search(r"[\d.]+ tokens/s", result.stdout), result.stdout
 
 

@@ -26,6 +26,12 @@ from tests.conftest import run_cli
 ASK = {"conversation": [{"role": "user", "content": "What organ is this?"}], "options": {"max_new_tokens": 6}}
 
 
+@pytest.fixture(scope="module")
+def daemon(untrained_daemon: Path) -> Path:
+    """`serve --demo` on untrained weights: cancelling, long streams and queues need answers that run long."""
+    return untrained_daemon
+
+
 def _client(daemon: Path) -> Client:
     return Client(daemon, timeout_s=30)
 

@@ -27,10 +27,11 @@ OVER_TISSUE = (1500, 1500, 4000, 4000)  # level-0 box inside the demo slide's la
 
 
 @pytest.fixture
-def open_window(qtbot: QtBot, daemon: Path):
-    """A shown window talking to the module's daemon; closed (threads stopped) after the test."""
+def open_window(qtbot: QtBot, untrained_daemon: Path):
+    """A shown window talking to the module's daemon (untrained demo weights: answers run to any length, so
+    streaming and cancelling can be watched); closed (threads stopped) after the test."""
 
-    def make(connection_file: Path = daemon, serve_args: tuple[str, ...] = ()) -> DeskWindow:
+    def make(connection_file: Path = untrained_daemon, serve_args: tuple[str, ...] = ()) -> DeskWindow:
         window = DeskWindow(connection_file, serve_args)
         window.ask_before_closing = False  # pytest-qt closes the windows at teardown: no question then
         qtbot.addWidget(window)
@@ -282,7 +283,7 @@ def _share_of_the_slide(window: DeskWindow) -> float:
 
 
 def test_the_slide_takes_most_of_the_window_and_nothing_moves_while_asking(
-    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], tmp_path: Path, daemon: Path
 ) -> None:
     window = open_window()
     window.resize(500, 400)  # opened while narrow, then widened: refitted
@@ -320,7 +321,15 @@ def test_the_slide_takes_most_of_the_window_and_nothing_moves_while_asking(
     wait_for_the_end(qtbot, window)
     assert before == during == places(), "the layout kept still while the job started and ended"
 
-    window.messages.hide()  # the docs' screenshots: `ANTONI_BRIDGE_DESK_SCREENSHOTS=docs pytest -k most_of`
+    window.close()  # the docs' screenshots: `ANTONI_BRIDGE_DESK_SCREENSHOTS=docs pytest -k most_of`, with
+    window = open_window(daemon)  # the shipped demo weights, whose answer to a task question makes sense
+    open_slide(qtbot, window, demo_40x[0])
+    window.import_annotations(export)
+    window.region_list.setCurrentRow(1)
+    window.chat.max_tokens.setValue(40)
+    ask(qtbot, window, "Describe the tissue briefly.")
+    wait_for_the_end(qtbot, window)
+    assert "piece" in window.chat.transcript.toPlainText()
     qtbot.waitUntil(lambda: window.chat.daemon_label.text().startswith("Daemon: demo weights"), timeout=WAIT_MS)
     shots = Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOTS") or tmp_path)
     for width, height in [(1100, 650), (1600, 1000)]:

@@ -20,7 +20,16 @@ from antoni_bridge.encoders.sources import read_state_dict
 from antoni_bridge.train import loss as loss_module
 from antoni_bridge.train.config import read_config
 from antoni_bridge.train.data import Case, InstructData, write_instruct_data
-from antoni_bridge.train.evaluate import LabelledCase, OrganTree, Predictions, binary_metrics, confusion_pairs, score
+from antoni_bridge.train.evaluate import (
+    LabelledCase,
+    OrganTree,
+    Predictions,
+    TaskQuestion,
+    binary_metrics,
+    confusion_pairs,
+    score,
+    shuffled_keys,
+)
 from antoni_bridge.train.loss import Batch, collate
 from antoni_bridge.train.trainer import Trainer, load_model
 from tests.conftest import run_cli
@@ -191,6 +200,38 @@ def test_eval_command_writes_the_report_with_a_baseline_row(tmp_path: Path, weig
     assert "organ_hierarchical" in (out / "report.md").read_text()
     for name in ("neoplasm", "organ", "diagnosis"):
         assert (out / f"confusion-{name}.png").stat().st_size, name
+
+
+def test_eval_asks_task_questions_and_runs_the_controls(tmp_path: Path, weights: DemoWeights) -> None:
+    write_instruct_data(tmp_path / "data.h5", _cases(3))
+    asked = {"dab": {"question": "Is there DAB (brown) staining?", "answer": "No", "options": ["Yes", "No"]}}
+    (tmp_path / "labels.json").write_text(json.dumps([{"key": f"case_{i}", "questions": asked} for i in range(3)]))
+    out = tmp_path / "report"
+    args = ["--data", str(tmp_path / "data.h5"), "--labels", str(tmp_path / "labels.json"), "--out", str(out)]
+    controls = ["--control", "no-image", "--control", "shuffled"]
+    result = run_cli("eval", *args, "--weights", str(weights.antoni), "--max-new-tokens", "4", *controls)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "report.json").read_text())["metrics"]
+    assert [row["variant"] for row in rows] == [
+        "ANTONI-Alpha",
+        "without adapter (baseline)",
+        "no image (latents zeroed)",
+        "shuffled (another slide's latents)",
+    ]
+    assert all(0.0 <= row["dab_accuracy"] <= 1.0 and row["cases"] == 3 for row in rows)
+    assert "dab_accuracy" in (out / "report.md").read_text()
+
+
+def test_task_questions_are_graded_and_shuffling_never_keeps_a_case_s_own_latents() -> None:
+    question = TaskQuestion("dab", "Is there DAB (brown) staining?", "Yes", ("Yes", "No"))
+    cases = [LabelledCase(k, questions=(question,)) for k in "abc"] + [LabelledCase("d")]
+    none = [None] * len(cases)
+    run = Predictions("x", none, [""] * 4, none, none, none, asked={"dab": ["Yes", None, "No"]})
+    assert score(cases, run, OrganTree.default())["dab_accuracy"] == pytest.approx(1 / 3)
+    keys = [f"case_{i}" for i in range(7)]
+    other = shuffled_keys(keys)
+    assert sorted(other.values()) == keys and all(other[k] != k for k in keys)
+    assert shuffled_keys(keys) == other, "seeded"
 
 
 def test_dataset_build_embeds_slides_into_the_training_layout(

@@ -167,7 +167,7 @@ class ChatPanel(QWidget):
         if not state.running and starting:
             self.daemon_label.setText("Daemon: starting a local one (a few seconds; the first start builds weights)...")
         elif state.running:
-            weights = "demo weights (random: answers mean nothing)" if state.demo else "real weights"
+            weights = "demo weights (a synthetic task only, no pathology)" if state.demo else "real weights"
             running = state.queue.get("running")
             waiting = len(state.queue.get("waiting", []))
             load = f"busy, {waiting} waiting" if running else "idle"

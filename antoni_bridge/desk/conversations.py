@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.files import write_atomically
 from antoni_bridge.slides.regions import Region
 
@@ -87,7 +88,7 @@ def describe_end(exchange: Exchange) -> str:
     """How an exchange ended, in words, with the demo-weights warning where it applies."""
     words = {"asking": "still being answered", "done": "answered", "cancelled": "cancelled", "error": "failed"}
     text = words[exchange.state] + (f": {exchange.note}" if exchange.note else "")
-    return text + (" [demo weights: random, the answer means nothing]" if exchange.demo else "")
+    return text + (f" {DEMO_NOTE}" if exchange.demo else "")
 
 
 def export(conversation: Conversation, path: Path) -> None:

@@ -37,7 +37,7 @@ SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: th
 FRONT_END = "desk"  # as the provenance of exported answers names it
 START_HINT = (
     "start one with the toolbar's Start daemon, `antoni-bridge serve` (the real weights: needs access to the "
-    "gated models on Hugging Face) or `antoni-bridge serve --demo` (random demo weights, offline)"
+    "gated models on Hugging Face) or `antoni-bridge serve --demo` (demo weights: a synthetic task only, offline)"
 )
 
 

@@ -5,7 +5,8 @@ tokens (`<bos>`, `<start_of_turn>`, `<image_soft_token>`, ...) and a chat templa
 conversations the way Gemma 3's does. The model is Gemma 3's image-text-to-text architecture (text
 decoder with sliding and global layers, a SigLIP tower, the multimodal projector) at width 64. The
 ANTONI checkpoint holds the projector, LoRA and the embedding/head copies under the published key
-names and is loaded by exactly the code that loads the published weights. Answers are random text.
+names and is loaded by exactly the code that loads the published weights. Written here, its weights are
+random (answers are random text); `antoni_bridge.train.demo_weights` trains them on the demo task.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def write_demo_tokenizer(folder: Path, seed: int = 0) -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from antoni_bridge.train.demo_task import phrases
+
     rng = random.Random(seed)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!,") for _ in range(3000)]
+    corpus += phrases() * 20  # the demo task's questions and answers come out in few, whole-word tokens
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -135,14 +139,16 @@ def write_demo_llm(folder: Path, seed: int = 0, sliding_window: int = 1024) -> P
     return folder
 
 
-def write_demo_antoni(folder: Path, llm_folder: Path, latent_dim: int, seed: int = 0) -> Path:
-    """An ANTONI-Alpha checkpoint for the demo LLM: projector, LoRA and copies, as published, random."""
+def write_demo_antoni(folder: Path, llm_folder: Path, latent_dim: int, seed: int = 0, image_tokens: int = 256) -> Path:
+    """An ANTONI-Alpha checkpoint for the demo LLM: projector, LoRA and copies, as published, random; with
+    `image_tokens` image tokens in the prompt (256 as published; the trained demo takes fewer, to train fast)."""
     from antoni_bridge.model.antoni import AntoniModel
     from antoni_bridge.model.llm import load_llm
 
     config = AntoniConfig(
         llm_model_id=str(Path("..") / llm_folder.name) if llm_folder.parent == folder.parent else str(llm_folder),
         projector_input_dim=latent_dim,
+        projector_num_output_tokens=image_tokens,
         demo=True,
     )
     torch.manual_seed(seed)

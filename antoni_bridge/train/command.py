@@ -41,6 +41,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--demo", action="store_true", help="evaluate the demo weights")
     evaluate.add_argument("--organ-tree", type=Path, help="JSON child -> parent (default: the shipped one)")
     evaluate.add_argument("--max-new-tokens", type=int, default=1024)
+    evaluate.add_argument("--control", action="append", choices=("no-image", "shuffled"), default=[],
+                          help="also run without the slide: no-image (latents zeroed) or shuffled (another "
+                          "case's latents); repeatable")  # fmt: skip
     evaluate.add_argument("--out", type=Path, required=True, help="folder for report.md, report.json, PNG")
     evaluate.set_defaults(run=_eval)
 
@@ -125,7 +128,7 @@ def _eval(args: argparse.Namespace) -> int:
         return check_latents(torch.from_numpy(data.case(key).latents), model.config)
 
     with tqdm(total=len(cases), unit="case") as bar:
-        runs = predict(model, cases, latents_of, tree, args.max_new_tokens, lambda: bar.update(1))
+        runs = predict(model, cases, latents_of, tree, args.max_new_tokens, lambda: bar.update(1), tuple(args.control))
     rows = [score(cases, run, tree) for run in runs]
     write_report(args.out, cases, runs, rows)
     print(json.dumps(rows, indent=1))

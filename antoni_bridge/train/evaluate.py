@@ -5,6 +5,13 @@ baseline row (the projector stays: what the LoRA tuning adds is what is measured
 Scores: organ exact accuracy and the hierarchical score (1.0 exact, 0.75 one hop, 0.5 two hops in an
 organ tree, else 0); neoplasm accuracy, precision, recall and F1 (an answer that is neither yes nor no
 counts as "no"); diagnosis accuracy by generation (the answer in [[...]]) and by likelihood ranking.
+
+Cases may also carry task questions of their own ({"questions": {name: {question, answer, options}}}, as
+the demo task's labels do): each is asked, and the option its answer names is graded (`<name>_accuracy`).
+
+Controls (`--control`) run the adapter model again without the slide: "no-image" zeroes the latents (the
+image block stays in the prompt, filled from all-zero latents), "shuffled" gives each case another case's
+latents. A slide question set can be answered from language priors alone; the controls show how far.
 """
 
 from __future__ import annotations
@@ -28,6 +35,15 @@ QUESTIONS = {
     "square brackets, like [[option]].",
 }
 HOP_SCORES = {0: 1.0, 1: 0.75, 2: 0.5}
+CONTROLS = {"no-image": "no image (latents zeroed)", "shuffled": "shuffled (another slide's latents)"}
+
+
+@dataclass(frozen=True)
+class TaskQuestion:
+    name: str
+    question: str
+    answer: str
+    options: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class LabelledCase:
     neoplasm: bool | None = None
     diagnosis: str | None = None
     differential_options: tuple[str, ...] = ()
+    questions: tuple[TaskQuestion, ...] = ()
 
 
 def read_labels(path: Path) -> list[LabelledCase]:
@@ -61,8 +78,25 @@ def read_labels(path: Path) -> list[LabelledCase]:
         neoplasm = item.get("neoplasm")
         if neoplasm is not None and not isinstance(neoplasm, bool):
             raise BridgeError(f"Case {item['key']}: neoplasm must be true, false or null.", "fix the labels")
-        cases.append(LabelledCase(item["key"], item.get("organ"), neoplasm, diagnosis, tuple(options)))
+        questions = _task_questions(item)
+        cases.append(LabelledCase(item["key"], item.get("organ"), neoplasm, diagnosis, tuple(options), questions))
     return cases
+
+
+def _task_questions(item: dict[str, Any]) -> tuple[TaskQuestion, ...]:
+    asked = item.get("questions") or {}
+    where = f"Case {item['key']}"
+    if not isinstance(asked, dict):
+        raise BridgeError(f"{where}: questions must map names to questions.", '{"stain": {"question": ...}}')
+    questions = []
+    for name, value in asked.items():
+        if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("question", "answer")):
+            raise BridgeError(f"{where}: question {name!r} needs a question and an answer.", "fix the labels")
+        options = tuple(value.get("options") or ())
+        if value["answer"] not in options:
+            raise BridgeError(f"{where}: the answer of {name!r} is not among its options.", "add it to the options")
+        questions.append(TaskQuestion(name, value["question"], value["answer"], options))
+    return tuple(questions)
 
 
 class OrganTree:
@@ -123,6 +157,14 @@ def parse_yes_no(answer: str) -> bool | None:
     return True if words[:1] == ["yes"] else False if words[:1] == ["no"] else None
 
 
+def named_option(answer: str, options: tuple[str, ...]) -> str | None:
+    """The longest option the answer names as whole words ("No" is not named by "Not")."""
+    for option in sorted(options, key=len, reverse=True):
+        if re.search(rf"(?<!\w){re.escape(option.lower())}(?!\w)", answer.lower()):
+            return option
+    return None
+
+
 def parse_choice(answer: str, options: tuple[str, ...]) -> str | None:
     """The option in [[...]], else the option the answer names (the longest one named)."""
     by_name = {o.lower(): o for o in options}
@@ -143,24 +185,42 @@ class Predictions:
     neoplasm: list[bool | None] = field(default_factory=list)
     diagnosis_generated: list[str | None] = field(default_factory=list)
     diagnosis_ranked: list[str | None] = field(default_factory=list)
+    asked: dict[str, list[str | None]] = field(default_factory=dict)  # task question -> the option named
 
 
 def predict(
     model: Any, cases: list[LabelledCase], latents_of: Callable[[str], Any], tree: OrganTree, max_new_tokens: int,
-    on_case: Callable[[], None] = lambda: None,
+    on_case: Callable[[], None] = lambda: None, controls: tuple[str, ...] = (),
 ) -> list[Predictions]:  # fmt: skip
-    """Answers with the adapter and without it (the baseline), case by case."""
+    """Answers with the adapter and without it (the baseline), and under each control, case by case."""
+    import torch
+
     from antoni_bridge.model.generation import GenerationOptions
 
     options = GenerationOptions(max_new_tokens=max_new_tokens, greedy=True)
     runs = [Predictions("ANTONI-Alpha"), Predictions("without adapter (baseline)")]
+    runs += [Predictions(CONTROLS[name]) for name in controls]
+    other = shuffled_keys([case.key for case in cases])
     for case in cases:
         latents = latents_of(case.key)
-        for run, adapter in zip(runs, (True, False), strict=True):
+        for run, adapter in zip(runs[:2], (True, False), strict=True):
             with _adapter(model, adapter):
                 _answer_case(model, case, latents, run, tree, options)
+        for run, name in zip(runs[2:], controls, strict=True):
+            control = torch.zeros_like(latents) if name == "no-image" else latents_of(other[case.key])
+            with _adapter(model, True):
+                _answer_case(model, case, control, run, tree, options)
         on_case()
     return runs
+
+
+def shuffled_keys(keys: list[str], seed: int = 0) -> dict[str, str]:
+    """Each key -> another key (a seeded cycle through all of them; a lone key keeps its own)."""
+    import random
+
+    order = sorted(keys)
+    random.Random(seed).shuffle(order)
+    return {key: order[(i + 1) % len(order)] for i, key in enumerate(order)}
 
 
 def _answer_case(model: Any, case: LabelledCase, latents: Any, run: Predictions, tree: OrganTree, options: Any) -> None:
@@ -178,6 +238,8 @@ def _answer_case(model: Any, case: LabelledCase, latents: Any, run: Predictions,
         ranked = model.score_choices(latents, question, list(case.differential_options)).best
     run.diagnosis_generated.append(generated)
     run.diagnosis_ranked.append(ranked)
+    for asked in case.questions:
+        run.asked.setdefault(asked.name, []).append(named_option(ask(asked.question), asked.options))
 
 
 @contextlib.contextmanager
@@ -203,8 +265,19 @@ def score(cases: list[LabelledCase], run: Predictions, tree: OrganTree) -> dict[
     if labelled:
         metrics["diagnosis_generation"] = sum(g == t for g, _, t in labelled) / len(labelled)
         metrics["diagnosis_likelihood"] = sum(r == t for _, r, t in labelled) / len(labelled)
+    for name, right in task_answers(cases).items():
+        named = iter(run.asked.get(name, []))
+        graded = [next(named) == answer for answer in right if answer is not None]
+        metrics[f"{name}_accuracy"] = sum(graded) / len(graded)
     metrics["cases"] = len(cases)
     return metrics
+
+
+def task_answers(cases: list[LabelledCase]) -> dict[str, list[str | None]]:
+    """Per task question, each case's right answer (None where the case does not ask it)."""
+    names = dict.fromkeys(q.name for case in cases for q in case.questions)
+    by_case = [{q.name: q.answer for q in case.questions} for case in cases]
+    return {name: [asked.get(name) for asked in by_case] for name in names}
 
 
 def write_report(out: Path, cases: list[LabelledCase], runs: list[Predictions], rows: list[dict[str, Any]]) -> None:
