@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from antoni_bridge.demo_assets import DEMO_NOTE
 from tests.qupath_runtime import require, run
 
 START = "start it with `antoni-bridge serve`"
@@ -125,7 +126,7 @@ def test_answers_are_saved_with_the_annotation_after_the_users_own_description(s
     assert description.startswith("My own note.\n\n--- ANTONI-Alpha conversation ---\n")
     assert description.count("--- ANTONI-Alpha conversation ---") == 1  # the second answer replaced the first record
     assert "You: What is this?\nANTONI: Tumour." in description and "ANTONI: Low grade." in description
-    assert "[demo weights: random, the answer means nothing]" in description
+    assert DEMO_NOTE in description
     metadata = saved["metadata"]
     assert metadata["ANNOTATION_DESCRIPTION"] == description  # where QuPath keeps an annotation's description
     assert saved["calls"].count("fireObjectsChangedEvent 1") == 2  # QuPath is told, so the project saves it

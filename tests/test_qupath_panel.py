@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.slides.demo import DemoLayout
 from antoni_bridge.slides.reader import Slide
 from tests.qupath_runtime import require, run
-
-DEMO_NOTE = "[demo weights: random, the answer means nothing]"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def _thumbnail(slide: Path, png: Path) -> tuple[Path, float]:
 
 def test_the_status_line_says_connected_and_demo_weights(seen: dict[str, Any]) -> None:
     assert seen["status"].startswith("Connected to antoni-bridge")
-    assert "demo weights (random: answers mean nothing)" in seen["status"] and seen["status"].endswith("idle")
+    assert "demo weights (a synthetic task only, no pathology)" in seen["status"] and seen["status"].endswith("idle")
 
 
 def test_progress_shows_each_stage_and_tiles_per_second(seen: dict[str, Any]) -> None:

@@ -162,7 +162,7 @@ class ChatPanel {
     private void showState(Map state) {
         daemon = state
         if (state.connected) {
-            String weights = state.demo ? 'demo weights (random: answers mean nothing)' : 'real weights'
+            String weights = state.demo ? 'demo weights (a synthetic task only, no pathology)' : 'real weights'
             List parts = ["Connected to ${state.server} at ${state.address}", weights, queueText(state.queue as Map)]
             status.text = parts.findAll().join(' \u00b7 ')
         } else {

@@ -7,7 +7,7 @@ package antonibridge
  */
 class Conversation {
     static final String MARKER = '--- ANTONI-Alpha conversation ---'
-    static final String DEMO_NOTE = '[demo weights: random, the answer means nothing]'
+    static final String DEMO_NOTE = '[demo weights: trained only on a synthetic stain/piece-count task, they know no pathology]'
 
     final String label // what it is about, e.g. annotation "Tumor" in slide.svs
     final List<Map> turns = []
