@@ -18,6 +18,7 @@ from typing import Any
 from antoni_bridge import paths
 from antoni_bridge.client import Client
 from antoni_bridge.demo_assets import DEMO_NOTE
+from antoni_bridge.engine import Cancelled
 from antoni_bridge.errors import BridgeError
 
 REGION = (290, 997, 3311, 3311)  # level-0 box around the demo slide's largest DAB piece, and nothing else
@@ -25,8 +26,9 @@ OPTIONS = {"max_new_tokens": 40}  # the rest as the daemon's defaults (greedy)
 SOURCES = {"computed": "computed", "disk": "from the disk cache", "memory": "from the daemon's memory"}
 
 
-def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Callable[[], None]) -> None:
-    """Run the three questions, printing answers as they stream; progress events go to `on_progress`."""
+def run_demo(on_progress: Callable[[Any], None], close_progress: Callable[[], None]) -> None:
+    """Run the three questions, printing answers as they stream; progress (`planning.Progress`) goes to
+    `on_progress`."""
     from antoni_bridge.daemon.launch import start_daemon
     from antoni_bridge.demo_assets import demo_slide, demo_weights
     from antoni_bridge.slides.demo import demo_layout
@@ -71,27 +73,25 @@ def run_demo(on_progress: Callable[[dict[str, Any]], None], close_progress: Call
 
 
 def _ask(
-    client: Client,
-    content: dict[str, Any],
-    on_progress: Callable[[dict[str, Any]], None],
-    close_progress: Callable[[], None],
-) -> dict[str, Any]:
+    client: Client, content: dict[str, Any], on_progress: Callable[[Any], None], close_progress: Callable[[], None]
+):
+    """One question through the client's job loop, its answer printed as it streams; the `done` content."""
     started, answering = time.perf_counter(), False
-    for event in client.events("ask", content):
-        if event.type == "progress":
-            on_progress(event.content)
-        elif event.type == "token":
-            if not answering:
-                close_progress()
-                print("   answer: ", end="")
-                answering = True
-            print(event.content["text"], end="", flush=True)
-        elif event.type == "done":
-            _print_summary(event.content, time.perf_counter() - started)
-            return event.content
-        elif event.type in ("error", "busy", "cancelled"):
-            raise BridgeError(event.content.get("message", f"The demo's job was {event.type}."), "see the log")
-    raise BridgeError("The daemon ended a job without an answer.", "see the demo daemon's log")
+
+    def on_token(text: str) -> None:
+        nonlocal answering
+        if not answering:
+            close_progress()
+            print("   answer: ", end="")
+            answering = True
+        print(text, end="", flush=True)
+
+    try:
+        done = client.run_job("ask", content, on_progress=on_progress, on_token=on_token)
+    except Cancelled as exc:
+        raise BridgeError(f"The demo daemon cancelled a question ({exc}).", "see the demo daemon's log") from None
+    _print_summary(done, time.perf_counter() - started)
+    return done
 
 
 def _print_summary(done: dict[str, Any], seconds: float) -> None:

@@ -103,12 +103,6 @@ def run_job(type_: str, content: dict[str, Any], on_token=None) -> dict[str, Any
             raise BridgeError(f"The daemon cancelled the job ({exc}).", "ask again") from None
 
 
-def progress_of(content: dict[str, Any]):  # -> planning.Progress
-    from antoni_bridge.slides.planning import Progress
-
-    return Progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
-
-
 class ProgressBars:
     """One tqdm bar per multi-step stage, showing done/total and the stage's rate."""
 

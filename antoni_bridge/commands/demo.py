@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from antoni_bridge.commands.common import ProgressBars, progress_of
+from antoni_bridge.commands.common import ProgressBars
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -21,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         hf_logging.disable_progress_bar()
     with ProgressBars() as bars:
-        run_demo(lambda content: bars.update(progress_of(content)), bars.close)
+        run_demo(bars.update, bars.close)
     return 0
