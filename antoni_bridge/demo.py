@@ -31,9 +31,9 @@ def run_demo(on_progress: Callable[[Any], None], close_progress: Callable[[], No
     `on_progress`."""
     from antoni_bridge.daemon.launch import start_daemon
     from antoni_bridge.demo_assets import demo_slide, demo_weights
+    from antoni_bridge.demo_task import QUESTIONS, SlideFacts, answers
     from antoni_bridge.slides.demo import demo_layout
     from antoni_bridge.slides.regions import Region
-    from antoni_bridge.train.demo_task import QUESTIONS, SlideFacts, answers
 
     slide = demo_slide()
     demo_weights()  # built before the daemon starts, so its start is quick

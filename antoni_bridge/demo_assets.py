@@ -1,7 +1,7 @@
 """The embedded demo: a demo slide, made on first use in the user cache, and the demo weights.
 
 The demo weights ship with the package (antoni_bridge/train/demo_model, about 3 MB): tiny models in the
-published layouts whose ANTONI part was trained on the synthetic demo task (antoni_bridge.train.demo_task)
+published layouts whose ANTONI part was trained on the synthetic demo task (antoni_bridge.demo_task)
 by `antoni-bridge make-demo-weights`; its MADE.json says how. Making them takes about ten minutes of CPU,
 too long for a first run, so they are made once and shipped. Nothing downloads.
 """
@@ -17,6 +17,7 @@ from antoni_bridge import paths
 from antoni_bridge.errors import BridgeError
 
 DEMO_WEIGHTS_VARIABLE = "ANTONI_BRIDGE_DEMO_WEIGHTS"
+SHIPPED = Path(__file__).parent / "train" / "demo_model"  # made by `make-demo-weights` (train/demo_weights.py)
 DEMO_NOTE = "[demo weights: trained only on a synthetic stain/piece-count task, they know no pathology]"
 
 
@@ -49,8 +50,6 @@ def write_demo_weights(folder: Path, seed: int = 0, image_tokens: int = 256) -> 
 def demo_weights() -> DemoWeights:
     """The shipped demo weights (trained on the demo task), or the folder ANTONI_BRIDGE_DEMO_WEIGHTS names
     (demo weights made with `antoni-bridge make-demo-weights DIR`, trained or --untrained)."""
-    from antoni_bridge.train.demo_weights import SHIPPED
-
     chosen = os.environ.get(DEMO_WEIGHTS_VARIABLE)
     folder = Path(chosen).expanduser().resolve() if chosen else SHIPPED
     if not (folder / "antoni" / "config.json").is_file():

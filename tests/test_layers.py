@@ -33,6 +33,7 @@ BELOW = {
     "gpu",
     "conversations",
     "demo_assets",
+    "demo_task",
 }
 
 

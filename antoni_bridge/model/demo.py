@@ -62,7 +62,7 @@ def write_demo_tokenizer(folder: Path, seed: int = 0) -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from antoni_bridge.train.demo_task import phrases
+    from antoni_bridge.demo_task import phrases
 
     rng = random.Random(seed)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!,") for _ in range(3000)]

@@ -1,7 +1,7 @@
 """Making the demo weights: the demo task learned through the project's own commands.
 
 Demo slides are written (seeded layouts), their conversations and held-out labels come from the layouts
-(antoni_bridge.train.demo_task), and then the same commands a user runs do the rest, each as its own
+(antoni_bridge.demo_task), and then the same commands a user runs do the rest, each as its own
 process: `dataset build` with the demo encoders, `train` stage 1 (projector) and stage 2 (projector,
 LoRA and the embedding/head copies), and `eval` on held-out slides with both controls. All on the CPU,
 seeded. The result is a demo weights folder (tile-encoder, slide-encoder, llm, antoni) with MADE.json:
@@ -27,7 +27,6 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.files import replacing_folder
 
 MADE_FILE = "MADE.json"
-SHIPPED = Path(__file__).with_name("demo_model")  # the weights this module made, shipped with the package
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,8 @@ def evaluate(weights: Path, llm: Path, cases: Path, out: Path) -> list[dict[str,
 
 def _write_cases(folder: Path, count: int, first_seed: int) -> Path:
     """`count` demo slides with their conversations (JSON lines) and eval labels."""
+    from antoni_bridge.demo_task import SlideFacts, conversations, labels
     from antoni_bridge.slides.demo import demo_layout, write_demo_slide
-    from antoni_bridge.train.demo_task import SlideFacts, conversations, labels
 
     (folder / "slides").mkdir(parents=True, exist_ok=True)
     lines, labelled = [], []

@@ -320,8 +320,8 @@ class Trainer:
         """Drop what an interrupted run logged after its last checkpoint; the resumed run logs it again."""
         log = self.config.output_dir / METRICS_FILE
         if log.is_file():
-            kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
-            log.write_text("".join(f"{line}\n" for line in kept))
+            kept = [line for line in log.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
+            log.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
 def _settings(layout: dict[str, int]) -> str:
