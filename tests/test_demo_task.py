@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from antoni_bridge.demo import REGION
-from antoni_bridge.demo_assets import DemoWeights, demo_weights
+from antoni_bridge.demo_assets import SHIPPED, DemoWeights, demo_weights
 from antoni_bridge.demo_task import QUESTIONS, SlideFacts, answers, description, labels, phrases
 from antoni_bridge.encoders.pipeline import Encoders, embed_slide
 from antoni_bridge.features.cache import FeatureCache
@@ -20,7 +20,7 @@ from antoni_bridge.model.generation import GenerationOptions
 from antoni_bridge.slides.demo import DemoLayout, demo_layout, write_demo_slide
 from antoni_bridge.slides.planning import SlideRequest
 from antoni_bridge.slides.regions import Region
-from antoni_bridge.train.demo_weights import MADE_FILE, SHIPPED
+from antoni_bridge.train.demo_weights import MADE_FILE
 from antoni_bridge.train.evaluate import named_option
 from tests.conftest import run_cli
 
