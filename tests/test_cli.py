@@ -350,9 +350,11 @@ def test_version_verbose_after_the_command_and_one_question_in_the_usage() -> No
 def test_tiles_of_a_region_count_its_pieces_and_ask_names_embed_for_them(
     demo_40x: tuple[Path, DemoLayout], tmp_path: Path
 ) -> None:
-    slide = str(demo_40x[0])
+    slide, layout = str(demo_40x[0]), demo_40x[1]
+    (x, y), r = layout.pieces[0].centre, layout.pieces[0].radius  # a box wholly inside the first piece
+    box = f"{x - r / 2:.0f},{y - r / 2:.0f},{r:.0f},{r:.0f}"
     whole = run_cli("tiles", slide, "--out", str(tmp_path / "whole.h5"))
-    region = run_cli("tiles", slide, "--out", str(tmp_path / "region.h5"), "--region", "1500,1500,2500,2500")
+    region = run_cli("tiles", slide, "--out", str(tmp_path / "region.h5"), "--region", box)
     pieces = int(re.search(r"over (\d+) tissue pieces", whole.stdout).group(1))
     assert pieces > 1 and "over 1 tissue pieces of the region" in region.stdout, (whole.stdout, region.stdout)
     asked = run_cli("ask", "--features", str(tmp_path / "region.h5"), "--local", "--demo", "Organ?")
