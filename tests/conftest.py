@@ -35,7 +35,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real `antoni-bridge serve --demo` process (the shipped, trained demo weights) per test module; yields
     its connection file."""
-    yield from _serve_demo(tmp_path_factory, {})
+    yield from serve_demo(tmp_path_factory, {})
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +48,11 @@ def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
 def untrained_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
     """`serve --demo` on untrained weights, for tests that need long answers (streaming, cancelling, limits)."""
     folder = untrained_weights.antoni.parent
-    yield from _serve_demo(tmp_path_factory, {DEMO_WEIGHTS_VARIABLE: str(folder)})
+    yield from serve_demo(tmp_path_factory, {DEMO_WEIGHTS_VARIABLE: str(folder)})
 
 
-def _serve_demo(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, str]) -> Iterator[Path]:
+def serve_demo(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, str], *serve_args: str) -> Iterator[Path]:
+    """`serve --demo` in a home of its own with `extra_env` and `serve_args`; yields its connection file."""
     home = tmp_path_factory.mktemp("daemon-home")
     connection = home / "daemon.json"
     env = {**os.environ, "ANTONI_BRIDGE_HOME": str(home), "ANTONI_BRIDGE_CONNECTION_FILE": str(connection)}
@@ -67,6 +68,7 @@ def _serve_demo(tmp_path_factory: pytest.TempPathFactory, extra_env: dict[str, s
             "tcp://127.0.0.1:*",
             "--client-timeout",
             "1.0",
+            *serve_args,
         ],  # short, so a killed client's job is cancelled before it could finish
         env=env,
         stdout=(output := (home / "serve.out").open("w")),  # a file, not a pipe nobody reads

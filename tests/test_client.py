@@ -15,6 +15,7 @@ import pytest
 
 from antoni_bridge.client import BUSY_STAGE, Cancelled, Client, DaemonBusy
 from antoni_bridge.daemon.launch import start_daemon
+from antoni_bridge.demo_assets import DEMO_WEIGHTS_VARIABLE, DemoWeights
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.demo import DemoLayout
 
@@ -23,14 +24,15 @@ WAIT_S = 120.0  # generous: other test processes share the cores; a wait ends as
 
 
 @contextlib.contextmanager
-def demo_daemon(home: Path, *serve_args: str) -> Iterator[Path]:
-    """A real `serve --demo` in a home of its own; yields its connection file. Clients are given 10 s of
-    silence (not the 1 s of conftest's daemon): these tests never leave a job behind, and on loaded build
-    machines a short limit cancels live clients' jobs."""
+def demo_daemon(home: Path, weights: DemoWeights, *serve_args: str) -> Iterator[Path]:
+    """A real `serve --demo` on untrained demo weights (answers that run to the token limit) in a home of its
+    own; yields its connection file. Clients are given 10 s of silence (not the 1 s of conftest's daemon):
+    these tests never leave a job behind, and on loaded build machines a short limit cancels live clients' jobs."""
     connection = home / "daemon.json"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ANTONI_BRIDGE_HOME", str(home))
         env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv(DEMO_WEIGHTS_VARIABLE, str(weights.antoni.parent))
         args = ["--demo", "--address", "tcp://127.0.0.1:*", "--client-timeout", "10", *serve_args]
         process = start_daemon(args, connection, home / "start.log")
     try:
@@ -41,9 +43,10 @@ def demo_daemon(home: Path, *serve_args: str) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
     """One waiting job at most: a second one waiting is answered `busy`."""
-    with demo_daemon(tmp_path_factory.mktemp("client-daemon-home"), "--queue", "1") as connection:
+    home = tmp_path_factory.mktemp("client-daemon-home")
+    with demo_daemon(home, untrained_weights, "--queue", "1") as connection:
         yield connection
 
 

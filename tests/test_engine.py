@@ -154,7 +154,7 @@ def test_settings_take_effect(weights: DemoWeights, demo_20x: Path, tmp_path: Pa
         engine = Engine(_choice(weights), tmp_path / "cache", (), EngineSettings("bf16", batch_size=7, threads=1))
         done: list[int] = []
         engine.embed(
-            SlideSource(demo_20x, REGION),
+            SlideSource(demo_20x),  # the whole slide: 51 tiles, more than a few batches of 7
             on_progress=lambda p: done.append(p.done) if p.stage == "tile-embedding" else None,
         )
         assert done[1] == 7 and all(d % 7 == 0 for d in done[:-1]), done  # 7 tiles a batch

@@ -99,7 +99,7 @@ KILLED_RUN = textwrap.dedent(
     def slow(progress):
         if progress.stage == "tile-embedding":
             print("progress", progress.done, flush=True)
-            time.sleep(0.05)
+            time.sleep(0.3)  # the kill lands while batches are still to come
     embed_slide(SlideRequest(Path(slide)), encoders, FeatureCache(Path(cache)), slow, EmbedSettings(16, None, 16))
     print("finished", flush=True)
     """
@@ -115,7 +115,7 @@ def test_killing_a_run_leaves_no_entry_and_the_next_run_resumes_to_the_same_resu
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = process.stdout.readline()  # type: ignore[union-attr]
-        if line.startswith("progress") and int(line.split()[1]) >= 96:
+        if line.startswith("progress") and int(line.split()[1]) >= 32:  # two batches of 16 saved; 51 tiles in all
             break
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -126,7 +126,7 @@ def test_killing_a_run_leaves_no_entry_and_the_next_run_resumes_to_the_same_resu
         assert np.load(part).shape[1] == 96  # every saved part is whole
 
     resumed = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(cache_dir), settings=SIXTEEN)
-    assert resumed.resumed_tiles >= 80
+    assert resumed.resumed_tiles >= 32
     assert not list(cache_dir.glob(".*.tmp")), "the final write left no temporary file"
     fresh = embed_slide(SlideRequest(demo_40x[0]), encoders, FeatureCache(tmp_path / "fresh"), settings=SIXTEEN)
     np.testing.assert_allclose(resumed.data.features, fresh.data.features, atol=1e-5)

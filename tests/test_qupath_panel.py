@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from antoni_bridge.demo_assets import DEMO_NOTE
+from antoni_bridge.demo_assets import DEMO_NOTE, DEMO_WEIGHTS_VARIABLE, DemoWeights
 from antoni_bridge.slides.demo import DemoLayout
 from antoni_bridge.slides.reader import Slide
+from tests.conftest import serve_demo
 from tests.qupath_runtime import require, run
 
 
@@ -31,9 +33,17 @@ def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def panel_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
+    """Untrained demo weights (an answer long enough to watch it stream) and batches of 8 tiles (so a cancel
+    lands while the test slide's 51 tiles are embedded)."""
+    folder = str(untrained_weights.antoni.parent)
+    yield from serve_demo(tmp_path_factory, {DEMO_WEIGHTS_VARIABLE: folder}, "--batch-size", "8")
+
+
+@pytest.fixture(scope="module")
 def seen(
     tmp_path_factory: pytest.TempPathFactory,
-    daemon: Path,
+    panel_daemon: Path,
     demo_40x: tuple[Path, DemoLayout],
     demo_odd_pyramid: Path,
     screenshot: Path,
@@ -42,7 +52,7 @@ def seen(
     prefs = tmp_path_factory.mktemp("java-prefs")
     thumbnail, downsample = _thumbnail(demo_40x[0], prefs / "thumbnail.png")
     args = (str(demo_40x[0]), str(demo_odd_pyramid), str(screenshot), str(thumbnail), str(downsample))
-    return run("panel_check.groovy", *args, prefs=prefs, gui=True, ANTONI_BRIDGE_CONNECTION_FILE=str(daemon))
+    return run("panel_check.groovy", *args, prefs=prefs, gui=True, ANTONI_BRIDGE_CONNECTION_FILE=str(panel_daemon))
 
 
 def _thumbnail(slide: Path, png: Path) -> tuple[Path, float]:
@@ -125,7 +135,7 @@ def test_copy_conversation_puts_it_on_the_clipboard(seen: dict[str, Any]) -> Non
 def test_cancel_during_embedding_stops_at_once_and_keeps_the_question(seen: dict[str, Any]) -> None:
     assert seen["embedding"]["text"].startswith("Embedding tiles")
     assert seen["cancelSeconds"] < 5.0  # at once: not after the slide is embedded (2 s on a quiet machine)
-    # The daemon sees a cancel between batches of 64 tiles (encoders/pipeline.py embed_tiles, its progress
+    # The daemon sees a cancel between batches of tiles (8 here; encoders/pipeline.py embed_tiles, its progress
     # callback), so a cancel waits for the batch in flight: measured 4.25 s for a 3.6 s batch at load 11 on
     # 2 cores. Beyond one batch, stopping the tile reader and the reply take well under 1.5 s.
     assert seen["batchSeconds"], "no whole batch was timed before the cancel"
