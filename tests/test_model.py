@@ -432,3 +432,18 @@ def test_streamed_text_is_the_answer_even_when_a_character_is_cut(model: AntoniM
         assert "".join(pieces) == stream.text
         assert "\ufffd" not in stream.text
         assert stream.text == model.tokenizer.decode(ids[:stop]).rstrip("\ufffd")
+
+
+def test_bytes_that_can_never_make_a_character_are_shown_not_held_for_ever(model: AntoniModel) -> None:
+    """A model can emit a run of bytes no character starts with (0xFD here: random weights do); after at most
+    four such tokens the stream shows them as U+FFFD, where it once held them all back and streamed nothing."""
+    from antoni_bridge.model.generation import UTF8_MAX_BYTES, TextStream
+
+    invalid = model.tokenizer.convert_tokens_to_ids("ý")  # the byte-level token of the byte 0xFD
+    stream, ids = TextStream(model.tokenizer), []
+    pieces = []
+    for _ in range(12):
+        ids.append(invalid)
+        pieces.append(stream.delta(ids))
+    assert all(piece == "" for piece in pieces[: UTF8_MAX_BYTES - 1]) and "\ufffd" in "".join(pieces)
+    assert "".join(pieces) + stream.flush(ids) == stream.text

@@ -123,9 +123,13 @@ def sample(logits: torch.Tensor, options: GenerationOptions, generator: torch.Ge
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
+UTF8_MAX_BYTES = 4  # a byte-level token holds at least one byte
+
+
 class TextStream:
     """Turns a growing list of token ids into text deltas without re-decoding everything each time, and
-    without emitting half of a multi-byte character (byte-level tokens can split one)."""
+    without emitting half of a multi-byte character (byte-level tokens can split one). A character has at
+    most UTF8_MAX_BYTES bytes: bytes that stay invalid past that are shown (as U+FFFD), not held for ever."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -136,7 +140,8 @@ class TextStream:
     def delta(self, tokens: list[int]) -> str:
         done = self.tokenizer.decode(tokens[self.prefix_offset : self.read_offset], skip_special_tokens=True)
         grown = self.tokenizer.decode(tokens[self.prefix_offset :], skip_special_tokens=True)
-        if len(grown) <= len(done) or grown.endswith("\ufffd"):
+        unfinished = grown.endswith("\ufffd") and len(tokens) - self.read_offset < UTF8_MAX_BYTES
+        if len(grown) <= len(done) or unfinished:
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(tokens)
         self.text += grown[len(done) :]
