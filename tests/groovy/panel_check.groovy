@@ -40,7 +40,7 @@ Stage stage = Fx.run {
     return window
 } as Stage
 Fx.run {
-    panel.answerTokens.text = '24' // short demo answers: the settings field, as a user sets it
+    panel.answerTokens.text = '48' // short demo answers: the settings field, as a user sets it
     panel.apply.fire()
 }
 // The status read in the same step that saw it idle: applying the settings reconnects in the background,
