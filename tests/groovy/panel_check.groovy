@@ -86,8 +86,8 @@ Closure askAndWait = { String question ->
          message: panel.message.text]
     }
 }
-seen.first = askAndWait('What organ is this tissue from?')
-seen.followUp = askAndWait('Is there a tumour in this region?')
+seen.first = askAndWait('Which stain is this?')
+seen.followUp = askAndWait('Is there DAB (brown) staining?')
 seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
 Fx.run { // the tab headers scroll to a tab selected once the window is laid out, as after a click on the menu
     qupath.analysisTabPane.selectionModel.select(0)
