@@ -10,6 +10,7 @@ from pathlib import Path
 from antoni_bridge.errors import BridgeError
 
 ANTONI_ID = "SaltySander/ANTONI-Alpha"
+QUANTS = ("auto", "4bit", "bf16", "none")
 
 
 def device(requested: str | None) -> str:
@@ -61,6 +62,15 @@ def encoder_sources(args: argparse.Namespace) -> tuple[str, str]:
         demo = demo_weights()
         return str(demo.tile_encoder), str(demo.slide_encoder)
     return args.tile_encoder, args.slide_encoder
+
+
+def model_options(command: argparse.ArgumentParser, note: str = "") -> None:
+    """The options choosing ANTONI-Alpha's weights and how they load: one definition for every command
+    (`note` says when they apply, e.g. "with --local: ")."""
+    command.add_argument("--weights", default=ANTONI_ID, help=f"{note}folder or hub id (default {ANTONI_ID})")
+    command.add_argument("--revision", help=f"{note}hub revision of the weights (e.g. pretrain)")
+    command.add_argument("--llm", help=f"{note}folder or hub id of MedGemma (default: as the weights' config says)")
+    command.add_argument("--quant", choices=QUANTS, default="auto", help=f"{note}the language model's (default auto)")
 
 
 def encoder_options(command: argparse.ArgumentParser) -> None:

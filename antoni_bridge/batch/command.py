@@ -20,7 +20,7 @@ FAILURES_SHOWN = 10
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from antoni_bridge.encoders import PRISM_ID, VIRCHOW_ID
-    from antoni_bridge.model_sources import ANTONI_ID
+    from antoni_bridge.model_sources import model_options
 
     batch = commands.add_parser(
         "batch", help="ask questions about every image and annotation of a QuPath project, slide or folder"
@@ -35,10 +35,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the daemon's, 1024)")
     batch.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
     batch.add_argument("--demo", action="store_true", help="demo weights (without --local: a demo daemon of its own)")
-    batch.add_argument("--weights", default=ANTONI_ID, help="with --local: folder or hub id of the weights")
-    batch.add_argument("--revision", help="with --local: hub revision of the weights")
-    batch.add_argument("--llm", help="with --local: folder or hub id of MedGemma")
-    batch.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    model_options(batch, "with --local: ")
     batch.add_argument("--tile-encoder", default=VIRCHOW_ID)
     batch.add_argument("--slide-encoder", default=PRISM_ID)
     batch.add_argument("--device", help="with --local: cpu or cuda (default: cuda when available)")

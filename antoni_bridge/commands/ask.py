@@ -12,7 +12,7 @@ from typing import Any
 from antoni_bridge.commands.common import ProgressBars, region_options, run_job, slide_request
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.model_sources import ANTONI_ID, encoder_options
+from antoni_bridge.model_sources import encoder_options, model_options
 
 LOCAL_ONLY = ("quant", "weights", "revision", "llm", "device", "precision", "batch_size", "threads", "cache_dir",
               "tile_encoder", "slide_encoder", "demo")  # fmt: skip
@@ -30,10 +30,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     ask.add_argument("--features", type=Path, help="a features file (.h5 or .pt) instead of a slide")
     ask.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
-    ask.add_argument("--weights", default=ANTONI_ID, help=f"folder or hub id (default {ANTONI_ID})")
-    ask.add_argument("--revision", help="hub revision of the weights (e.g. pretrain)")
-    ask.add_argument("--llm", help="folder or hub id of MedGemma (default: as the weights' config says)")
-    ask.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), help="with --local (default auto)")
+    model_options(ask, "with --local: ")
     decoding = ask.add_mutually_exclusive_group()
     decoding.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
     decoding.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -92,8 +89,6 @@ def _check_local_only(args: argparse.Namespace, defaults: dict[str, Any]) -> Non
             "models it loaded.",
             "add --local, or leave them out (give them to `antoni-bridge serve` to change the daemon's models)",
         )
-    if args.quant is None:
-        args.quant = "auto"
 
 
 def _slide_and_question(args: argparse.Namespace) -> tuple[Path | None, str]:

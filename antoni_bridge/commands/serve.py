@@ -7,16 +7,13 @@ from pathlib import Path
 
 from antoni_bridge import paths
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.model_sources import ANTONI_ID, encoder_options
+from antoni_bridge.model_sources import encoder_options, model_options
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the daemon that hosts the models (front ends talk to it)")
     serve.add_argument("--address", default="tcp://127.0.0.1:5555", help="where to listen (loopback by default)")
-    serve.add_argument("--weights", default=ANTONI_ID)
-    serve.add_argument("--revision")
-    serve.add_argument("--llm")
-    serve.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    model_options(serve)
     serve.add_argument("--queue", type=int, default=16, help="jobs that may wait before `busy`")
     serve.add_argument("--client-timeout", type=float, default=3.0, help="cancel the jobs of clients silent this long")
     serve.add_argument(

@@ -10,7 +10,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.model_sources import ANTONI_ID, device, encoder_options, load_encoders, load_model, weights_folder
+from antoni_bridge.model_sources import (
+    device,
+    encoder_options,
+    load_encoders,
+    load_model,
+    model_options,
+    weights_folder,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,10 +40,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="the published evaluation, with a no-adapter baseline row")
     evaluate.add_argument("--data", type=Path, required=True, help="HDF5 in the HISTAI-Instruct layout")
     evaluate.add_argument("--labels", type=Path, required=True, help="JSON: key, organ, neoplasm, diagnosis, options")
-    evaluate.add_argument("--weights", default=ANTONI_ID, help="folder or hub id")
-    evaluate.add_argument("--revision")
-    evaluate.add_argument("--llm")
-    evaluate.add_argument("--quant", choices=("auto", "4bit", "bf16", "none"), default="auto")
+    model_options(evaluate)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--demo", action="store_true", help="evaluate the demo weights")
     evaluate.add_argument("--organ-tree", type=Path, help="JSON child -> parent (default: the shipped one)")
