@@ -24,15 +24,17 @@ WAIT_S = 120.0  # generous: other test processes share the cores; a wait ends as
 
 
 @contextlib.contextmanager
-def demo_daemon(home: Path, weights: DemoWeights, *serve_args: str) -> Iterator[Path]:
-    """A real `serve --demo` on untrained demo weights (answers that run to the token limit) in a home of its
-    own; yields its connection file. Clients are given 10 s of silence (not the 1 s of conftest's daemon):
-    these tests never leave a job behind, and on loaded build machines a short limit cancels live clients' jobs."""
+def demo_daemon(home: Path, *serve_args: str, weights: DemoWeights | None = None) -> Iterator[Path]:
+    """A real `serve --demo` in a home of its own (on `weights`, e.g. untrained ones whose answers run to the
+    token limit; the shipped demo weights when None); yields its connection file. Clients are given 10 s of
+    silence (not the 1 s of conftest's daemon): these tests never leave a job behind, and on loaded build
+    machines a short limit cancels live clients' jobs."""
     connection = home / "daemon.json"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ANTONI_BRIDGE_HOME", str(home))
         env.setenv("HF_HUB_OFFLINE", "1")
-        env.setenv(DEMO_WEIGHTS_VARIABLE, str(weights.antoni.parent))
+        if weights is not None:
+            env.setenv(DEMO_WEIGHTS_VARIABLE, str(weights.antoni.parent))
         args = ["--demo", "--address", "tcp://127.0.0.1:*", "--client-timeout", "10", *serve_args]
         process = start_daemon(args, connection, home / "start.log")
     try:
@@ -46,7 +48,7 @@ def demo_daemon(home: Path, weights: DemoWeights, *serve_args: str) -> Iterator[
 def daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
     """One waiting job at most: a second one waiting is answered `busy`."""
     home = tmp_path_factory.mktemp("client-daemon-home")
-    with demo_daemon(home, untrained_weights, "--queue", "1") as connection:
+    with demo_daemon(home, "--queue", "1", weights=untrained_weights) as connection:
         yield connection
 
 
