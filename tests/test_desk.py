@@ -355,7 +355,10 @@ def test_start_daemon_says_it_is_starting_and_hints_name_the_demo(
     window.start_daemon()
     assert "starting" in window.chat.daemon_label.text()
     qtbot.waitUntil(lambda: window.daemon_state.running, timeout=WAIT_MS)
-    before = shown[: next(i for i, text in enumerate(shown) if "demo weights" in text)]
+    label = window.chat.daemon_label.text
+    qtbot.waitUntil(lambda: label().startswith("Daemon: demo weights"), timeout=WAIT_MS)  # its hello was read
+    shown.append(label())  # the label may change after the last state change was recorded
+    before = shown[: next(i for i, text in enumerate(shown) if text.startswith("Daemon: demo weights"))]
     assert before and all("starting" in text and "not reachable" not in text for text in before), shown
     window.close()
 
