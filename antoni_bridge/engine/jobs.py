@@ -20,6 +20,7 @@ from antoni_bridge.engine.latents import LatentMemory, Latents, read_features_fi
 from antoni_bridge.engine.provenance import answer_provenance, model_provenance, weights_sha256
 from antoni_bridge.engine.settings import EngineSettings
 from antoni_bridge.engine.sources import FeaturesSource, SlideRoots, SlideSource, Source
+from antoni_bridge.engine.tiles import TileFeatures, from_feature_file, read_tile_features_file
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
 
@@ -264,6 +265,26 @@ class Engine:
         _check(cancelled)
         self.memory.put(source, latents)
         return latents
+
+    def tile_features(
+        self, source: Source, *, on_progress: OnProgress = None, cancelled: IsCancelled = None
+    ) -> TileFeatures:
+        """The tile features, coordinates and tile size of a slide (or region) or features file, for maps:
+        from the feature cache when the slide was embedded before (else embedded now, and cached)."""
+        if isinstance(source, FeaturesSource):
+            if not Path(source.path).expanduser().exists():
+                raise BridgeError(f"No features file at {source.path}.", "create one with `antoni-bridge embed`")
+            return read_tile_features_file(self.roots.allowed(source.path))
+        from antoni_bridge.encoders.pipeline import embed_slide
+        from antoni_bridge.features.cache import FeatureCache
+        from antoni_bridge.slides.planning import SlideRequest
+
+        report = _cancellable(on_progress, cancelled)
+        path = self.roots.allowed(source.path)
+        self.load(["encoders"], report)
+        request = SlideRequest(path, region=source.region, slide_mpp=source.slide_mpp)
+        got = embed_slide(request, self.encoders, FeatureCache(self.cache_dir), report, self.settings.embed_settings())
+        return from_feature_file(got.data, path.name)
 
     def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
         """Latents checked against the weights' shape before the language model takes its minute to load."""
