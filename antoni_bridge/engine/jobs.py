@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from antoni_bridge.engine.latents import LatentMemory, Latents, read_features_fi
 from antoni_bridge.engine.provenance import answer_provenance, model_provenance, weights_sha256
 from antoni_bridge.engine.settings import EngineSettings
 from antoni_bridge.engine.sources import FeaturesSource, SlideRoots, SlideSource, Source
+from antoni_bridge.engine.tiles import TileFeatures, from_feature_file, read_tile_features_file
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
 
@@ -48,6 +49,7 @@ class Answer:
     region_clipped: bool = False
     cache_hit: bool = False
     image_size: list[int] | None = None  # view: the image the model saw
+    reliance: dict[str, Any] | None = None  # ask: how much the answer depends on the slide (engine.evidence)
 
 
 @dataclass
@@ -59,6 +61,25 @@ class Scores:
     timings: dict[str, float]
     cache_hit: bool = False
     region_clipped: bool = False
+
+
+@dataclass
+class Explained:
+    """An evidence map of an answer (engine.evidence): per-tile values with the tiles' places."""
+
+    method: str
+    tiles: int
+    groups: int
+    tile_size: int
+    coords: list[list[int]]
+    values: list[float]
+    group_of: list[int]
+    log_likelihood: float
+    faithfulness: dict[str, Any]
+    reliance: dict[str, Any]
+    refined: list[int]
+    provenance: dict[str, Any]
+    timings: dict[str, float]
 
 
 @dataclass
@@ -154,13 +175,73 @@ class Engine:
         result = self.model.answer(
             latents.values, conversation, options, on_text=on_text, cancelled=cancelled, prefix_key=latents.key
         )
+        generated = _generated(result, self._provenance(options, result.stop_reason), start)
+        reliance = self.reliance(latents, conversation, result.text) if result.text.strip() else None
         return Answer(
-            **_generated(result, self._provenance(options, result.stop_reason), start),
+            **generated,
             latents_from=latents.source,
             latents_shape=list(latents.values.shape),
             tiles=latents.tiles,
             region_clipped=latents.clipped,
             cache_hit=latents.source != "computed",
+            reliance=reliance,
+        )
+
+    def reliance(self, latents: Latents, conversation: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+        """How much `answer` depends on this slide: against no image and another slide (engine.evidence)."""
+        from antoni_bridge.engine.evidence import other_latents, reliance
+
+        other, other_from = other_latents(self.memory, self.cache_dir, latents)
+        return reliance(self.model, latents.values, other, other_from, conversation, answer).to_dict()
+
+    def explain(
+        self,
+        source: Source,
+        conversation: list[dict[str, Any]],
+        answer: str,
+        *,
+        method: str = "occlusion",
+        groups: int = 64,
+        random_orders: int = 8,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Explained:
+        """Where on the slide `answer` (the reply to `conversation`) comes from: an occlusion map over tile
+        groups with its faithfulness figure, and the answer's image reliance (engine.evidence)."""
+        from antoni_bridge.engine.evidence import MaskedScorer, occlusion_map
+        from antoni_bridge.model.prompt import check_asks
+
+        start = time.perf_counter()
+        check_asks(conversation)
+        if not answer.strip():
+            raise BridgeError("There is no answer to explain.", "give the answer's text")
+        if method != "occlusion":
+            raise BridgeError(f"The evidence method {method!r} is not available.", 'use "occlusion"')
+        report = _cancellable(on_progress, cancelled)
+        tiles = self.tile_features(source, on_progress=on_progress, cancelled=cancelled)
+        latents = self._checked_latents(source, on_progress, cancelled)
+        self.load(["encoders", "model"], report)
+
+        def step(stage: str, done: int, total: int) -> None:
+            _step(report, stage, done, total)
+
+        scorer = MaskedScorer(self.encoders.slide, self.model, tiles.features, conversation, answer, step)
+        mapped = occlusion_map(scorer, tiles.coords, groups, random_orders)
+        relied = self.reliance(latents, conversation, answer)
+        return Explained(
+            method=method,
+            tiles=len(tiles),
+            groups=mapped.groups,
+            tile_size=tiles.tile_size,
+            coords=[[int(x), int(y)] for x, y in tiles.coords],
+            values=[float(v) for v in mapped.values],
+            group_of=[int(g) for g in mapped.group_of],
+            log_likelihood=mapped.log_likelihood,
+            faithfulness=asdict(mapped.faithfulness),
+            reliance=relied,
+            refined=mapped.refined,
+            provenance=self.provenance(),
+            timings={"total_s": time.perf_counter() - start},
         )
 
     def score(
@@ -264,6 +345,26 @@ class Engine:
         _check(cancelled)
         self.memory.put(source, latents)
         return latents
+
+    def tile_features(
+        self, source: Source, *, on_progress: OnProgress = None, cancelled: IsCancelled = None
+    ) -> TileFeatures:
+        """The tile features, coordinates and tile size of a slide (or region) or features file, for maps:
+        from the feature cache when the slide was embedded before (else embedded now, and cached)."""
+        if isinstance(source, FeaturesSource):
+            if not Path(source.path).expanduser().exists():
+                raise BridgeError(f"No features file at {source.path}.", "create one with `antoni-bridge embed`")
+            return read_tile_features_file(self.roots.allowed(source.path))
+        from antoni_bridge.encoders.pipeline import embed_slide
+        from antoni_bridge.features.cache import FeatureCache
+        from antoni_bridge.slides.planning import SlideRequest
+
+        report = _cancellable(on_progress, cancelled)
+        path = self.roots.allowed(source.path)
+        self.load(["encoders"], report)
+        request = SlideRequest(path, region=source.region, slide_mpp=source.slide_mpp)
+        got = embed_slide(request, self.encoders, FeatureCache(self.cache_dir), report, self.settings.embed_settings())
+        return from_feature_file(got.data, path.name)
 
     def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
         """Latents checked against the weights' shape before the language model takes its minute to load."""
