@@ -29,6 +29,7 @@ from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
 from antoni_bridge.engine import MODEL_PARTS
+from antoni_bridge.engine.prism_heads import MAX_BEAMS, MAX_LABELS, MAX_PHRASINGS, MAX_REPORT_TOKENS, MIN_LABELS
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.platforms import is_absolute
 from antoni_bridge.slides.regions import MAX_REGION_VERTICES
@@ -46,7 +47,7 @@ SLIDE_MPP_RANGE = (0.01, 100.0)  # what Slide accepts from a file's metadata, to
 REFUSED = "bad_request"  # the pydantic error type whose message is the sentence a client reads
 
 ModelPart = Literal["encoders", "model"]
-JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload", "explain"]
+JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload", "explain", "zero_shot", "report"]
 ProgressStage = Literal[
     "loading",
     "reading",
@@ -409,6 +410,62 @@ class ForgetRequest(Strict):
         return content
 
 
+Phrasings = Annotated[list[Annotated[str, AfterValidator(_not_blank)]], Field(min_length=1, max_length=MAX_PHRASINGS)]
+
+
+class ZeroShotRequest(SlideSource):
+    labels: Annotated[
+        list[Annotated[str, AfterValidator(_not_blank)]],
+        Field(min_length=MIN_LABELS, max_length=MAX_LABELS),
+        says(f"'labels' must be a list of {MIN_LABELS} to {MAX_LABELS} non-empty labels."),
+    ] = optional(f"{MIN_LABELS} to {MAX_LABELS} labels, each its own prompt")
+    prompts: Annotated[
+        dict[str, Phrasings],
+        Field(min_length=MIN_LABELS, max_length=MAX_LABELS),
+        says(f"'prompts' must map {MIN_LABELS} to {MAX_LABELS} labels to 1 to {MAX_PHRASINGS} non-empty phrasings."),
+    ] = optional("{label: [phrasing, ...]}: a label's phrasings are pooled, as Prism's zero_shot pools prompts")
+    map: Annotated[bool, says("'map' must be true or false.")] = optional(
+        "true: also the probabilities per tile group (default false)"
+    )
+    groups: Annotated[int, Field(ge=2, le=1024), says("'groups' must be a whole number from 2 to 1024.")] = optional(
+        "how many tile groups the map has, 2 to 1024 (default 64)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _labels(cls, content: Any) -> Any:
+        if not isinstance(content, dict) or ("labels" in content) == ("prompts" in content):
+            raise refused("A zero_shot request carries either 'labels' or 'prompts'.")
+        return content
+
+    @model_validator(mode="after")
+    def _different(self) -> ZeroShotRequest:
+        names = [name.strip() for name in (self.labels or list(self.prompts or {}))]
+        if len(set(names)) != len(names) or not all(names):
+            raise refused("The zero_shot labels must be different and non-empty.")
+        phrasings = self.labels or [p for values in (self.prompts or {}).values() for p in values]
+        if sum(map(len, phrasings)) + sum(map(len, names)) > MAX_TEXT_CHARS:
+            raise refused(f"The labels and prompts have more than {MAX_TEXT_CHARS:,} characters.")
+        return self
+
+
+class ReportRequest(SlideSource):
+    prompt: Annotated[
+        str,
+        Field(max_length=1000),
+        AfterValidator(_not_blank),
+        says("'prompt' must be non-empty text of at most 1,000 characters."),
+    ] = optional('where the draft starts (default "Diagnosis:", as Prism was trained)')
+    max_new_tokens: Annotated[
+        int,
+        Field(ge=1, le=MAX_REPORT_TOKENS),
+        says(f"'max_new_tokens' must be a whole number from 1 to {MAX_REPORT_TOKENS}."),
+    ] = optional(f"the draft's length limit in tokens, 1 to {MAX_REPORT_TOKENS} (default 100)")
+    beams: Annotated[int, Field(ge=1, le=MAX_BEAMS), says(f"'beams' must be a whole number from 1 to {MAX_BEAMS}.")] = (
+        optional(f"beam search width: 1 (greedy, the default) to {MAX_BEAMS}")
+    )
+
+
 class ModelsRequest(Strict):
     models: Annotated[
         list[ModelPart],
@@ -431,6 +488,8 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "forget": ForgetRequest,
     "load": ModelsRequest,
     "unload": ModelsRequest,
+    "zero_shot": ZeroShotRequest,
+    "report": ReportRequest,
 }
 JOBS = tuple(JobKind.__args__)
 
@@ -693,6 +752,37 @@ class EmbedDone(Reply):
     timings: TotalTiming
 
 
+class ZeroShotMap(Reply):
+    """Zero-shot per tile group: each group's probabilities from its own tiles alone."""
+
+    tiles: int = Field(description="N, the slide's (or region's) tiles")
+    groups: int = Field(description="K, the tile groups")
+    tile_size: int = Field(description="a tile's side in level-0 pixels")
+    coords: list[list[int]] = Field(description="[x, y] level-0 top-left of each tile (N)")
+    group_of: list[int] = Field(description="each tile's group, 0 to K - 1 (N)")
+    probabilities: list[list[float]] = Field(description="per group (K), per label: each row sums to 1")
+
+
+class ZeroShotDone(Reply):
+    job_id: str
+    labels: list[str] = Field(description="the labels, in the order sent")
+    probabilities: list[float] = Field(description="per label, from Prism's contrastive heads; they sum to 1")
+    map: ZeroShotMap | None = Field(description="per tile group when asked (map: true), else null")
+    model: Literal["prism"] = Field(description="Prism gave these, not ANTONI")
+    provenance: Provenance = Field(description="the models and versions (adapter false: ANTONI took no part)")
+    timings: TotalTiming
+
+
+class ReportDone(Reply):
+    job_id: str
+    report: str = Field(description="Prism's draft, starting with the prompt")
+    stop_reason: Literal["stop", "length"] = Field(description="the end of the text, or the token limit")
+    model: Literal["prism"] = Field(description="Prism wrote this, not ANTONI")
+    label: str = Field(description='show it next to the draft: "Draft by Prism (not ANTONI)"')
+    provenance: Provenance = Field(description="the models and versions (adapter false: ANTONI took no part)")
+    timings: TotalTiming
+
+
 class Removed(Reply):
     memory: int
     disk: int
@@ -732,6 +822,8 @@ DONE: dict[str, type[BaseModel]] = {
     "forget": ForgetDone,
     "load": LoadedDone,
     "unload": LoadedDone,
+    "zero_shot": ZeroShotDone,
+    "report": ReportDone,
 }
 
 

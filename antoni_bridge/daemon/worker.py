@@ -15,6 +15,13 @@ from typing import Any
 
 from antoni_bridge.daemon.jobs import Job
 from antoni_bridge.engine import MODEL_PARTS, Answer, Engine, options_from, source_from
+from antoni_bridge.engine.prism_heads import (
+    DEFAULT_GROUPS,
+    DEFAULT_REPORT_PROMPT,
+    DEFAULT_REPORT_TOKENS,
+    PRISM,
+    REPORT_LABEL,
+)
 from antoni_bridge.errors import BridgeError
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # decoded, 192 MB of RGB; a small PNG can claim gigapixels
@@ -122,6 +129,28 @@ def _uploaded(data: str) -> tuple[Any, bool]:  # (np.ndarray, clipped)
         raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
 
 
+def run_zero_shot(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    groups = c.get("groups", DEFAULT_GROUPS) if c.get("map") else None
+    result = engine.zero_shot(
+        source_from(c), c.get("labels"), c.get("prompts"), map_groups=groups, **_callbacks(job, emit)
+    )
+    return {**asdict(result), "model": PRISM}
+
+
+def run_report(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    result = engine.report(
+        source_from(c),
+        c.get("prompt", DEFAULT_REPORT_PROMPT),
+        c.get("max_new_tokens", DEFAULT_REPORT_TOKENS),
+        c.get("beams", 1),
+        on_text=_on_text(emit),
+        **_callbacks(job, emit),
+    )
+    return {**asdict(result), "model": PRISM, "label": REPORT_LABEL}
+
+
 def run_embed(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return asdict(engine.embed(source_from(job.content), **_callbacks(job, emit)))
 
@@ -149,4 +178,6 @@ RUNNERS: dict[str, Runner] = {
     "forget": run_forget,
     "load": run_load,
     "unload": run_unload,
+    "zero_shot": run_zero_shot,
+    "report": run_report,
 }

@@ -9,8 +9,9 @@ Every block is pre-norm with residuals; feed-forwards are GEGLU (value half firs
 
 Module names reproduce the published state-dict keys (`image_resampler.perceiver.layers.0.xattn...`),
 shared blocks stored once; the aliases some exports contain and the text decoder's keys are dropped
-on load after a check. The BioGPT text decoder is not needed for ANTONI and not built. Runs on any
-transformers version: nothing here depends on it.
+on load after a check. The BioGPT text decoder and contrastive heads (not needed for ANTONI) load
+separately, from the same folder (encoders/prism_text.py). Runs on any transformers version: nothing
+here depends on it.
 """
 
 from __future__ import annotations

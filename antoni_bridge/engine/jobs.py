@@ -11,12 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from antoni_bridge import paths
 from antoni_bridge.engine.choice import ModelChoice
 from antoni_bridge.engine.latents import LatentMemory, Latents, read_features_file
+from antoni_bridge.engine.prism_heads import DEFAULT_REPORT_PROMPT, DEFAULT_REPORT_TOKENS, PrismReport, PrismZeroShot
 from antoni_bridge.engine.provenance import answer_provenance, model_provenance, weights_sha256
 from antoni_bridge.engine.settings import EngineSettings
 from antoni_bridge.engine.sources import FeaturesSource, SlideRoots, SlideSource, Source
@@ -107,6 +109,7 @@ class Engine:
         self.memory = LatentMemory()
         self.encoders: Any = None  # encoders.pipeline.Encoders
         self.model: Any = None  # model.antoni.AntoniModel
+        self.prism_text: Any = None  # encoders.prism_text.PrismText, loaded by the first zero-shot or report
         self.weights_sha256: str | None = None  # hashed once, when the model first loads
         self._weights: Path | None = None
 
@@ -153,6 +156,8 @@ class Engine:
 
         for part in parts:
             setattr(self, part, None)
+        if "encoders" in parts:
+            self.prism_text = None
         release_unused()
 
     # ------------------------------------------------------------------ jobs
@@ -243,6 +248,69 @@ class Engine:
             provenance=self.provenance(),
             timings={"total_s": time.perf_counter() - start},
         )
+
+    def zero_shot(
+        self,
+        source: Source,
+        labels: list[str] | None = None,
+        prompts: dict[str, list[str]] | None = None,
+        *,
+        map_groups: int | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> PrismZeroShot:
+        """Prism's zero-shot probabilities over labels (or prompt sets) for the slide, and per tile group
+        when `map_groups` is given (engine.prism_heads)."""
+        from antoni_bridge.engine.prism_heads import check_widths, group_map, label_probabilities, prompt_sets
+
+        start, sets = time.perf_counter(), prompt_sets(labels, prompts)
+        report = _cancellable(on_progress, cancelled)
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        text = self.prism_heads(report)
+        check_widths(text, latents.values)
+        _step(report, "scoring", 0, 1)
+        probabilities = label_probabilities(text, latents.values[:1], sets)[0].tolist()
+        mapped = None
+        if map_groups is not None:
+            tiles = self.tile_features(source, on_progress=on_progress, cancelled=cancelled)
+            self.load(["encoders"], report)
+            mapped = group_map(self.encoders.slide, text, tiles, sets, map_groups, partial(_step, report))
+        return PrismZeroShot(list(sets), probabilities, mapped, self._prism_provenance(), _total(start))
+
+    def report(
+        self,
+        source: Source,
+        prompt: str = DEFAULT_REPORT_PROMPT,
+        max_new_tokens: int = DEFAULT_REPORT_TOKENS,
+        beams: int = 1,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> PrismReport:
+        """Prism's report draft over the slide's latents, greedy or beam search (engine.prism_heads)."""
+        from antoni_bridge.engine.prism_heads import check_widths, draft_report
+
+        start, report = time.perf_counter(), _cancellable(on_progress, cancelled)
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        text = self.prism_heads(report)
+        check_widths(text, latents.values)
+        step = partial(_step, report)
+        draft = draft_report(text, latents.values[1:], prompt, max_new_tokens, beams, on_text, step)
+        return PrismReport(draft.report, draft.stop_reason, self._prism_provenance(), _total(start))
+
+    def prism_heads(self, progress: OnProgress = None) -> Any:
+        """Prism's text heads from the slide encoder's folder (encoders.prism_text.PrismText), loaded once."""
+        if self.prism_text is None:
+            from antoni_bridge.encoders.prism_text import load_prism_text
+
+            _step(progress, "loading", 0, 1)
+            self.prism_text = load_prism_text(self.choice.slide_encoder, self.choice.device)
+            _step(progress, "loading", 1, 1)
+        return self.prism_text
+
+    def _prism_provenance(self) -> dict[str, Any]:
+        return {**self.provenance(), "adapter": False}
 
     def score(
         self,
@@ -441,6 +509,10 @@ def _generated(result: Any, provenance: dict[str, Any], start: float) -> dict[st
             "prompt_tokens": result.prompt_tokens,
         },
     }
+
+
+def _total(start: float) -> dict[str, float]:
+    return {"total_s": time.perf_counter() - start}
 
 
 def _step(on_progress: OnProgress, stage: str, done: int, total: int) -> None:
