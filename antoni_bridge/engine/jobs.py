@@ -8,9 +8,11 @@ on bad input. A features file is read and checked before any model loads.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
 
 if TYPE_CHECKING:  # slides.planning loads numpy, h5py and the tissue detector: only when a job runs
+    from antoni_bridge.engine.similar import SimilarSlides
     from antoni_bridge.slides.planning import Progress
 
 MODEL_PARTS = ("encoders", "model")
@@ -62,6 +65,13 @@ class Scores:
 
 
 @dataclass
+class Similar:
+    results: list[dict[str, Any]]  # slide, region, similarity, thumbnail, fingerprint; best first
+    indexed: int  # slides and regions in the index searched
+    timings: dict[str, float]
+
+
+@dataclass
 class Embedded:
     tiles: int | None
     latents_shape: list[int]
@@ -88,6 +98,13 @@ class Engine:
         self.model: Any = None  # model.antoni.AntoniModel
         self.weights_sha256: str | None = None  # hashed once, when the model first loads
         self._weights: Path | None = None
+
+    @cached_property
+    def similar_slides(self) -> SimilarSlides:
+        """The similar-slides indexes kept with the feature cache (numpy loads only when one is used)."""
+        from antoni_bridge.engine.similar import SimilarSlides
+
+        return SimilarSlides(self.cache_dir)
 
     # ------------------------------------------------------------------ models
 
@@ -243,7 +260,29 @@ class Engine:
         if self.model is not None:
             for latents in dropped:
                 self.model.forget_prefix(latents.key)
+        self.similar_slides.forget(fingerprint)
         return {"memory": len(dropped), "disk": FeatureCache(self.cache_dir).forget(fingerprint)}
+
+    def similar(
+        self,
+        source: Source,
+        top: int = 10,
+        within: str | None = None,
+        *,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Similar:
+        """The slides and regions embedded here closest to this one by slide embedding (cosine), best first;
+        `within` keeps those under a folder or among a QuPath project's images."""
+        from antoni_bridge.engine.similar import find_similar, within_filter
+
+        start = time.perf_counter()
+        keep = within_filter(within, self.roots) if within is not None else None
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        self.load(["encoders"], on_progress)  # the index searched is the slide encoder's
+        index = self.similar_slides.space(self.encoders.slide.identity)
+        results = find_similar(index, source, latents, top, keep)
+        return Similar(results, len(index), {"total_s": time.perf_counter() - start})
 
     # ------------------------------------------------------------------ latents
 
@@ -263,7 +302,18 @@ class Engine:
         latents = self._embed(source, report)
         _check(cancelled)
         self.memory.put(source, latents)
+        self._index(source, latents)
         return latents
+
+    def _index(self, source: SlideSource, latents: Latents) -> None:
+        """Make the slide (or region) findable by `similar`; an index that cannot be written is logged and
+        costs the job nothing."""
+        from antoni_bridge.engine.similar import index_latents
+
+        try:
+            index_latents(self.similar_slides, self.encoders.slide.identity, source, latents)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("similar-slides index not updated: %s", exc)
 
     def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
         """Latents checked against the weights' shape before the language model takes its minute to load."""
