@@ -111,6 +111,12 @@ def run_embed(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return asdict(engine.embed(source_from(job.content), **_callbacks(job, emit)))
 
 
+def run_similar(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    found = engine.similar(source_from(c), c.get("top", 10), c.get("within"), **_callbacks(job, emit))
+    return asdict(found)
+
+
 def run_forget(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return {"removed": engine.forget(job.content.get("slide"))}
 
@@ -133,4 +139,5 @@ RUNNERS: dict[str, Runner] = {
     "forget": run_forget,
     "load": run_load,
     "unload": run_unload,
+    "similar": run_similar,
 }
