@@ -222,7 +222,7 @@ class SimilarSlides:
     """The indexes under a feature cache (one per slide encoder) and their thumbnails."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.root = Path(cache_dir) / FOLDER
+        self.root = Path(cache_dir).absolute() / FOLDER  # thumbnails are reported by absolute path
         self.spaces: dict[str, SimilarIndex] = {}
 
     def space(self, encoder_identity: str) -> SimilarIndex:
