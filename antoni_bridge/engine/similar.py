@@ -4,8 +4,9 @@ The index lives with the feature cache, one folder per slide encoder (embeddings
 are not comparable): unit-length rows in `vectors.f16` and `vectors.f32`, memory-mapped; one JSON line
 per row in `entries.jsonl` (slide, region, fingerprint, thumbnail), with lines that drop rows; and
 `manifest.json`, written atomically, which says how many rows and entry bytes are valid. Adding a slide
-appends to the three files past what the manifest counts and then replaces the manifest, so a crash leaves the old index (the
-half-written tail is cut off by the next append) and 100,000 rows are never rewritten to add one.
+appends to the three files past what the manifest counts and then replaces the manifest, so a crash
+leaves the old index (the half-written tail is cut off by the next append) and 100,000 rows are never
+rewritten to add one.
 Forgetting drops rows by a line; when half the rows are dropped, the folder is rewritten whole.
 
 Search is exact: one float16 matrix-vector product over all rows (torch's CPU kernel; numpy has no fast
@@ -43,22 +44,19 @@ class Entry:
 
     slide: str  # absolute path
     region: dict[str, Any] | None  # GeoJSON geometry in level-0 pixels, or None for the whole slide
+    region_key: str  # the region's canonical text (Region.key(), as the feature cache's keys), "" for none
     fingerprint: str  # the slide's content fingerprint
     thumbnail: str | None  # absolute path of a small PNG, or None
 
     @property
     def key(self) -> tuple[str, str]:
-        return self.slide, region_key(self.region)
+        return self.slide, self.region_key
 
 
 @dataclass(frozen=True)
 class Match:
     entry: Entry
     similarity: float  # cosine
-
-
-def region_key(region: dict[str, Any] | None) -> str:
-    return json.dumps(region, sort_keys=True) if region else ""
 
 
 class SimilarIndex:
@@ -68,6 +66,7 @@ class SimilarIndex:
         self.folder = folder
         self.manifest_text: str | None = None
         self.entries: list[Entry] = []
+        self.rows: dict[tuple[str, str], int] = {}  # the live row of each slide and region
         self.alive = np.zeros(0, dtype=bool)
         self.coarse: np.ndarray | None = None  # (rows, dim) float16, memory-mapped (copy-on-write: torch reads it)
         self.exact: np.ndarray | None = None  # (rows, dim) float32, memory-mapped, read row by row
@@ -95,20 +94,26 @@ class SimilarIndex:
         if text:
             with (self.folder / "entries.jsonl").open("rb") as fh:
                 data = fh.read(facts["entry_bytes"])
-        self.entries, self.alive, self.manifest_text = [], np.zeros(0, dtype=bool), None
+        self.entries, self.alive, self.manifest_text, self.rows = [], np.zeros(0, dtype=bool), None, {}
         self._took(text, facts, data)
 
     def _took(self, text: str | None, facts: dict[str, Any], lines: bytes) -> None:
         """Take in what was appended (`lines` of entries.jsonl) and the manifest now on disk."""
-        dropped = []
+        dropped, added = [], 0
         for line in lines.splitlines():
             record = json.loads(line)
             if "drop" in record:
                 dropped.extend(record["drop"])
             else:
                 self.entries.append(Entry(**record))
+                added += 1
         self.alive = np.concatenate([self.alive, np.ones(len(self.entries) - len(self.alive), dtype=bool)])
         self.alive[dropped] = False
+        for row in range(len(self.entries) - added, len(self.entries)):
+            self.rows[self.entries[row].key] = row
+        for row in dropped:
+            if self.rows.get(self.entries[row].key) == row:
+                del self.rows[self.entries[row].key]
         self.manifest_text, self.dim, self.entry_bytes = text, facts["dim"], facts["entry_bytes"]
         rows, self.coarse, self.exact = facts["rows"], None, None
         if rows:
@@ -119,15 +124,11 @@ class SimilarIndex:
         self.refresh()
         return int(self.alive.sum())
 
-    def find(self, slide: str, region: dict[str, Any] | None) -> list[int]:
-        """The live rows of a slide and region (one, or none)."""
-        key = (slide, region_key(region))
-        return [row for row, entry in enumerate(self.entries) if self.alive[row] and entry.key == key]
-
-    def holds(self, slide: str, region: dict[str, Any] | None, fingerprint: str) -> bool:
+    def holds(self, slide: str, region_key: str, fingerprint: str) -> bool:
         """Whether this slide and region are indexed with this content."""
         self.refresh()
-        return any(self.entries[row].fingerprint == fingerprint for row in self.find(slide, region))
+        row = self.rows.get((slide, region_key))
+        return row is not None and self.entries[row].fingerprint == fingerprint
 
     # -------------------------------------------------------------------------------------- writing
 
@@ -140,8 +141,8 @@ class SimilarIndex:
                 f"A {vector.shape[0]}-wide slide embedding cannot join an index of {self.dim}-wide ones.",
                 "embeddings of one slide encoder share an index; this is a bug to report",
             )
-        replaced = self.find(*entry.key)
-        lines = ([{"drop": replaced}] if replaced else []) + [entry.__dict__]
+        replaced = self.rows.get(entry.key)
+        lines = ([{"drop": [replaced]}] if replaced is not None else []) + [entry.__dict__]
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = len(self.entries)
         _append(self.folder / "vectors.f16", rows * vector.size * 2, vector.astype(np.float16).tobytes())
@@ -231,8 +232,8 @@ class SimilarSlides:
             self.spaces[name] = SimilarIndex(self.root / name)
         return self.spaces[name]
 
-    def thumbnail_path(self, fingerprint: str, region: dict[str, Any] | None) -> Path:
-        name = hashlib.sha256(f"{fingerprint}:{region_key(region)}".encode()).hexdigest()[:24]
+    def thumbnail_path(self, fingerprint: str, region_key: str) -> Path:
+        name = hashlib.sha256(f"{fingerprint}:{region_key}".encode()).hexdigest()[:24]
         return self.root / "thumbnails" / f"{name}.png"
 
     def forget(self, fingerprint: str | None) -> None:
@@ -320,13 +321,13 @@ def write_thumbnail(source: SlideSource, out: Path) -> Path | None:
 
 def index_latents(slides: SimilarSlides, encoder: str, source: SlideSource, latents: Latents) -> None:
     """Index a slide or region just embedded (or found in the cache) unless it is indexed with this content."""
-    region = source.region.to_geojson() if source.region else None
-    region = json.loads(json.dumps(region)) if region else None  # lists, as it reads back from the index
+    region = json.loads(json.dumps(source.region.to_geojson())) if source.region else None  # tuples to lists
+    key = source.region.key() if source.region else ""
     index, fingerprint = slides.space(encoder), str(latents.fingerprint)
-    if index.holds(str(source.path), region, fingerprint):
+    if index.holds(str(source.path), key, fingerprint):
         return
-    thumbnail = write_thumbnail(source, slides.thumbnail_path(fingerprint, region))
-    entry = Entry(str(source.path), region, fingerprint, str(thumbnail) if thumbnail else None)
+    thumbnail = write_thumbnail(source, slides.thumbnail_path(fingerprint, key))
+    entry = Entry(str(source.path), region, key, fingerprint, str(thumbnail) if thumbnail else None)
     index.add(entry, latents.values[0].float().numpy())
 
 
@@ -337,8 +338,7 @@ def find_similar(
     them: not the source itself, not slides gone from disk, and only those `within` accepts."""
     own = None
     if isinstance(source, SlideSource):
-        region = json.loads(json.dumps(source.region.to_geojson())) if source.region else None
-        own = (str(source.path), region_key(region))
+        own = (str(source.path), source.region.key() if source.region else "")
 
     def keep(entry: Entry) -> bool:
         return entry.key != own and Path(entry.slide).is_file() and (within is None or within(entry))
