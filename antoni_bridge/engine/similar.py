@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,27 +132,32 @@ class SimilarIndex:
 
     # -------------------------------------------------------------------------------------- writing
 
-    def add(self, entry: Entry, embedding: np.ndarray) -> None:
-        """Index a slide or region (replacing an entry of the same slide and region)."""
+    def add(self, entries: Sequence[Entry], embeddings: np.ndarray) -> None:
+        """Index slides or regions (each replacing an entry of the same slide and region) in one append."""
         self.refresh()
-        vector = unit(embedding)
-        if self.dim and vector.shape != (self.dim,):
+        vectors = unit(embeddings)
+        if vectors.shape != (len(entries), self.dim or vectors.shape[1]):
             raise BridgeError(
-                f"A {vector.shape[0]}-wide slide embedding cannot join an index of {self.dim}-wide ones.",
+                f"{vectors.shape} slide embeddings cannot join an index of {self.dim}-wide ones for "
+                f"{len(entries)} entries.",
                 "embeddings of one slide encoder share an index; this is a bug to report",
             )
-        replaced = self.rows.get(entry.key)
-        lines = ([{"drop": [replaced]}] if replaced is not None else []) + [entry.__dict__]
+        rows, latest, replaced = len(self.entries), dict(self.rows), []
+        for offset, entry in enumerate(entries):
+            if entry.key in latest:
+                replaced.append(latest[entry.key])
+            latest[entry.key] = rows + offset
+        lines = [entry.__dict__ for entry in entries] + ([{"drop": replaced}] if replaced else [])
         self.folder.mkdir(parents=True, exist_ok=True)
-        rows = len(self.entries)
-        _append(self.folder / "vectors.f16", rows * vector.size * 2, vector.astype(np.float16).tobytes())
-        _append(self.folder / "vectors.f32", rows * vector.size * 4, vector.tobytes())
+        width = vectors.shape[1]
+        _append(self.folder / "vectors.f16", rows * width * 2, vectors.astype(np.float16).tobytes())
+        _append(self.folder / "vectors.f32", rows * width * 4, vectors.tobytes())
         text = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         _append(self.folder / "entries.jsonl", self.entry_bytes, text)
         facts = {
             "format": FORMAT,
-            "rows": rows + 1,
-            "dim": vector.shape[0],
+            "rows": rows + len(entries),
+            "dim": width,
             "entry_bytes": self.entry_bytes + len(text),
         }
         self._commit(facts, text)
@@ -259,11 +264,11 @@ class SimilarSlides:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def unit(vector: Any) -> np.ndarray:
-    """A float32 copy of length 1 (a zero vector stays zero)."""
-    values = np.asarray(vector, dtype=np.float32).reshape(-1)
-    norm = float(np.linalg.norm(values))
-    return values / norm if norm > 0 else values
+def unit(vectors: Any) -> np.ndarray:
+    """A float32 copy of a vector (or of each row) scaled to length 1 (a zero vector stays zero)."""
+    values = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(values, axis=-1, keepdims=True)
+    return values / np.where(norms > 0, norms, 1.0)
 
 
 def coarse_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -328,7 +333,7 @@ def index_latents(slides: SimilarSlides, encoder: str, source: SlideSource, late
         return
     thumbnail = write_thumbnail(source, slides.thumbnail_path(fingerprint, key))
     entry = Entry(str(source.path), region, key, fingerprint, str(thumbnail) if thumbnail else None)
-    index.add(entry, latents.values[0].float().numpy())
+    index.add([entry], latents.values[:1].float().numpy())
 
 
 def find_similar(
