@@ -103,7 +103,8 @@ def main() -> None:
     disk = sum(file.stat().st_size for file in folder.iterdir())
     load = ", ".join(f"{value:.1f}" for value in psutil.getloadavg())
     print(
-        f"{args.slides:,} slides x {args.dim}, {args.queries} queries (top 10), {psutil.cpu_count()} CPU cores, load {load}\n"
+        f"{args.slides:,} slides x {args.dim}, {args.queries} queries (top 10), "
+        f"{psutil.cpu_count()} CPU cores, load average {load}\n"
     )
     print("| | median | p95 |\n|---|---|---|")
     print(row("query, our index (float16 scan + float32 ranking, memory-mapped)", ours))
