@@ -112,6 +112,7 @@ def test_every_request_type_and_reply_is_mapped_in_the_schema() -> None:
         "explain",
         "zero_shot",
         "report",
+        "similar",
     }
     assert set(schema["x-events"]) == {"accepted", "busy", "progress", "token", "cancelled"}
 

@@ -39,6 +39,7 @@ MAX_CHOICES = 32
 MAX_IMAGE_CHARS = 24 * 2**20  # base64 of an 18 MB picture; the message limit is 32 MiB
 MAX_NEW_TOKENS = 8192  # far beyond any answer the model was trained to give
 MAX_TOP_K = 1_000_000
+MAX_SIMILAR = 1000  # similar slides in one reply
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_TEXT_CHARS = 200_000  # a conversation, question or choices: about 50,000 tokens
 GROUPS_RANGE = (2, 1024)  # tile groups of an evidence map
@@ -47,7 +48,9 @@ SLIDE_MPP_RANGE = (0.01, 100.0)  # what Slide accepts from a file's metadata, to
 REFUSED = "bad_request"  # the pydantic error type whose message is the sentence a client reads
 
 ModelPart = Literal["encoders", "model"]
-JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload", "explain", "zero_shot", "report"]
+JobKind = Literal[
+    "ask", "score", "view", "embed", "forget", "load", "unload", "explain", "zero_shot", "report", "similar"
+]
 ProgressStage = Literal[
     "loading",
     "reading",
@@ -166,6 +169,7 @@ def _path_field(name: str) -> Any:
 
 SlidePath = _path_field("slide")
 FeaturesPath = _path_field("features")
+WithinPath = _path_field("within")
 
 
 def _positions_exceed(coordinates: Any, limit: int) -> bool:
@@ -398,6 +402,13 @@ class EmbedRequest(Strict):
         return _one_source(content, ("slide",), "Name a slide.")
 
 
+class SimilarRequest(SlideSource):
+    top: Annotated[
+        int, Field(ge=1, le=MAX_SIMILAR), says(f"'top' must be a whole number from 1 to {MAX_SIMILAR:,}.")
+    ] = optional(f"how many slides or regions to return, 1 to {MAX_SIMILAR:,}; 10 when left out")
+    within: WithinPath = optional("an absolute folder (results under it) or a QuPath project file (.qpproj)")
+
+
 class ForgetRequest(Strict):
     slide: SlidePath = optional("the slide whose cached latents (every region) are dropped")
     all: Literal[True] = optional("true: drop the cached latents of every slide")
@@ -490,6 +501,7 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "unload": ModelsRequest,
     "zero_shot": ZeroShotRequest,
     "report": ReportRequest,
+    "similar": SimilarRequest,
 }
 JOBS = tuple(JobKind.__args__)
 
@@ -793,6 +805,21 @@ class ForgetDone(Reply):
     removed: Removed = Field(description="cached latents dropped from memory and disk")
 
 
+class SimilarSlide(Reply):
+    slide: str = Field(description="absolute path of the slide")
+    region: dict[str, Any] | None = Field(description="the region's GeoJSON geometry, or null for the whole slide")
+    similarity: float = Field(description="cosine similarity of the slide embeddings, at most 1")
+    thumbnail: str | None = Field(description="absolute path of a small PNG of the slide or region, or null")
+    fingerprint: str = Field(description="the slide's content fingerprint (copies share it)")
+
+
+class SimilarDone(Reply):
+    job_id: str
+    results: list[SimilarSlide] = Field(description="closest first; the source itself and missing files left out")
+    indexed: int = Field(description="slides and regions in the index searched")
+    timings: TotalTiming
+
+
 class LoadedDone(Reply):
     job_id: str
     loaded: list[ModelPart]
@@ -824,6 +851,7 @@ DONE: dict[str, type[BaseModel]] = {
     "unload": LoadedDone,
     "zero_shot": ZeroShotDone,
     "report": ReportDone,
+    "similar": SimilarDone,
 }
 
 

@@ -155,6 +155,12 @@ def run_embed(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return asdict(engine.embed(source_from(job.content), **_callbacks(job, emit)))
 
 
+def run_similar(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    found = engine.similar(source_from(c), c.get("top", 10), c.get("within"), **_callbacks(job, emit))
+    return asdict(found)
+
+
 def run_forget(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return {"removed": engine.forget(job.content.get("slide"))}
 
@@ -180,4 +186,5 @@ RUNNERS: dict[str, Runner] = {
     "unload": run_unload,
     "zero_shot": run_zero_shot,
     "report": run_report,
+    "similar": run_similar,
 }

@@ -8,10 +8,11 @@ on bad input. A features file is read and checked before any model loads.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
 
 if TYPE_CHECKING:  # slides.planning loads numpy, h5py and the tissue detector: only when a job runs
+    from antoni_bridge.engine.similar import SimilarSlides
     from antoni_bridge.slides.planning import Progress
 
 MODEL_PARTS = ("encoders", "model")
@@ -85,6 +87,13 @@ class Explained:
 
 
 @dataclass
+class Similar:
+    results: list[dict[str, Any]]  # slide, region, similarity, thumbnail, fingerprint; best first
+    indexed: int  # slides and regions in the index searched
+    timings: dict[str, float]
+
+
+@dataclass
 class Embedded:
     tiles: int | None
     latents_shape: list[int]
@@ -112,6 +121,13 @@ class Engine:
         self.prism_text: Any = None  # encoders.prism_text.PrismText, loaded by the first zero-shot or report
         self.weights_sha256: str | None = None  # hashed once, when the model first loads
         self._weights: Path | None = None
+
+    @cached_property
+    def similar_slides(self) -> SimilarSlides:
+        """The similar-slides indexes kept with the feature cache (numpy loads only when one is used)."""
+        from antoni_bridge.engine.similar import SimilarSlides
+
+        return SimilarSlides(self.cache_dir)
 
     # ------------------------------------------------------------------ models
 
@@ -392,7 +408,29 @@ class Engine:
         if self.model is not None:
             for latents in dropped:
                 self.model.forget_prefix(latents.key)
+        self.similar_slides.forget(fingerprint)
         return {"memory": len(dropped), "disk": FeatureCache(self.cache_dir).forget(fingerprint)}
+
+    def similar(
+        self,
+        source: Source,
+        top: int = 10,
+        within: str | None = None,
+        *,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Similar:
+        """The slides and regions embedded here closest to this one by slide embedding (cosine), best first;
+        `within` keeps those under a folder or among a QuPath project's images."""
+        from antoni_bridge.engine.similar import find_similar, within_filter
+
+        start = time.perf_counter()
+        keep = within_filter(within, self.roots) if within is not None else None
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        self.load(["encoders"], on_progress)  # the index searched is the slide encoder's
+        index = self.similar_slides.space(self.encoders.slide.identity)
+        results = find_similar(index, source, latents, top, keep)
+        return Similar(results, len(index), {"total_s": time.perf_counter() - start})
 
     # ------------------------------------------------------------------ latents
 
@@ -412,6 +450,7 @@ class Engine:
         latents = self._embed(source, report)
         _check(cancelled)
         self.memory.put(source, latents)
+        self._index(source, latents)
         return latents
 
     def tile_features(
@@ -433,6 +472,16 @@ class Engine:
         request = SlideRequest(path, region=source.region, slide_mpp=source.slide_mpp)
         got = embed_slide(request, self.encoders, FeatureCache(self.cache_dir), report, self.settings.embed_settings())
         return from_feature_file(got.data, path.name)
+
+    def _index(self, source: SlideSource, latents: Latents) -> None:
+        """Make the slide (or region) findable by `similar`; an index that cannot be written is logged and
+        costs the job nothing."""
+        from antoni_bridge.engine.similar import index_latents
+
+        try:
+            index_latents(self.similar_slides, self.encoders.slide.identity, source, latents)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("similar-slides index not updated: %s", exc)
 
     def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
         """Latents checked against the weights' shape before the language model takes its minute to load."""
