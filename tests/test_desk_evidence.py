@@ -149,16 +149,21 @@ def test_a_prism_draft_is_marked_and_never_sent_as_antoni_s_words(window: DeskWi
     assert "**Draft by Prism (not ANTONI):** Diagnosis: DAB." in (tmp_path / "chat.md").read_text(encoding="utf-8")
 
 
-def test_similar_slides_list_and_a_click_opens_one(qtbot: QtBot, window: DeskWindow, demo_20x: Path) -> None:
+def test_similar_slides_list_and_a_click_opens_one(
+    qtbot: QtBot, window: DeskWindow, demo_20x: Path, tmp_path: Path
+) -> None:
+    thumbnail = tmp_path / "thumb.png"
+    QImage(32, 24, QImage.Format.Format_RGB32).save(str(thumbnail))
     region = {"type": "Polygon", "coordinates": [[[500, 500], [1500, 500], [1500, 1500], [500, 1500], [500, 500]]]}
     done = {"results": [
-        {"slide": str(demo_20x), "region": None, "similarity": 0.99, "thumbnail": None, "fingerprint": "a"},
+        {"slide": str(demo_20x), "region": None, "similarity": 0.99, "thumbnail": str(thumbnail), "fingerprint": "a"},
         {"slide": str(demo_20x), "region": region, "similarity": 0.91, "thumbnail": None, "fingerprint": "b"},
     ], "indexed": 12, "timings": {"total_s": 0.01}}  # fmt: skip
     window.prism.show_similar(done)
     listed = [window.prism.similar.item(i).text() for i in range(window.prism.similar.count())]
     assert listed == ["0.990  demo-20x.svs", "0.910  demo-20x.svs (region)"]
     assert "2 closest of 12" in window.prism.note.text()
+    assert not window.prism.similar.item(0).icon().isNull() and window.prism.similar.item(1).icon().isNull()
     item = window.prism.similar.item(1)
     window.prism.similar.itemClicked.emit(item)
     qtbot.waitUntil(lambda: window.slide is not None and window.slide.path == demo_20x.resolve(), timeout=WAIT_MS)

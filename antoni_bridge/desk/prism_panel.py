@@ -11,8 +11,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from PyQt6.QtCore import QRectF, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent
+from PyQt6.QtCore import QRectF, QSize, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QIcon, QMouseEvent, QPainter, QPaintEvent
 from PyQt6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -98,6 +98,7 @@ class PrismPanel(QWidget):
         self.similar_button.setToolTip("The slides and regions embedded on this machine closest to this one")
         self.similar = QListWidget()
         self.similar.setToolTip("Click one to open it")
+        self.similar.setIconSize(QSize(48, 48))
         self.note = QLabel("")
         self.note.setWordWrap(True)
         self._layout()
@@ -149,6 +150,8 @@ class PrismPanel(QWidget):
             item = QListWidgetItem(f"{result['similarity']:.3f}  {Path(result['slide']).name}{where}")
             item.setToolTip(html.escape(result["slide"]))
             item.setData(Qt.ItemDataRole.UserRole, result)
+            if result.get("thumbnail") and Path(result["thumbnail"]).is_file():
+                item.setIcon(QIcon(result["thumbnail"]))
             self.similar.addItem(item)
         self.note.setText(f"{len(done['results'])} closest of {done['indexed']:,} slides and regions indexed")
 
