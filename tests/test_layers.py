@@ -34,6 +34,7 @@ BELOW = {
     "conversations",
     "demo_assets",
     "demo_task",
+    "maps",
 }
 
 
