@@ -113,6 +113,8 @@ def test_the_self_test_passes_and_leaves_nothing_in_the_image(seen: dict[str, An
         "the selected annotation",
         "writing and removing a description",
         "where whole-image answers are saved",
+        "evidence tiles (one made, not added)",
+        "similar slides: the project images",
         "the daemon",
     ):
         assert f"ok   {check}" in report, report

@@ -225,33 +225,36 @@ class QuPathGlue {
     int showEvidence(AskTarget target, EvidenceMap map) {
         requireOpen(target, 'its evidence map was not drawn there', 'open that image again and show the evidence')
         removeEvidence()
-        PathClass evidenceClass = evidenceClass()
         double scale = map.scale()
-        List tiles = map.tiles().collect { List<Number> tile ->
-            double value = tile[3] as double
-            def object = PathObjects.createTileObject(ROIs.createRectangleROI(tile[0] as double, tile[1] as double,
-                    tile[2] as double, tile[2] as double), evidenceClass)
-            def measurements = object.getMeasurementList()
-            measurements.put(EvidenceMap.MEASUREMENT, value)
-            measurements.close()
-            List<Integer> rgb = EvidenceMap.colour(value, scale)
-            object.setColor(ColorTools.packRGB(rgb[0], rgb[1], rgb[2]) as Integer)
-            return object
-        }
+        List tiles = map.tiles().collect { List<Number> tile -> evidenceTile(tile, scale) }
         target.imageData.getHierarchy().addObjects(tiles)
         return tiles.size()
     }
 
+    /** One tile [x, y, size, value] of a map as a QuPath tile object, coloured on the map's `scale`. */
+    static Object evidenceTile(List<Number> tile, double scale) {
+        double value = tile[3] as double
+        def object = PathObjects.createTileObject(ROIs.createRectangleROI(tile[0] as double, tile[1] as double,
+                tile[2] as double, tile[2] as double), evidenceClass())
+        def measurements = object.getMeasurementList()
+        measurements.put(EvidenceMap.MEASUREMENT, value)
+        measurements.close()
+        List<Integer> rgb = EvidenceMap.colour(value, scale)
+        object.setColor(ColorTools.packRGB(rgb[0], rgb[1], rgb[2]) as Integer)
+        return object
+    }
+
+    /** The evidence tiles on the open image. */
+    List evidenceTiles() {
+        String name = evidenceClass().toString()
+        qupath.getImageData()?.getHierarchy()?.getTileObjects()?.findAll { it.getPathClass()?.toString() == name } ?: []
+    }
+
     /** Remove every evidence tile from the open image; returns how many there were. */
     int removeEvidence() {
-        def imageData = qupath.getImageData()
-        if (imageData == null) {
-            return 0
-        }
-        String name = evidenceClass().toString()
-        List tiles = imageData.getHierarchy().getTileObjects().findAll { it.getPathClass()?.toString() == name }
+        List tiles = evidenceTiles()
         if (tiles) {
-            imageData.getHierarchy().removeObjects(tiles, false)
+            qupath.getImageData().getHierarchy().removeObjects(tiles, false)
         }
         return tiles.size()
     }
