@@ -254,7 +254,7 @@ def test_show_evidence_sends_explain_for_that_answer_about_the_same_region(seen:
     assert content["conversation"] == [{"role": "user", "content": "Is there DAB (brown) staining?"}]
     assert content["answer"] == "Yes." and "method" not in content  # occlusion, the daemon's default
     assert seen["whileExplaining"] == {"askDisabled": True, "evidenceDisabled": True, "cancelEnabled": True}
-    assert seen["explainProgress"] == "Leaving out each group: 16 of 64 groups · 8.0 groups/s"
+    assert seen["explainProgress"] == "Leaving out each group: 16 of 64 passes · 8.0 passes/s"
 
 
 def test_the_evidence_map_becomes_coloured_tile_objects_of_their_own_class(seen: dict[str, Any]) -> None:

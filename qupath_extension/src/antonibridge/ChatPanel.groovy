@@ -52,8 +52,8 @@ class ChatPanel {
             'refining'      : 'Refining the top groups',
             'faithfulness'  : 'Checking the map against random orders',
     ]
-    static final Map<String, String> UNITS = ['tile-embedding': 'tiles', occlusion: 'groups', refining: 'groups',
-                                              faithfulness: 'orders']
+    static final Map<String, String> UNITS = ['tile-embedding': 'tiles', occlusion: 'passes', refining: 'passes',
+                                              faithfulness: 'passes'] // explain: slide-encoder passes
     static final Map<String, String> JOBS = [ask: 'question', explain: 'evidence map', zero_shot: 'zero-shot labels',
                                              report: "Prism's report draft", similar: 'similar slides search']
     static final int SIMILAR_TOP = 10
@@ -82,7 +82,6 @@ class ChatPanel {
     final Button describeRegion = new Button('Describe this region')
     final Label shortcuts = new Label("Also: ${QuPathGlue.SHORTCUT_TEXT} or Alt+right-click in the viewer")
     final VBox answers = new VBox(4) // under the conversation: per answer, its reliance and "Show evidence"
-    final CheckBox quickPreview = new CheckBox('Quick preview (attention, not a faithful map)')
     final Button removeEvidence = new Button('Remove evidence maps')
     final TextField labels = new TextField()
     final Button zeroShot = new Button('Zero-shot labels')
@@ -157,9 +156,6 @@ class ChatPanel {
         Conversation conversation = conversations[shownKey]
         Map answer = conversation.turns[index]
         Map content = target.source() + [conversation: conversation.wireBefore(index), answer: answer.content]
-        if (quickPreview.selected) {
-            content.method = 'attention'
-        }
         start('explain', target, content, [answer: answer])
     }
 
@@ -637,7 +633,7 @@ class ChatPanel {
         working(false)
         root.children.addAll(status, connectionProblem, new HBox(6, askRegion, describeRegion), shortcuts,
                 new HBox(12, new Label('About:'), selection, wholeImage),
-                transcript, answers, new HBox(6, quickPreview, removeEvidence), new HBox(6, progress, cancel),
+                transcript, answers, removeEvidence, new HBox(6, progress, cancel),
                 progressText, message, question, new HBox(6, askButton, newConversation, copy), prismPane(),
                 settingsPane())
     }

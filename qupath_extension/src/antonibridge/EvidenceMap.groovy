@@ -58,7 +58,8 @@ class EvidenceMap {
         String text = "${method} over ${done.groups} groups of ${done.tiles} tiles"
         Map faithfulness = done.faithfulness as Map
         if (faithfulness) {
-            text += String.format('; deletion curve %.3f against %.3f for %d random orders (gap %.3f)',
+            text += String.format('; faithfulness: deletion %.3f against %.3f for %d random orders, gap %.3f ' +
+                    '(near 0 or below: do not trust this map)',
                     faithfulness.deletion_area as double, faithfulness.random_area as double,
                     faithfulness.random_orders as int, faithfulness.gap as double)
         }
