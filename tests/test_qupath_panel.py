@@ -190,5 +190,5 @@ def test_similar_slides_find_the_slide_itself_first_and_open_it_on_a_click(
     seen: dict[str, Any], demo_40x: tuple[Path, DemoLayout]
 ) -> None:
     links = seen["similar"]["links"]
-    assert links and f"{demo_40x[0].name} (file" in links[0]  # the slide asked about; no project is open
+    assert links and f"{demo_40x[0].name} (file" in links[0], seen["similar"]  # the slide asked about; no project
     assert seen["similarOpened"] == {"calls": [f"openImage {demo_40x[0]}"], "file": str(demo_40x[0])}

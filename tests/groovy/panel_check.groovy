@@ -146,7 +146,7 @@ Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
 seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
 def asked = qupath.imageData
 QuPathDouble.calls.clear()
-Fx.run { panel.similarResults.children[0].fire() }
+Fx.run { panel.similarResults.children.find()?.fire() } // none: the test says what the panel said instead
 seen.similarOpened = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
                       file: new File(qupath.imageData.server.URIs[0]).path]
 qupath.imageData = asked
