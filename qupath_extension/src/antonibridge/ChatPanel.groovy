@@ -431,7 +431,10 @@ class ChatPanel {
         if (job.kind in ['ask', 'report', 'explain']) {
             show(shownKey) // without the partial answer or draft
         }
-        if (type == 'cancelled') {
+        if (type == 'cancelled' && content.reason == 'client-gone') {
+            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for 3 s.",
+                    'the computer may be overloaded; try again')
+        } else if (type == 'cancelled') {
             inform(job.kind == 'ask' ? 'Cancelled; the question is back in the box.' : "Cancelled the ${JOBS[job.kind]}.")
         } else if (type == 'busy') {
             say("The daemon's queue is full (${content.capacity as int} jobs).",
