@@ -231,3 +231,80 @@ def test_every_double_says_it_is_a_test_double() -> None:
     doubles = Path(__file__).parent / "qupath_double"
     for source in doubles.rglob("*.groovy"):
         assert "TEST DOUBLE" in source.read_text(), f"{source.name} does not say it is a test double"
+
+
+def test_each_answer_shows_its_reliance_and_a_flagged_one_is_marked(seen: dict[str, Any]) -> None:
+    reliance = seen["reliance"]
+    assert reliance["rows"] == [
+        "Answer 1: Reliance on the slide: 0.81",
+        "Answer 2: FLAGGED: this answer does not depend on the image (reliance on the slide 0.01)",
+    ]
+    assert "#b00020" in reliance["flaggedStyle"]  # in red, as the panel's problems
+    assert "ANTONI: Yes.\n" in reliance["transcript"] and "  Reliance on the slide: 0.81\n" in reliance["transcript"]
+    saved = {key: json.loads(value) for key, value in reliance["metadata"].items()}
+    assert saved["ANTONI reliance 1"]["score"] == 0.81 and saved["ANTONI reliance 2"]["flagged"] is True
+
+
+def test_show_evidence_sends_explain_for_that_answer_about_the_same_region(seen: dict[str, Any]) -> None:
+    request = seen["explainRequest"]
+    assert request["type"] == "explain"
+    content = request["content"]
+    assert content["slide"] == "/slides/heads.svs" and content["slide_mpp"] == 0.5
+    assert content["region"]["type"] == "Polygon"  # the annotation the question was about
+    assert content["conversation"] == [{"role": "user", "content": "Is there DAB (brown) staining?"}]
+    assert content["answer"] == "Yes." and "method" not in content  # occlusion, the daemon's default
+    assert seen["whileExplaining"] == {"askDisabled": True, "evidenceDisabled": True, "cancelEnabled": True}
+    assert seen["explainProgress"] == "Leaving out each group: 16 of 64 passes · 8.0 passes/s"
+
+
+def test_the_evidence_map_becomes_coloured_tile_objects_of_their_own_class(seen: dict[str, Any]) -> None:
+    evidence = seen["evidence"]
+    assert evidence["count"] == 16 and evidence["calls"].count("addObjects 16") == 1  # one hierarchy event
+    strongest = evidence["strongest"]
+    assert strongest["bounds"] == [256.0, 256.0, 512.0, 512.0] and strongest["roi"] == "Rectangle"
+    assert strongest["value"] == 2.0 and strongest["tile"] is True
+    assert strongest["colour"] == [189, 0, 38]  # the colour map's darkest red at the largest value
+    assert evidence["weakest"]["value"] == -0.5 and evidence["weakest"]["colour"][2] > 150  # negative: blue
+    assert evidence["message"].startswith('Evidence: 16 tiles in the class "ANTONI evidence"')
+    assert "gap 0.340" in evidence["message"] and "occlusion map over 4 groups of 16 tiles" in evidence["message"]
+    saved = json.loads(evidence["saved"]["ANTONI evidence 1"])  # beside ANTONI answer 1, the answer explained
+    assert saved["values"][5] == 2.0 and saved["coords"][5] == [256, 256] and saved["tile_size"] == 256
+    assert saved["faithfulness"]["gap"] == 0.34 and list(evidence["saved"]) == ["ANTONI evidence 1"]
+
+
+def test_a_new_map_replaces_the_old_one_and_one_button_removes_them(seen: dict[str, Any]) -> None:
+    assert seen["evidenceAgain"] == 16
+    assert seen["explainCancelled"] == {"message": "Cancelled the evidence map.", "askEnabled": True}
+    assert seen["removed"] == {"message": "Removed 16 evidence tiles from the image.", "left": 0, "tiles": 0}
+
+
+def test_zero_shot_labels_are_sent_and_shown_as_bars_likeliest_first(seen: dict[str, Any]) -> None:
+    assert seen["oneLabel"].startswith("Zero-shot labels need 2 to 64 labels, separated by commas (1 given).")
+    request = seen["zeroShotRequest"]
+    assert request["type"] == "zero_shot" and request["content"]["labels"] == ["tumour", "stroma", "necrosis"]
+    zero_shot = seen["zeroShot"]
+    assert zero_shot["rows"] == [" 70.0 % stroma", " 20.0 % tumour", " 10.0 % necrosis"]
+    assert zero_shot["bars"] == [0.7, 0.2, 0.1] and "by Prism (prism), not by ANTONI" in zero_shot["message"]
+
+
+def test_prisms_draft_streams_into_the_conversation_marked_and_is_never_sent_to_antoni(seen: dict[str, Any]) -> None:
+    assert seen["reportRequest"]["type"] == "report"
+    assert seen["reportRequest"]["content"]["slide"] == "/slides/heads.svs"
+    prism = "Prism (draft report by another model, not ANTONI)"
+    assert seen["reportStreaming"] == f"{prism}: Diagnosis: invasive carcinoma."
+    report = seen["report"]
+    assert f"{prism}: Diagnosis: invasive carcinoma.\n  (Draft by Prism (not ANTONI), " in report["transcript"]
+    assert report["savedRoles"] == ["user", "assistant", "user", "assistant", "prism"]
+    assert report["nextAsk"] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def test_similar_slides_are_listed_and_a_click_opens_the_project_image_or_the_file(seen: dict[str, Any]) -> None:
+    request = seen["similarRequest"]
+    assert request["type"] == "similar"
+    assert request["content"]["within"] == "/projects/heads/project.qpproj" and request["content"]["top"] == 10
+    assert seen["similar"]["links"] == [
+        "0.930  neighbour.svs (project image)",
+        "0.500  x.svs (file, a region of it)",
+    ]
+    assert seen["openedEntry"] == {"calls": ["openImageEntry neighbour.svs"], "same": True}
+    assert seen["openedFile"] == {"calls": ["openImage /elsewhere/x.svs"], "now": "/elsewhere/x.svs"}

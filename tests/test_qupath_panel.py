@@ -34,6 +34,12 @@ def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def evidence_screenshot(screenshot: Path) -> Path:
+    """The second picture, with an answer's evidence map over the slide, beside the first."""
+    return screenshot.with_name("qupath-evidence.png")
+
+
+@pytest.fixture(scope="module")
 def panel_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
     """Untrained demo weights (an answer long enough to watch it stream) and batches of 8 tiles (so a cancel
     lands while the test slide's 51 tiles are embedded). For the docs' picture (scripts/qupath-screenshot) the
@@ -49,11 +55,13 @@ def seen(
     demo_40x: tuple[Path, DemoLayout],
     demo_odd_pyramid: Path,
     screenshot: Path,
+    evidence_screenshot: Path,
 ) -> dict[str, Any]:
     require(gui=True)
     prefs = tmp_path_factory.mktemp("java-prefs")
     thumbnail, downsample = _thumbnail(demo_40x[0], prefs / "thumbnail.png")
     args = (str(demo_40x[0]), str(demo_odd_pyramid), str(screenshot), str(thumbnail), str(downsample))
+    args = (*args, str(evidence_screenshot))
     return run("panel_check.groovy", *args, prefs=prefs, gui=True, ANTONI_BRIDGE_CONNECTION_FILE=str(panel_daemon))
 
 
@@ -113,6 +121,8 @@ def test_the_self_test_passes_and_leaves_nothing_in_the_image(seen: dict[str, An
         "the selected annotation",
         "writing and removing a description",
         "where whole-image answers are saved",
+        "evidence tiles (one made, not added)",
+        "similar slides: the project images",
         "the daemon",
     ):
         assert f"ok   {check}" in report, report
@@ -148,3 +158,37 @@ def test_a_screenshot_of_the_panel_is_written(seen: dict[str, Any], screenshot: 
     with Image.open(screenshot) as image:
         assert image.size == (1280, 800)  # QuPath's main window with the panel docked, not the panel alone
         assert len(image.convert("RGB").getcolors(1 << 16) or []) > 20  # a drawn panel, not a blank window
+
+
+def test_every_answer_shows_how_much_it_relies_on_the_slide(seen: dict[str, Any]) -> None:
+    rows = seen["evidence"]["rows"]
+    assert [row.split(":")[0] for row in rows] == ["Answer 1", "Answer 2"]
+    assert all("Reliance on the slide: " in row or "FLAGGED: this answer does not depend" in row for row in rows)
+    reliance = json.loads(seen["evidence"]["saved"]["ANTONI reliance 2"])  # saved with the answer
+    assert set(reliance) >= {"with_slide", "no_image", "other_slide", "score", "flagged"}
+
+
+def test_show_evidence_draws_the_daemons_map_as_tiles_and_saves_it_with_the_answer(seen: dict[str, Any]) -> None:
+    evidence = seen["evidence"]
+    assert "Leaving out each group" in " ".join(evidence["progress"])  # the explain job's own stages
+    assert evidence["tiles"] > 1 and len(set(evidence["values"])) > 1 and len(set(evidence["colours"])) > 1
+    for x0, y0, x1, y1 in evidence["bounds"]:  # tiles of the region asked about (1500-4000), of the daemon's size
+        assert x1 - x0 == y1 - y0 and x1 > 1500 and y1 > 1500 and x0 < 4000 and y0 < 4000
+    assert evidence["message"].startswith(f'Evidence: {evidence["tiles"]} tiles in the class "ANTONI evidence"')
+    assert "faithfulness: deletion" in evidence["message"]
+    saved = json.loads(evidence["saved"]["ANTONI evidence 2"])  # beside ANTONI answer 2, the answer explained
+    assert saved["values"] == pytest.approx(evidence["values"], abs=1e-6) and saved["method"] == "occlusion"
+    assert seen["removed"] == {"message": f"Removed {evidence['tiles']} evidence tiles from the image.", "left": 0}
+
+
+def test_a_screenshot_of_the_evidence_map_is_written(seen: dict[str, Any], evidence_screenshot: Path) -> None:
+    with Image.open(evidence_screenshot) as image:
+        assert image.size == (1280, 800)
+
+
+def test_similar_slides_find_the_slide_itself_first_and_open_it_on_a_click(
+    seen: dict[str, Any], demo_40x: tuple[Path, DemoLayout]
+) -> None:
+    links = seen["similar"]["links"]
+    assert links and f"{demo_40x[0].name} (file" in links[0], seen["similar"]  # the slide asked about; no project
+    assert seen["similarOpened"] == {"calls": [f"openImage {demo_40x[0]}"], "file": str(demo_40x[0])}

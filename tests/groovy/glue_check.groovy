@@ -1,6 +1,6 @@
 // The QuPath glue against the recording double of QuPath (tests/qupath_double): installs the panel, then
 // observes the tab, the commands, the viewers' Alt+right-click menu, what questions are about (and the
-// refusals), and answers saved with annotations. Prints what it saw as one JSON object on the last line.
+// refusals), answers saved with annotations, evidence maps and Prism's heads. Prints what it saw as one JSON object on the last line.
 import antonibridge.Conversation
 import antonibridge.Problem
 import antonibridge.Protocol
@@ -231,6 +231,143 @@ seen.badLength = Fx.run { // an answer length the daemon would refuse: said at o
     glue.panel.answerTokens.text = ''
     return result
 }
+
+// ---------------------------------------------------------------- evidence maps and Prism's heads
+// The panel's side of the jobs: what it sends (recorded) and what it shows of replies shaped as docs/protocol.md
+// says; panel_check.groovy runs them through a real daemon.
+def panel = glue.panel
+def recorder = new RecordingLink()
+Fx.run {
+    panel.close()
+    panel.@link = recorder
+}
+Closure reply = { String type, Map content -> Fx.run { panel.showJobEvent([type: type, content: content]) } }
+def heads = QuPathDouble.image('file:/slides/heads.svs', null, 0.5)
+def headsProject = new Project(new File('/projects/heads/project.qpproj'))
+headsProject.addImage(heads)
+def neighbour = QuPathDouble.image('file:/slides/neighbour.svs')
+headsProject.addImage(neighbour)
+qupath.project = headsProject
+qupath.imageData = heads
+def lesion = QuPathDouble.annotation(square(0, 0, 1024), 'Lesion')
+select([lesion])
+Map relied = [with_slide: -0.4, no_image: -2.9, other_slide: -2.1, score: 0.81, flagged: false]
+Map notRelied = [with_slide: -0.4, no_image: -0.41, other_slide: -0.4, score: 0.01, flagged: true]
+[['Is there DAB (brown) staining?', 'Yes.', relied], ['Which stain?', 'H&E.', notRelied]].each { q, a, reliance ->
+    Fx.run {
+        panel.selection.selected = true
+        panel.question.text = q
+        panel.askButton.fire()
+    }
+    reply('token', [text: a])
+    reply('done', engineDone + [answer: a, reliance: reliance])
+}
+seen.reliance = Fx.run {
+    [rows: panel.answers.children.collect { it.children[1].text },
+     flaggedStyle: panel.answers.children[1].children[1].style, transcript: panel.transcript.text,
+     metadata: lesion.getMetadata().findAll { it.key.startsWith('ANTONI reliance') }]
+}
+recorder.sent.clear()
+Fx.run { panel.answers.children[0].children[0].fire() } // "Show evidence" under the first answer
+seen.explainRequest = recorder.sent[-1]
+seen.whileExplaining = Fx.run {
+    [askDisabled: panel.askButton.disabled, evidenceDisabled: panel.answers.children[1].children[0].disabled,
+     cancelEnabled: !panel.cancel.disabled]
+}
+reply('accepted', [job_id: 'j1', position: 0])
+reply('progress', [stage: 'occlusion', done: 16, total: 64, rate: 8.0])
+seen.explainProgress = Fx.run { panel.progressText.text }
+List coords = (0..<4).collectMany { int y -> (0..<4).collect { int x -> [x * 256, y * 256] } }
+List values = (0..<16).collect { it == 5 ? 2.0 : (it == 6 ? -0.5 : 0.1) }
+Map explained = [method: 'occlusion', tiles: 16, groups: 4, tile_size: 256, coords: coords, values: values,
+                 group_of: (0..<16).collect { it.intdiv(4) }, log_likelihood: -0.4,
+                 faithfulness: [deletion_area: 0.21, random_area: 0.55, gap: 0.34, random_orders: 8],
+                 reliance: relied, refined: [1], provenance: [demo: true], timings: [total_s: 1.5]]
+QuPathDouble.calls.clear()
+reply('done', explained)
+Closure evidenceTiles = { qupath.imageData.hierarchy.getTileObjects().findAll { it.pathClass?.toString() == 'ANTONI evidence' } }
+seen.evidence = Fx.run {
+    List tiles = evidenceTiles()
+    def strongest = tiles.max { it.measurementList.get('ANTONI evidence') }
+    def weakest = tiles.min { it.measurementList.get('ANTONI evidence') }
+    Closure rgb = { int c -> [(c >> 16) & 0xff, (c >> 8) & 0xff, c & 0xff] }
+    [count: tiles.size(), message: panel.message.text, calls: new ArrayList(QuPathDouble.calls),
+     strongest: [bounds: strongest.ROI.geometry.envelopeInternal.with { [minX, minY, maxX, maxY] },
+                 roi: strongest.ROI.roiName, value: strongest.measurementList.get('ANTONI evidence'),
+                 colour: rgb(strongest.color), tile: strongest.isTile()],
+     weakest: [value: weakest.measurementList.get('ANTONI evidence'), colour: rgb(weakest.color)],
+     saved: lesion.getMetadata().findAll { it.key.startsWith('ANTONI evidence') }]
+}
+Fx.run { panel.answers.children[0].children[0].fire() }
+reply('done', explained) // shown again: the earlier map is replaced, not doubled
+seen.evidenceAgain = Fx.run { evidenceTiles().size() }
+Fx.run { panel.answers.children[1].children[0].fire() }
+reply('cancelled', [:])
+seen.explainCancelled = Fx.run { [message: panel.message.text, askEnabled: !panel.askButton.disabled] }
+seen.removed = Fx.run {
+    panel.removeEvidence.fire()
+    [message: panel.message.text, left: evidenceTiles().size(), tiles: qupath.imageData.hierarchy.getTileObjects().size()]
+}
+
+// zero-shot labels: refused with fewer than two, else sent and shown as bars, likeliest first
+seen.oneLabel = Fx.run {
+    panel.labels.text = 'tumour'
+    panel.zeroShot.fire()
+    panel.message.text
+}
+recorder.sent.clear()
+Fx.run {
+    panel.labels.text = 'tumour, stroma, , necrosis'
+    panel.zeroShot.fire()
+}
+seen.zeroShotRequest = recorder.sent[-1]
+reply('done', [labels: ['tumour', 'stroma', 'necrosis'], probabilities: [0.2, 0.7, 0.1], map: null, model: 'prism',
+               provenance: [:], timings: [total_s: 0.2]])
+seen.zeroShot = Fx.run {
+    [rows: panel.zeroShotResults.children.collect { row -> row.children.drop(1)*.text.join(' ') },
+     bars: panel.zeroShotResults.children.collect { it.children[0].progress }, message: panel.message.text]
+}
+
+// Prism's report draft: streamed into the conversation, marked as Prism's, saved, never sent to ANTONI
+recorder.sent.clear()
+Fx.run { panel.draftReport.fire() }
+seen.reportRequest = recorder.sent[-1]
+reply('token', [text: 'Diagnosis: invasive'])
+reply('token', [text: ' carcinoma.'])
+seen.reportStreaming = Fx.run { panel.transcript.text.readLines()[-1] }
+reply('done', [report: 'Diagnosis: invasive carcinoma.', stop_reason: 'stop', model: 'prism',
+               label: 'Draft by Prism (not ANTONI)', provenance: [demo: true], timings: [total_s: 0.3]])
+recorder.sent.clear()
+Fx.run {
+    panel.question.text = 'And the grade?'
+    panel.askButton.fire()
+}
+seen.report = Fx.run {
+    [transcript: panel.transcript.text, savedRoles: Protocol.fromJson("{\"t\": ${lesion.getMetadata()['ANTONI conversation']}}").t*.role,
+     nextAsk: recorder.sent[-1].content.conversation*.role]
+}
+reply('cancelled', [:])
+
+// similar slides: within the open project when asked, project images open as entries, other files as files
+recorder.sent.clear()
+Fx.run {
+    panel.withinProject.selected = true
+    panel.similarSlides.fire()
+}
+seen.similarRequest = recorder.sent[-1]
+reply('done', [results: [[slide: '/slides/neighbour.svs', region: null, similarity: 0.93, thumbnail: null, fingerprint: 'a'],
+                         [slide: '/elsewhere/x.svs', region: [type: 'Polygon', coordinates: []], similarity: 0.5,
+                          thumbnail: null, fingerprint: 'b']], indexed: 7, timings: [total_s: 0.01]])
+seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
+QuPathDouble.calls.clear()
+Fx.run { panel.similarResults.children[0].fire() }
+seen.openedEntry = [calls: QuPathDouble.calls.findAll { it.startsWith('open') }, same: qupath.imageData.is(neighbour)]
+QuPathDouble.calls.clear()
+Fx.run { panel.similarResults.children[1].fire() }
+seen.openedFile = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
+                   now: qupath.imageData.server.URIs[0].path]
+qupath.project = null
+qupath.imageData = before
 
 def reinstalled = Fx.run { QuPathGlue.install(qupath) }
 seen.tabsAfterReinstall = Fx.run { qupath.analysisTabPane.tabs.collect { it.text } }

@@ -1,8 +1,10 @@
 // The chat panel as a user drives it, against a real daemon (ANTONI_BRIDGE_CONNECTION_FILE), inside the
-// QuPath double: asks about an annotation, follows up, takes a screenshot, then cancels a whole-slide question
-// while its tiles are embedded. The panel sits in the double's main window (QuPath's layout), whose viewer shows
-// the slide's thumbnail: the screenshot in docs/qupath.md.
-// Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG THUMBNAIL.PNG DOWNSAMPLE. Prints what it saw as JSON.
+// QuPath double: asks about an annotation, follows up, takes a screenshot, shows the evidence of an answer (a
+// second screenshot, with the map), looks for similar slides, then cancels a whole-slide question while its tiles
+// are embedded. The panel sits in the double's main window (QuPath's layout), whose viewer shows the slide's
+// thumbnail: the screenshots in docs/qupath.md.
+// Arguments: SLIDE SLOW_SLIDE SCREENSHOT.PNG THUMBNAIL.PNG DOWNSAMPLE EVIDENCE_SCREENSHOT.PNG. Prints what it saw
+// as JSON.
 import antonibridge.AntoniBridge
 import antonibridge.Problem
 import antonibridge.Protocol
@@ -25,6 +27,7 @@ String slide = args[0], slowSlide = args[1]
 File screenshot = new File(args[2])
 File thumbnail = new File(args[3])
 double downsample = args[4] as double
+File evidenceScreenshot = new File(args[5])
 Fx.start()
 Map seen = [:]
 QuPathGUI qupath = QuPathGUI.getInstance()
@@ -50,6 +53,7 @@ Fx.waitFor('the connection to the daemon and its queue', 30) { (seen.status = pa
 def tumour = QuPathDouble.annotation('POLYGON ((1500 1500, 4000 1500, 4000 4000, 1500 4000, 1500 1500))', 'Tumour')
 qupath.imageData = QuPathDouble.image(new File(slide).toURI().toString(), null, 0.25)
 qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
+double viewScale = 1 // level-0 pixels to the viewer's: set when the thumbnail is laid out
 Fx.run { // what QuPath's viewer would show: the slide, and the selected annotation in yellow (PathPrefs.java:1290)
     Polygon outline = new Polygon(*tumour.getROI().getGeometry().coordinates.collectMany { [it.x, it.y] }
             .collect { (it as double) / downsample })
@@ -58,6 +62,7 @@ Fx.run { // what QuPath's viewer would show: the slide, and the selected annotat
     outline.strokeWidth = 2
     Image image = new Image(thumbnail.toURI().toString())
     double scale = 820 / image.width // the thumbnail across the viewer, as QuPath opens a slide to fit
+    viewScale = scale / downsample
     outline.points.setAll(outline.points.collect { it * scale }) // scaled points keep the line 2 px wide
     ImageView view = new ImageView(image)
     view.fitWidth = image.width * scale
@@ -96,6 +101,55 @@ Fx.run { // the tab headers scroll to a tab selected once the window is laid out
 Fx.run {
     ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', screenshot)
 }
+
+// The evidence of the follow-up's answer ("Is there DAB (brown) staining?"): the button under it, as a user clicks.
+List explainProgress = Collections.synchronizedList([])
+ChangeListener onExplain = { obs, old, text -> if (text) explainProgress << text } as ChangeListener
+Fx.run {
+    panel.progressText.textProperty().addListener(onExplain)
+    panel.answers.children[1].children[0].fire()
+}
+Fx.waitFor('the evidence map', 180) { !panel.askButton.disabled }
+seen.evidence = Fx.run {
+    panel.progressText.textProperty().removeListener(onExplain)
+    List tiles = glue.evidenceTiles()
+    [progress: explainProgress.unique(), message: panel.message.text, tiles: tiles.size(),
+     values: tiles.collect { it.measurementList.get('ANTONI evidence') },
+     bounds: tiles.collect { it.ROI.geometry.envelopeInternal.with { [minX, minY, maxX, maxY] } },
+     colours: tiles.collect { it.color }, rows: panel.answers.children.collect { it.children[1].text },
+     saved: tumour.getMetadata().findAll { it.key.startsWith('ANTONI evidence') || it.key.startsWith('ANTONI reliance') }]
+}
+Fx.run { // what QuPath's viewer would show: the tiles filled in their colour, as it fills detections (translucent)
+    List shapes = glue.evidenceTiles().collect { tile ->
+        def box = tile.ROI.geometry.envelopeInternal
+        def square = new javafx.scene.shape.Rectangle(box.minX * viewScale + 20, box.minY * viewScale + 40,
+                box.width * viewScale, box.height * viewScale)
+        int rgb = tile.color
+        square.fill = Color.rgb((rgb >> 16) & 0xff, (rgb >> 8) & 0xff, rgb & 0xff, 0.6)
+        return square
+    }
+    viewer.view.children.addAll(1, shapes) // over the slide, under the annotation's outline
+    qupath.analysisTabPane.selectionModel.select(0)
+    glue.showPanel()
+}
+Fx.run {
+    ImageIO.write(SwingFXUtils.fromFXImage(stage.scene.snapshot(null), null), 'png', evidenceScreenshot)
+}
+seen.removed = Fx.run {
+    panel.removeEvidence.fire()
+    [message: panel.message.text, left: glue.evidenceTiles().size()]
+}
+
+// Similar slides, from the slide embedded above: the list, and a click that opens the first as a file (no project)
+Fx.run { panel.similarSlides.fire() }
+Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
+seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
+def asked = qupath.imageData
+QuPathDouble.calls.clear()
+Fx.run { panel.similarResults.children.find()?.fire() } // none: the test says what the panel said instead
+seen.similarOpened = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
+                      file: new File(qupath.imageData.server.URIs[0]).path]
+qupath.imageData = asked
 // The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
 Map before = new LinkedHashMap(tumour.getMetadata())
 QuPathDouble.calls.clear()

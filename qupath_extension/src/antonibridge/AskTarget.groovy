@@ -15,17 +15,23 @@ class AskTarget {
     Object imageData // QuPath's image the question is about: answers are saved only while it is open
     String savedConversation // JSON of an earlier conversation stored with the annotation
 
-    /** The content of the protocol's `ask` request for this target and conversation. */
-    Map request(List<Map> conversation, Map options) {
-        Map content = [slide: slide, conversation: conversation]
-        if (options) { // only the options the user set: the daemon has the defaults
-            content.options = options
-        }
+    /** The protocol's source fields for this target: the slide, its region if any, QuPath's pixel size. */
+    Map source() {
+        Map content = [slide: slide]
         if (region != null) {
             content.region = region
         }
         if (mpp != null) {
             content.slide_mpp = mpp
+        }
+        return content
+    }
+
+    /** The content of the protocol's `ask` request for this target and conversation. */
+    Map request(List<Map> conversation, Map options) {
+        Map content = source() + [conversation: conversation]
+        if (options) { // only the options the user set: the daemon has the defaults
+            content.options = options
         }
         return content
     }

@@ -4,6 +4,8 @@ import javafx.application.Platform
 import javafx.event.EventHandler
 import javafx.geometry.Insets
 import javafx.scene.control.Button
+import javafx.scene.control.CheckBox
+import javafx.scene.control.Hyperlink
 import javafx.scene.control.Label
 import javafx.scene.control.ProgressBar
 import javafx.scene.control.RadioButton
@@ -27,11 +29,13 @@ import java.time.temporal.ChronoUnit
 import java.util.prefs.Preferences
 
 /**
- * The chat panel: the conversation with answers streaming in, progress while a slide is embedded, cancel,
- * a status line and the connection settings. It knows nothing of QuPath: `targets` answers
- * `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why not) and
- * `save(target, conversation)` keeps an answer (returning a notice to show, or null). Runs on the JavaFX thread;
- * the link reports through runLater.
+ * The chat panel: the conversation with answers streaming in, each answer's reliance on the slide and a
+ * "Show evidence" button under it, Prism's heads (zero-shot labels, a report draft, similar slides), progress
+ * while a slide is embedded, cancel, a status line and the connection settings. It knows nothing of QuPath:
+ * `targets` (QuPathGlue) answers `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why
+ * not), keeps answers, maps and drafts (`save`, `saveEvidence`, `saveConversation`: a notice to show, or null),
+ * draws and removes evidence maps and opens slides. One job runs at a time. Runs on the JavaFX thread; the link
+ * reports through runLater.
  */
 class ChatPanel {
     static final Map<String, String> STAGES = [
@@ -42,7 +46,17 @@ class ChatPanel {
             'tile-embedding': 'Embedding tiles',
             'slide-encoding': 'Encoding the slide',
             'generating'    : 'Writing the answer',
+            'latents'       : 'Encoding the slide',
+            'grouping'      : 'Grouping the tiles',
+            'occlusion'     : 'Leaving out each group',
+            'refining'      : 'Refining the top groups',
+            'faithfulness'  : 'Checking the map against random orders',
     ]
+    static final Map<String, String> UNITS = ['tile-embedding': 'tiles', occlusion: 'passes', refining: 'passes',
+                                              faithfulness: 'passes'] // explain: slide-encoder passes
+    static final Map<String, String> JOBS = [ask: 'question', explain: 'evidence map', zero_shot: 'zero-shot labels',
+                                             report: "Prism's report draft", similar: 'similar slides search']
+    static final int SIMILAR_TOP = 10
     private static final String ERROR_STYLE = '-fx-text-fill: #b00020;'
     static final int MAX_ANSWER_TOKENS = 8192 // the daemon refuses more (docs/protocol.md, option bounds)
 
@@ -67,14 +81,24 @@ class ChatPanel {
     final Button askRegion = new Button('Ask ANTONI about this region')
     final Button describeRegion = new Button('Describe this region')
     final Label shortcuts = new Label("Also: ${QuPathGlue.SHORTCUT_TEXT} or Alt+right-click in the viewer")
+    final VBox answers = new VBox(4) // under the conversation: per answer, its reliance and "Show evidence"
+    final Button removeEvidence = new Button('Remove evidence maps')
+    final TextField labels = new TextField()
+    final Button zeroShot = new Button('Zero-shot labels')
+    final VBox zeroShotResults = new VBox(2)
+    final Button draftReport = new Button('Draft report')
+    final Button similarSlides = new Button('Similar slides')
+    final CheckBox withinProject = new CheckBox("Only this project's images")
+    final VBox similarResults = new VBox(2)
 
     private final Object targets
     static final String SETTINGS_NODE = 'antoni-bridge/qupath' // also read by AntoniBridge.ask
     private final Preferences settings = Preferences.userRoot().node(SETTINGS_NODE)
     private final Map<String, Conversation> conversations = [:]
-    private final DaemonLink link
+    private final Map<String, AskTarget> shownTargets = [:] // what each conversation is about
+    private DaemonLink link // not final: the glue test puts a recording link in its place
     private Map daemon = [:] // the link's latest state
-    private AskTarget asking // the target of the question being answered; null when idle
+    private Map running // the job running: kind (ask, explain...), target, answer (explain); null when idle
     private Map askedOptions // the options that question was sent with: only those the user set
     private String shownKey
 
@@ -98,8 +122,7 @@ class ChatPanel {
     /** Ask `text`, or the question in the box when null. */
     void ask(String text = null) {
         String asked = (text ?: question.text)?.trim()
-        if (asking != null) {
-            say('A question is already being answered.', 'wait for its answer or cancel it')
+        if (refuseWhileRunning()) {
             return
         }
         if (!asked) {
@@ -111,22 +134,72 @@ class ChatPanel {
         if (target == null) {
             return
         }
-        Conversation conversation = conversations[target.key]
-        if (conversation == null) {
-            conversation = Conversation.resume(target.label, target.savedConversation)
-            conversations[target.key] = conversation
-        }
+        Conversation conversation = conversationOf(target)
         conversation.ask(asked)
         if (text == null) {
             question.clear()
         }
-        asking = target
-        say(null, null)
-        show(target.key)
-        transcript.appendText('ANTONI: ')
-        working(true)
         askedOptions = options
-        link.ask(target.request(conversation.wire(), options))
+        start('ask', target, target.request(conversation.wire(), options))
+        transcript.appendText('ANTONI: ')
+    }
+
+    /**
+     * The evidence map of the answer at `index` in the shown conversation (`explain`: the conversation up to its
+     * question and the answer's text, about the same slide or region), drawn over the slide when it comes.
+     */
+    void showEvidence(int index) {
+        AskTarget target = shownTargets[shownKey]
+        if (refuseWhileRunning() || target == null) {
+            return
+        }
+        Conversation conversation = conversations[shownKey]
+        Map answer = conversation.turns[index]
+        Map content = target.source() + [conversation: conversation.wireBefore(index), answer: answer.content]
+        start('explain', target, content, [answer: answer])
+    }
+
+    /** Prism's zero-shot probabilities for the labels in the field, about the selection or the whole image. */
+    void classify() {
+        List<String> names = (labels.text ?: '').split(',').collect { it.trim() }.findAll().unique()
+        if (refuseWhileRunning()) {
+            return
+        }
+        if (names.size() < 2 || names.size() > 64) {
+            say("Zero-shot labels need 2 to 64 labels, separated by commas (${names.size()} given).",
+                    'e.g. adenocarcinoma, squamous cell carcinoma, normal lung')
+            return
+        }
+        AskTarget target = currentTarget()
+        if (target != null) {
+            zeroShotResults.children.clear()
+            start('zero_shot', target, target.source() + [labels: names])
+        }
+    }
+
+    /** Prism's report draft, streamed into the conversation and marked as Prism's (another model than ANTONI). */
+    void draft() {
+        AskTarget target = refuseWhileRunning() ? null : currentTarget()
+        if (target != null) {
+            conversationOf(target)
+            start('report', target, target.source())
+            transcript.appendText("\n${Conversation.PRISM}: ")
+        }
+    }
+
+    /** The slides most like the selection or the whole image, among those embedded on the daemon's computer. */
+    void findSimilar() {
+        AskTarget target = refuseWhileRunning() ? null : currentTarget()
+        if (target == null) {
+            return
+        }
+        Map content = target.source() + [top: SIMILAR_TOP]
+        String project = withinProject.selected ? targets.projectFile() : null
+        if (project) {
+            content.within = project
+        }
+        similarResults.children.clear()
+        start('similar', target, content)
     }
 
     void close() {
@@ -182,22 +255,22 @@ class ChatPanel {
         if (queue == null) {
             return null // until the first status reply
         }
-        if (asking != null && queue.position != null) {
-            return queue.position == 0 ? 'your question is running' :
-                    "your question is number ${queue.position} in the queue"
+        if (running != null && queue.position != null) {
+            String job = JOBS[running.kind]
+            return queue.position == 0 ? "your ${job} is running" : "your ${job} is number ${queue.position} in the queue"
         }
         return queue.running ? "busy: ${1 + (queue.waiting as int)} question(s) in the queue" : 'idle'
     }
 
     private void showJobEvent(Map event) {
-        if (asking == null) {
-            return // the end of a question the panel already gave up on
+        if (running == null) {
+            return // the end of a job the panel already gave up on
         }
         Map content = event.content as Map
         switch (event.type) {
             case 'accepted':
                 int position = content.position as int
-                progressText.text = position > 0 ? "Waiting: ${position} question(s) ahead in the daemon's queue" :
+                progressText.text = position > 0 ? "Waiting: ${position} job(s) ahead in the daemon's queue" :
                         'Starting'
                 break
             case 'progress':
@@ -207,10 +280,39 @@ class ChatPanel {
                 transcript.appendText(content.text as String)
                 break
             case 'done':
-                answered(content)
+                finished(content)
                 break
-            default: // error, cancelled, busy: the question goes back to the box, nothing is saved
-                unanswered(event.type as String, content)
+            default: // error, cancelled, busy: a question goes back to the box, nothing is saved
+                failed(event.type as String, content)
+        }
+    }
+
+    private void finished(Map content) {
+        Map job = running
+        idle()
+        try {
+            switch (job.kind) {
+                case 'ask':
+                    answered(job.target as AskTarget, content)
+                    break
+                case 'explain':
+                    explained(job.target as AskTarget, job.answer as Map, content)
+                    break
+                case 'zero_shot':
+                    showZeroShot(content)
+                    break
+                case 'report':
+                    drafted(job.target as AskTarget, content)
+                    break
+                default:
+                    showSimilar(content)
+            }
+        } catch (Problem p) {
+            say(p.message, p.hint)
+        } catch (Exception exc) { // a QuPath that changed under us: one sentence here, the trace in the log
+            exc.printStackTrace()
+            say("The ${JOBS[job.kind]} could not be shown (${exc.class.simpleName}: ${exc.message}).",
+                    'see the QuPath log')
         }
     }
 
@@ -225,20 +327,44 @@ class ChatPanel {
             return
         }
         progress.progress = done / total
-        String unit = content.stage == 'tile-embedding' ? 'tiles' : 'items'
+        String unit = UNITS[content.stage] ?: 'items'
         String speed = rate > 0 ? String.format(' \u00b7 %.1f %s/s', rate, unit) : ''
         progressText.text = "${stage}: ${done as long} of ${total as long} ${unit}${speed}"
     }
 
-    private void answered(Map content) {
-        AskTarget target = asking
+    private void answered(AskTarget target, Map content) {
         Conversation conversation = conversations[target.key]
-        String time = OffsetDateTime.now().truncatedTo(ChronoUnit.SECONDS).toString()
-        conversation.answered(content.answer as String, Conversation.provenance(content, daemon, askedOptions), time)
-        idle()
+        conversation.answered(content.answer as String, Conversation.provenance(content, daemon, askedOptions), now(),
+                content.reliance as Map)
         show(target.key)
+        saved(target) { targets.save(target, conversation) }
+    }
+
+    private void explained(AskTarget target, Map answer, Map content) {
+        EvidenceMap map = new EvidenceMap(content)
+        int tiles = targets.showEvidence(target, map)
+        if (content.reliance instanceof Map && !(answer.reliance instanceof Map)) {
+            answer.reliance = content.reliance // an answer from before the daemon measured it
+        }
+        show(shownKey)
+        inform("Evidence: ${tiles} tiles in the class \"${EvidenceMap.CLASS_NAME}\" over the slide (darker red: " +
+                "the answer depends more on it); ${map.summary()}.")
+        saved(target) { targets.saveEvidence(target, conversations[target.key], answer, map) }
+    }
+
+    private void drafted(AskTarget target, Map content) {
+        Conversation conversation = conversations[target.key]
+        Map provenance = (content.provenance instanceof Map ? content.provenance as Map : [:]) +
+                [model: content.model, stop_reason: content.stop_reason, front_end: 'qupath']
+        conversation.drafted(content.report as String, content.label as String, provenance, now())
+        show(target.key)
+        saved(target) { targets.saveConversation(target, conversation) }
+    }
+
+    /** Keep what `save` saves with the target; its notice or problem goes to the message line. */
+    private void saved(AskTarget target, Closure<String> save) {
         try {
-            String notice = targets.save(target, conversation)
+            String notice = save()
             if (notice) {
                 inform(notice)
             }
@@ -251,19 +377,68 @@ class ChatPanel {
         }
     }
 
-    private void unanswered(String type, Map content) {
-        AskTarget target = asking
-        String withdrawn = conversations[target.key].withdraw()
+    /** Prism's probabilities as a small bar list, likeliest first. */
+    private void showZeroShot(Map content) {
+        List<String> names = content.labels as List<String>
+        List<Double> probabilities = (content.probabilities as List).collect { it as double }
+        List<Integer> order = (0..<names.size()).toList().sort { -probabilities[it] }
+        zeroShotResults.children.setAll(order.collect { int i ->
+            ProgressBar bar = new ProgressBar(probabilities[i])
+            bar.prefWidth = 120
+            Label name = new Label(names[i])
+            name.minWidth = 60
+            HBox row = new HBox(6, bar, new Label(String.format('%5.1f %%', 100 * probabilities[i])), name)
+            row.id = "zero-shot-${i}"
+            return row
+        })
+        inform("Zero-shot labels by Prism (${content.model}), not by ANTONI.")
+    }
+
+    /** The similar slides as links: a click opens the project image, or the file. */
+    private void showSimilar(Map content) {
+        List results = content.results as List
+        similarResults.children.setAll(results.collect { Map result ->
+            String slide = result.slide as String
+            boolean inProject = targets.projectImage(slide) != null
+            String where = inProject ? 'project image' : 'file'
+            String region = result.region != null ? ', a region of it' : ''
+            Hyperlink link = new Hyperlink(String.format('%.3f  %s (%s%s)', result.similarity as double,
+                    new File(slide).name, where, region))
+            link.userData = result
+            link.onAction = { open(slide) } as EventHandler
+            return link
+        })
+        inform(results ? "${results.size()} similar slides of ${content.indexed} indexed on the daemon's computer." :
+                "No similar slide: the daemon has indexed ${content.indexed} slides (each slide asked about is).")
+    }
+
+    private void open(String slide) {
+        try {
+            targets.openSlide(slide)
+        } catch (Problem p) {
+            say(p.message, p.hint)
+        }
+    }
+
+    private void failed(String type, Map content) {
+        Map job = running
+        AskTarget target = job.target as AskTarget
+        String withdrawn = job.kind == 'ask' ? conversations[target.key].withdraw() : null
         if (withdrawn && !question.text.trim()) {
             question.text = withdrawn
         }
         idle()
-        show(target.key)
-        if (type == 'cancelled') {
-            inform('Cancelled; the question is back in the box.')
+        if (job.kind in ['ask', 'report', 'explain']) {
+            show(shownKey) // without the partial answer or draft
+        }
+        if (type == 'cancelled' && content.reason == 'client-gone') {
+            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for 3 s.",
+                    'the computer may be overloaded; try again')
+        } else if (type == 'cancelled') {
+            inform(job.kind == 'ask' ? 'Cancelled; the question is back in the box.' : "Cancelled the ${JOBS[job.kind]}.")
         } else if (type == 'busy') {
-            say("The daemon's queue is full (${content.capacity as int} questions).",
-                    'wait for one to finish, then ask again')
+            say("The daemon's queue is full (${content.capacity as int} jobs).",
+                    'wait for one to finish, then try again')
         } else {
             say(content.message as String, content.hint as String)
         }
@@ -284,10 +459,63 @@ class ChatPanel {
         return null
     }
 
+    private Conversation conversationOf(AskTarget target) {
+        Conversation conversation = conversations[target.key]
+        if (conversation == null) {
+            conversation = Conversation.resume(target.label, target.savedConversation)
+            conversations[target.key] = conversation
+        }
+        shownTargets[target.key] = target
+        return conversation
+    }
+
+    private boolean refuseWhileRunning() {
+        if (running != null) {
+            say("The ${JOBS[running.kind]} is still running.", 'wait for it or cancel it')
+        }
+        return running != null
+    }
+
+    private void start(String kind, AskTarget target, Map content, Map more = [:]) {
+        running = [kind: kind, target: target] + more
+        say(null, null)
+        if (kind in ['ask', 'report']) {
+            show(target.key)
+        }
+        working(true)
+        link.job(kind, content)
+    }
+
     private void show(String key) {
         shownKey = key
-        transcript.text = conversations[key]?.transcript() ?: ''
+        Conversation conversation = conversations[key]
+        transcript.text = conversation?.transcript() ?: ''
         transcript.positionCaret(transcript.length)
+        answers.children.setAll((conversation?.answerIndexes() ?: []).withIndex().collect { int index, int number ->
+            answerRow(conversation.turns[index], index, number + 1)
+        })
+    }
+
+    /** Under the conversation, per answer: its reliance on the slide (a flagged one marked) and "Show evidence". */
+    private HBox answerRow(Map answer, int index, int number) {
+        Map reliance = answer.reliance as Map
+        Label figure = new Label("Answer ${number}: " + (reliance ? Conversation.relianceText(reliance) :
+                'reliance not measured (an older daemon)'))
+        figure.wrapText = true
+        if (reliance?.flagged) {
+            figure.style = ERROR_STYLE + ' -fx-font-weight: bold;'
+        }
+        Button evidence = new Button('Show evidence')
+        evidence.onAction = { showEvidence(index) } as EventHandler
+        evidence.disable = running != null
+        HBox row = new HBox(6, evidence, figure)
+        row.id = "answer-${number}"
+        HBox.setHgrow(figure, Priority.ALWAYS)
+        return row
+    }
+
+    private static String now() {
+        OffsetDateTime.now().truncatedTo(ChronoUnit.SECONDS).toString()
     }
 
     /** A problem with the question: one sentence and what to do, in red. */
@@ -309,22 +537,21 @@ class ChatPanel {
     }
 
     private void working(boolean busy) {
-        askButton.disable = busy
-        describeRegion.disable = busy
-        newConversation.disable = busy
+        [askButton, describeRegion, newConversation, zeroShot, draftReport, similarSlides].each { it.disable = busy }
+        answers.children.each { ((it as HBox).children[0] as Button).disable = busy }
         cancel.disable = !busy
         progress.progress = busy ? ProgressBar.INDETERMINATE_PROGRESS : 0
-        progressText.text = busy ? 'Sending the question' : ''
+        progressText.text = busy ? "Sending the ${JOBS[running?.kind] ?: 'question'}" : ''
     }
 
     private void idle() {
-        asking = null
+        running = null
         working(false)
     }
 
     private void startNewConversation() {
         Conversation old = conversations[shownKey]
-        if (shownKey != null && asking == null) {
+        if (shownKey != null && running == null) {
             conversations[shownKey] = new Conversation(old.label) // also hides one saved with the annotation
             show(shownKey)
         }
@@ -401,12 +628,35 @@ class ChatPanel {
         apply.onAction = { applySettings() } as EventHandler
         askRegion.onAction = { targets.askAboutRegion() } as EventHandler // the Alt+right-click menu's actions
         describeRegion.onAction = { targets.describeRegion() } as EventHandler
+        removeEvidence.onAction = { removeEvidenceMaps() } as EventHandler
+        zeroShot.onAction = { classify() } as EventHandler
+        draftReport.onAction = { draft() } as EventHandler
+        similarSlides.onAction = { findSimilar() } as EventHandler
         shortcuts.style = '-fx-opacity: 0.75;'
         working(false)
         root.children.addAll(status, connectionProblem, new HBox(6, askRegion, describeRegion), shortcuts,
                 new HBox(12, new Label('About:'), selection, wholeImage),
-                transcript, new HBox(6, progress, cancel), progressText, message, question,
-                new HBox(6, askButton, newConversation, copy), settingsPane())
+                transcript, answers, removeEvidence, new HBox(6, progress, cancel),
+                progressText, message, question, new HBox(6, askButton, newConversation, copy), prismPane(),
+                settingsPane())
+    }
+
+    private void removeEvidenceMaps() {
+        int removed = targets.removeEvidence()
+        inform(removed ? "Removed ${removed} evidence tiles from the image." : 'The image shows no evidence map.')
+    }
+
+    /** Prism's own heads, on the same slide latents: another model than ANTONI, and labelled so. */
+    private TitledPane prismPane() {
+        labels.promptText = 'labels, separated by commas'
+        HBox.setHgrow(labels, Priority.ALWAYS)
+        withinProject.selected = false
+        VBox box = new VBox(6, new Label('Prism (the slide encoder\'s own text heads; not ANTONI):'),
+                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides, withinProject),
+                similarResults)
+        TitledPane pane = new TitledPane('Prism: zero-shot labels, report draft, similar slides', box)
+        pane.expanded = true
+        return pane
     }
 
     private TitledPane settingsPane() {

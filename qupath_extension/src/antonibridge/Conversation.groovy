@@ -2,12 +2,16 @@ package antonibridge
 
 /**
  * One conversation about one slide or region: the turns sent to the daemon (role and content) and, for each
- * answer, what answered (its provenance) and when. Follow-ups send every turn again; the daemon reuses its
- * cache for the same slide or region.
+ * answer, what answered (its provenance), when, and how much it relied on the slide (`reliance`). Prism's report
+ * drafts sit between the turns (role `prism`) for the reader, but are never sent to ANTONI: they are another
+ * model's words. Follow-ups send every turn again; the daemon reuses its cache for the same slide or region.
  */
 class Conversation {
     static final String MARKER = '--- ANTONI-Alpha conversation ---'
     static final String DEMO_NOTE = '[demo weights: trained only on a synthetic stain/piece-count task, they know no pathology]'
+    static final String PRISM = 'Prism (draft report by another model, not ANTONI)'
+    static final List<String> ROLES = ['user', 'assistant', 'prism']
+    static final List<String> SENT = ['user', 'assistant'] // what ANTONI sees of the conversation
 
     final String label // what it is about, e.g. annotation "Tumor" in slide.svs
     final List<Map> turns = []
@@ -23,7 +27,7 @@ class Conversation {
             try {
                 List saved = Protocol.fromJson("{\"turns\": ${json}}").turns as List
                 boolean turns = saved.every {
-                    it instanceof Map && it.role in ['user', 'assistant'] && it.content instanceof String
+                    it instanceof Map && it.role in ROLES && it.content instanceof String
                 }
                 if (turns) {
                     return new Conversation(label, saved as List<Map>)
@@ -44,9 +48,31 @@ class Conversation {
         turns && turns[-1].role == 'user' ? turns.remove(turns.size() - 1).content : null
     }
 
-    /** `provenance`: what answered (see `provenance`), kept with the turn. */
-    void answered(String answer, Map provenance, String time) {
-        turns << [role: 'assistant', content: answer, time: time, provenance: provenance]
+    /**
+     * `provenance`: what answered (see `provenance`); `reliance`: the `done` reply's measure of how much the
+     * answer depends on the slide (null from a daemon without it); both kept with the turn.
+     */
+    void answered(String answer, Map provenance, String time, Map reliance = null) {
+        Map turn = [role: 'assistant', content: answer, time: time, provenance: provenance]
+        if (reliance != null) {
+            turn.reliance = reliance
+        }
+        turns << turn
+    }
+
+    /** Prism's report draft, shown in the conversation and saved with it, but not sent to ANTONI. */
+    void drafted(String report, String label, Map provenance, String time) {
+        turns << [role: 'prism', content: report, label: label, time: time, provenance: provenance]
+    }
+
+    /** The answers' positions in `turns`, in order: the panel puts an evidence button under each. */
+    List<Integer> answerIndexes() {
+        (0..<turns.size()).findAll { turns[it].role == 'assistant' }
+    }
+
+    /** The conversation as ANTONI saw it when it gave the answer at `index`: up to and with its question. */
+    List<Map> wireBefore(int index) {
+        sent(turns.subList(0, index))
     }
 
     /**
@@ -73,9 +99,13 @@ class Conversation {
         return found
     }
 
-    /** The turns as the protocol's `conversation`: role and content only. */
+    /** The turns as the protocol's `conversation`: role and content only, without Prism's drafts. */
     List<Map> wire() {
-        turns.collect { [role: it.role, content: it.content] }
+        sent(turns)
+    }
+
+    private static List<Map> sent(List<Map> turns) {
+        turns.findAll { it.role in SENT }.collect { [role: it.role, content: it.content] }
     }
 
     String toJson() {
@@ -96,6 +126,9 @@ class Conversation {
         turns.each { turn ->
             if (turn.role == 'user') {
                 text << "\nYou: ${turn.content}\n"
+            } else if (turn.role == 'prism') {
+                text << "\n${PRISM}: ${(turn.content as String).trim()}\n"
+                text << "  (${turn.label ?: 'Draft by Prism (not ANTONI)'}, ${turn.time})\n"
             } else {
                 Map provenance = (turn.provenance ?: [:]) as Map
                 String weights = provenance.demo ? 'demo' : 'real'
@@ -104,9 +137,19 @@ class Conversation {
                 if (provenance.demo) {
                     text << "  ${DEMO_NOTE}\n"
                 }
+                if (turn.reliance instanceof Map) {
+                    text << "  ${relianceText(turn.reliance as Map)}\n"
+                }
             }
         }
         return text.toString()
+    }
+
+    /** The reliance figure as the panel shows it next to an answer; a flagged answer says so first. */
+    static String relianceText(Map reliance) {
+        String score = String.format('%.2f', reliance.score as double)
+        return reliance.flagged ? "FLAGGED: this answer does not depend on the image (reliance on the slide ${score})" :
+                "Reliance on the slide: ${score}"
     }
 
     /** An annotation's description with this conversation after the user's own text, which is kept. */

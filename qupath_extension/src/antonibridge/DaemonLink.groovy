@@ -11,8 +11,8 @@ import java.util.concurrent.TimeUnit
  * thread reports through `listener(kind, data)`, called on the link thread (a UI hands it to its own thread).
  *
  * Reports: ('state', [connected, server, demo, weights, llm, address, problem: [code, message, hint] or null, queue, notice])
- * and ('job', [type, content]) for the events of the one question being answered: accepted, progress, token,
- * then exactly one of done, error, cancelled or busy. A job the link itself must end (daemon gone, restarted)
+ * and ('job', [type, content]) for the events of the one job running (a question, an evidence map, Prism's
+ * heads...): accepted, progress, token, then exactly one of done, error, cancelled or busy. A job the link itself must end (daemon gone, restarted)
  * ends with an 'error' whose content has code, message and hint.
  */
 class DaemonLink {
@@ -64,7 +64,10 @@ class DaemonLink {
     }
 
     /** Ask a question (content as in the protocol's `ask`); the answer comes as 'job' reports. */
-    void ask(Map content) { commands.put { doAsk(content) } }
+    void ask(Map content) { job('ask', content) }
+
+    /** Start a job of the protocol (`ask`, `explain`, `zero_shot`, `report`, `similar`...): one at a time. */
+    void job(String type, Map content) { commands.put { doJob(type, content) } }
 
     void cancel() { commands.put { doCancel() } }
 
@@ -328,7 +331,7 @@ class DaemonLink {
         lost(asMap(p))
     }
 
-    private void doAsk(Map content) {
+    private void doJob(String type, Map content) {
         if (job != null) {
             report('job', [type: 'error', content: problem('busy-here', 'A question is already being answered.',
                     'wait for its answer or cancel it')])
@@ -342,7 +345,7 @@ class DaemonLink {
         }
         List message
         try {
-            message = protocol.message('ask', content)
+            message = protocol.message(type, content)
         } catch (Problem p) {
             report('job', [type: 'error', content: asMap(p)])
             return

@@ -9,6 +9,10 @@ import javafx.scene.input.KeyCombination
 import javafx.scene.input.MouseButton
 import javafx.scene.input.MouseEvent
 import qupath.fx.utils.FXUtils
+import qupath.lib.common.ColorTools
+import qupath.lib.objects.PathObjects
+import qupath.lib.objects.classes.PathClass
+import qupath.lib.roi.ROIs
 
 import java.nio.file.FileSystemNotFoundException
 import java.nio.file.Paths
@@ -18,7 +22,7 @@ import java.util.regex.Matcher
  * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
  * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
  * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
- * with annotations or the image.
+ * with annotations or the image, evidence maps as tile objects, and opening similar slides.
  * Called on the JavaFX thread, except `targetOf`, which reads only image data (AntoniBridge.ask calls it).
  */
 class QuPathGlue {
@@ -33,6 +37,8 @@ class QuPathGlue {
     static final String ANSWER = 'ANTONI answer'
     static final String PROVENANCE = 'ANTONI provenance'
     static final String CONVERSATION = 'ANTONI conversation'
+    static final String RELIANCE = 'ANTONI reliance'
+    static final String EVIDENCE = 'ANTONI evidence'
 
     final Object qupath
     ChatPanel panel
@@ -98,21 +104,50 @@ class QuPathGlue {
      * for the whole image, with the image. Returns a notice for the panel when the image is in no project.
      */
     String save(AskTarget target, Conversation conversation) {
-        if (!target.imageData.is(qupath.getImageData())) {
-            throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
-                    'image, so it was not saved there; it stays in the panel.',
-                    'copy the conversation, or open that image again and ask once more to save it')
+        keep(target, conversation) { Map saved -> record(conversation, saved) }
+    }
+
+    /**
+     * Keep an evidence map with the answer it explains: `ANTONI evidence N` beside `ANTONI answer N` (the
+     * latest N whose answer is this one's text), and the conversation.
+     */
+    String saveEvidence(AskTarget target, Conversation conversation, Map answer, EvidenceMap map) {
+        keep(target, conversation) { Map saved ->
+            int number = numberOf(saved, answer.content as String)
+            number > 0 ? [("${EVIDENCE} ${number}".toString()): map.toJson()] : [:]
         }
+    }
+
+    /** Keep the conversation only (after Prism's report draft joined it). */
+    String saveConversation(AskTarget target, Conversation conversation) {
+        keep(target, conversation) { Map saved -> [:] }
+    }
+
+    /**
+     * Write `entries(saved metadata)` and the whole conversation where the target's answers are kept: each
+     * annotation's metadata and description, or the image's project entry or properties.
+     */
+    private String keep(AskTarget target, Conversation conversation, Closure<Map> entries) {
+        requireOpen(target, 'it was not saved there; it stays in the panel',
+                'copy the conversation, or open that image again and ask once more to save it')
         if (!target.objects) {
-            return saveWithImage(target.imageData, conversation)
+            return saveWithImage(target.imageData, conversation, entries)
         }
         target.objects.each { annotation ->
             Map<String, String> metadata = annotation.getMetadata()
-            metadata.putAll(record(conversation, metadata))
+            metadata.putAll(entries(metadata) + [(CONVERSATION): conversation.toJson()])
             annotation.setDescription(conversation.describe(annotation.getDescription()))
         }
         target.hierarchy.fireObjectsChangedEvent(this, target.objects) // so that QuPath saves the change
         return null
+    }
+
+    /** A Problem unless the target's image is the open one: nothing is written into another image. */
+    private void requireOpen(AskTarget target, String consequence, String hint) {
+        if (!target.imageData.is(qupath.getImageData())) {
+            throw new Problem('image-closed', "The answer is about ${target.label}, which is no longer the open " +
+                    "image, so ${consequence}.", hint)
+        }
     }
 
     /**
@@ -121,17 +156,20 @@ class QuPathGlue {
      * ProjectBrowser.java 680-683 in QuPath 0.6.0). An image in no project keeps it in its properties
      * (ImageData.setProperty, ImageData.java:487, saved in the image's data file; QuPath then asks to save).
      */
-    private String saveWithImage(def imageData, Conversation conversation) {
+    private String saveWithImage(def imageData, Conversation conversation, Closure<Map> entries) {
         def project = qupath.getProject()
         def entry = project?.getEntry(imageData)
         if (entry == null) {
-            record(conversation, imageData.getProperties()).each { key, value -> imageData.setProperty(key, value) }
+            Map properties = imageData.getProperties()
+            (entries(properties) + [(CONVERSATION): conversation.toJson()]).each { key, value ->
+                imageData.setProperty(key as String, value)
+            }
             return "${project == null ? 'No project is open' : 'The image is not in the open project'}, so the " +
                     "answer is kept in the image's properties, not in a project's image metadata: save the image " +
                     '(File > Save) to keep it.'
         }
         Map<String, String> metadata = entry.getMetadata()
-        metadata.putAll(record(conversation, metadata))
+        metadata.putAll(entries(metadata) + [(CONVERSATION): conversation.toJson()])
         project.syncChanges()
         qupath.refreshProject()
         return null
@@ -145,25 +183,120 @@ class QuPathGlue {
 
     /**
      * The last question and answer as metadata entries shared with batch (docs/qupath.md, "Saved with the
-     * annotation"): `ANTONI question N`, `ANTONI answer N` and `ANTONI provenance N` (JSON), numbered after the
-     * answers `saved` already holds, from batch or earlier questions, which are kept; and `ANTONI conversation`,
-     * the whole conversation (JSON), from which the panel continues it.
+     * annotation"): `ANTONI question N`, `ANTONI answer N`, `ANTONI provenance N` (JSON) and, from a daemon that
+     * measures it, `ANTONI reliance N` (JSON), numbered after the answers `saved` already holds, from batch or
+     * earlier questions, which are kept. (`keep` adds `ANTONI conversation`, the whole conversation as JSON, from
+     * which the panel continues it.)
      */
     private static Map<String, String> record(Conversation conversation, Map saved) {
         int number = 1 + (saved.keySet().collect { answerNumber(it as String) }.max() ?: 0)
         Map answer = conversation.lastAnswer()
-        return [
+        Map<String, String> entries = [
                 ("${QUESTION} ${number}".toString())  : conversation.lastQuestion(),
                 ("${ANSWER} ${number}".toString())    : (answer.content as String).trim(),
                 ("${PROVENANCE} ${number}".toString()): Protocol.toJson((answer.provenance ?: [:]) + [time: answer.time]),
-                (CONVERSATION)                        : conversation.toJson(),
         ]
+        if (answer.reliance instanceof Map) {
+            entries.put("${RELIANCE} ${number}".toString(), Protocol.toJson(answer.reliance))
+        }
+        return entries
+    }
+
+    /** The latest N whose `ANTONI answer N` in `saved` is this answer's text; 0 when none is. */
+    private static int numberOf(Map saved, String answer) {
+        saved.findAll { key, value -> answerNumber(key as String) > 0 && value == answer.trim() }
+                .collect { key, value -> answerNumber(key as String) }.max() ?: 0
     }
 
     /** N of a key `ANTONI answer N`, else 0. */
     private static int answerNumber(String key) {
         String number = key.startsWith(ANSWER + ' ') ? key.substring(ANSWER.length() + 1) : ''
         return number.isInteger() ? number as int : 0
+    }
+
+    // ------------------------------------------------------------------ evidence maps
+
+    /**
+     * The map as QuPath objects: one tile object per tile (a rectangle ROI, PathObjects.createTileObject), with the
+     * measurement `ANTONI evidence` and the map's colour, all in the class `ANTONI evidence` (so the Annotations
+     * tab's class list hides them, or selects them for deleting, in one click). An earlier map on the image is
+     * replaced. Returns the number of tiles drawn.
+     */
+    int showEvidence(AskTarget target, EvidenceMap map) {
+        requireOpen(target, 'its evidence map was not drawn there', 'open that image again and show the evidence')
+        removeEvidence()
+        double scale = map.scale()
+        List tiles = map.tiles().collect { List<Number> tile -> evidenceTile(tile, scale) }
+        target.imageData.getHierarchy().addObjects(tiles)
+        return tiles.size()
+    }
+
+    /** One tile [x, y, size, value] of a map as a QuPath tile object, coloured on the map's `scale`. */
+    static Object evidenceTile(List<Number> tile, double scale) {
+        double value = tile[3] as double
+        def object = PathObjects.createTileObject(ROIs.createRectangleROI(tile[0] as double, tile[1] as double,
+                tile[2] as double, tile[2] as double), evidenceClass())
+        def measurements = object.getMeasurementList()
+        measurements.put(EvidenceMap.MEASUREMENT, value)
+        measurements.close()
+        List<Integer> rgb = EvidenceMap.colour(value, scale)
+        object.setColor(ColorTools.packRGB(rgb[0], rgb[1], rgb[2]) as Integer)
+        return object
+    }
+
+    /** The evidence tiles on the open image. */
+    List evidenceTiles() {
+        String name = evidenceClass().toString()
+        qupath.getImageData()?.getHierarchy()?.getTileObjects()?.findAll { it.getPathClass()?.toString() == name } ?: []
+    }
+
+    /** Remove every evidence tile from the open image; returns how many there were. */
+    int removeEvidence() {
+        List tiles = evidenceTiles()
+        if (tiles) {
+            qupath.getImageData().getHierarchy().removeObjects(tiles, false)
+        }
+        return tiles.size()
+    }
+
+    private static PathClass evidenceClass() {
+        PathClass.getInstance(EvidenceMap.CLASS_NAME, ColorTools.packRGB(240, 59, 32) as Integer)
+    }
+
+    // ------------------------------------------------------------------ similar slides
+
+    /** The open project's file (project.qpproj), the `within` of a `similar` job; null without a project. */
+    String projectFile() {
+        qupath.getProject()?.getPath()?.toString()
+    }
+
+    /** The open project's image whose file is `slide`, or null (then the slide is opened as a file). */
+    Object projectImage(String slide) {
+        def project = qupath.getProject()
+        if (project == null) {
+            return null
+        }
+        String wanted = Paths.get(slide).normalize().toString()
+        return project.getImageList().find { entry ->
+            Collection<URI> uris = entry.getURIs()
+            URI uri = uris.size() == 1 ? uris.iterator().next() : null
+            uri?.scheme == 'file' && Paths.get(uri.path).normalize().toString() == wanted
+        }
+    }
+
+    /**
+     * Open a similar slide: its project entry when it is one of the project's images (QuPathGUI.openImageEntry,
+     * QuPathGUI.java:1486), else the file in the current viewer (QuPathGUI.openImage, :1637). Both do nothing when
+     * the image is already open there. A Problem says why it could not be opened.
+     */
+    void openSlide(String slide) {
+        def entry = projectImage(slide)
+        try {
+            entry != null ? qupath.openImageEntry(entry) : qupath.openImage(qupath.getViewer(), slide)
+        } catch (IOException exc) {
+            throw new Problem('not-opened', "QuPath could not open ${slide} (${exc.message}).",
+                    'check that the file is still there and readable')
+        }
     }
 
     private static String slideFile(def server) {

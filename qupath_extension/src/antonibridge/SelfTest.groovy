@@ -42,6 +42,8 @@ class SelfTest {
         check('the selected annotation: its region') { regionText(glue.target(false)) }
         check('writing and removing a description') { describeAndRestore(glue.target(false)) }
         check('where whole-image answers are saved') { wholeImageStore(glue.qupath) }
+        check('evidence tiles (one made, not added)') { evidenceTile() }
+        check('similar slides: the project images') { projectImages() }
         Map daemon = glue.panel.daemonState()
         check('the daemon (hello)') {
             if (!daemon.connected) {
@@ -98,6 +100,26 @@ class SelfTest {
             return "the image's properties (${why}; ${imageData.getProperties().size()} there)"
         }
         return "the project entry's metadata (${entry.getMetadata().size()} entries there)"
+    }
+
+    /** A tile object of the evidence map's class, with its measurement and colour, left out of the image. */
+    private String evidenceTile() {
+        def tile = QuPathGlue.evidenceTile([0, 0, 256, 1], 1)
+        double value = tile.getMeasurementList().get(EvidenceMap.MEASUREMENT)
+        if (!tile.isTile() || value != 1d || tile.getColor() == null) {
+            throw new IllegalStateException("the tile is not as made (tile ${tile.isTile()}, value ${value})")
+        }
+        "class \"${tile.getPathClass()}\", ${glue.evidenceTiles().size()} evidence tiles on the image"
+    }
+
+    /** The open project's file and its images with one file each, which a similar slide opens as entries. */
+    private String projectImages() {
+        def project = glue.qupath.getProject()
+        if (project == null) {
+            return 'no project is open: similar slides open as files'
+        }
+        int files = project.getImageList().count { it.getURIs().size() == 1 }
+        "${glue.projectFile()}: ${files} image(s) with one file"
     }
 
     private String version() {

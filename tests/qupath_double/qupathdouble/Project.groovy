@@ -19,7 +19,7 @@ class Project {
      * finds it again.
      */
     ProjectImageEntry addImage(ImageData imageData) {
-        ProjectImageEntry entry = new ProjectImageEntry(file.absolutePath + '::' + (images.size() + 1))
+        ProjectImageEntry entry = new ProjectImageEntry(file.absolutePath + '::' + (images.size() + 1), imageData)
         images << entry
         imageData.setProperty(IMAGE_ID, entry.fullProjectEntryID)
         imageData.@changed = false // as read from the project (`.changed =` would call its setProperty)
@@ -31,6 +31,12 @@ class Project {
         Object id = imageData.getProperties().get(IMAGE_ID)
         return images.find { it.fullProjectEntryID == id }
     }
+
+    /** DefaultProject.java 238-240: the project file (project.qpproj), not its folder. */
+    java.nio.file.Path getPath() { file.toPath() }
+
+    /** Project.java:216: the entries, in the project's order. */
+    List<ProjectImageEntry> getImageList() { new ArrayList(images) }
 
     /** DefaultProject.java 343-347: writes the project file (987-1008: the entries, their metadata with them). */
     void syncChanges() {

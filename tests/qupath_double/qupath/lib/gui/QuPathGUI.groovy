@@ -85,6 +85,38 @@ class QuPathGUI {
         return project
     }
 
+    /** QuPathGUI.java:1343: the active viewer (the double's first). */
+    Object getViewer() {
+        QuPathDouble.calls << 'getViewer'
+        return viewers ? viewers[0] : null
+    }
+
+    /**
+     * QuPathGUI.java 1486-1520: opens a project entry's image in the current viewer (false without a project or when
+     * it is already open there). The double shows the entry's image data.
+     */
+    boolean openImageEntry(Object entry) {
+        QuPathDouble.calls << "openImageEntry ${entry?.getImageName()}".toString()
+        if (entry == null || project == null || project.getEntry(imageData) == entry) {
+            return false
+        }
+        imageData = entry.imageData
+        return true
+    }
+
+    /**
+     * QuPathGUI.java 1637-1640 and 1653-1760: opens a file in a viewer, throwing IOException when it cannot; with
+     * one viewer, a null viewer means that one. The double opens any path as an image served from that file.
+     */
+    boolean openImage(Object viewer, String path) throws IOException {
+        QuPathDouble.calls << "openImage ${path}".toString()
+        if (viewer == null && viewers.size() != 1) {
+            return false
+        }
+        imageData = QuPathDouble.image(new File(path).toURI().toString())
+        return true
+    }
+
     /** QuPathGUI.java 2633-2636: the project list shows the entries again (their metadata with them). */
     void refreshProject() {
         QuPathDouble.calls << 'refreshProject'
