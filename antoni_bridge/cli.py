@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"antoni-bridge {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command")
-    for module in (make_demo, tiles, embed, ask, serve, daemon_control, demo, desk, training, batch, cohort, qupath_install):
+    fronts = (make_demo, tiles, embed, ask, serve, daemon_control, demo, desk, training, batch, cohort, qupath_install)
+    for module in fronts:
         module.add_commands(commands)
     for command in commands.choices.values():  # --verbose after the command too
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
