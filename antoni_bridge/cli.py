@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     if not args.verbose:
-        _quiet_libraries()
+        quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except BridgeError as exc:
@@ -71,7 +71,7 @@ KNOWN_WARNINGS = (  # third-party notices a user can do nothing about; any other
 )
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Libraries log their own account of what they do; ours is the one a user should read. Warnings stay on
     (a deprecation must reach the user who can report it), less the known ones above."""
     for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub", "bitsandbytes"):

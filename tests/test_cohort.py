@@ -202,6 +202,32 @@ def test_a_manifest_names_slides_regions_and_cases(
     assert rows["missing"]["status"] == "failed" and "missing" in rows["missing"]["error"]
 
 
+def test_cohort_ask_answers_every_slide_as_the_engine_does_with_full_provenance(
+    ray_local: object, cohort_dir: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from antoni_bridge.demo_assets import demo_weights
+    from antoni_bridge.engine import Engine, ModelChoice, SlideSource, options_from
+
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Which stain does the slide show?\n# a comment\nIs there DAB staining?\n", encoding="utf-8")
+    out = tmp_path / "answers.parquet"
+    args = ["cohort", "ask", str(cohort_dir), "--questions", str(questions), "--demo", "--max-new-tokens", "12"]
+    assert main([*args, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert sorted((r["name"], r["question_number"]) for r in rows) == [(n, q) for n in sorted(SEEDS) for q in (1, 2)]
+    assert all(r["status"] == "done" and r["stop_reason"] in ("stop", "length") for r in rows)
+    demo = demo_weights()
+    engine = Engine(ModelChoice(str(demo.tile_encoder), str(demo.slide_encoder), demo.antoni, demo=True), tmp_path)
+    first = next(r for r in rows if r["name"] == "first" and r["question_number"] == 2)
+    conversation = [{"role": "user", "content": "Is there DAB staining?"}]
+    expected = engine.ask(SlideSource(cohort_dir / "first.svs"), conversation, options_from({"max_new_tokens": 12}))
+    assert first["answer"] == expected.text
+    assert first["weights_sha256"] == expected.provenance["weights_sha256"] and first["demo"] is True
+    assert '"max_new_tokens": 12' in first["decoding"] and '"ray": "2.' in first["versions"]
+
+
 def test_without_ray_the_command_says_to_install_the_extra(
     monkeypatch: pytest.MonkeyPatch, cohort_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -55,10 +55,12 @@ class Planned:
 def plan_slide(slide: CohortSlide, settings: EmbedSettings, out_file: Path) -> Planned:
     """Fingerprint the slide; when OUT_FILE already holds its features, stop there. Else find tissue and
     lay the grid, as `embed` does."""
+    from antoni_bridge.cli import quiet_libraries
     from antoni_bridge.slides.planning import SlideRequest, feature_file, plan
     from antoni_bridge.slides.reader import Slide
     from antoni_bridge.slides.regions import Region
 
+    quiet_libraries()  # a damaged file's reason goes into the manifest, not the readers' logs
     start = time.perf_counter()
     with Slide(slide.path, mpp=settings.slide_mpp) as opened:
         fingerprint = opened.fingerprint
@@ -124,8 +126,10 @@ class TileWorker:
     def __init__(self, settings: EmbedSettings) -> None:
         import torch
 
+        from antoni_bridge.cli import quiet_libraries
         from antoni_bridge.encoders.pipeline import Encoders
 
+        quiet_libraries()  # as the command does: known third-party notices stay out of the run's output
         if settings.device == "cpu":
             torch.set_num_threads(max(1, int(settings.worker_cpus)))
         self.batch_size = settings.batch_size

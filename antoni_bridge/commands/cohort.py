@@ -7,10 +7,11 @@ changes. docs/cohort.md says how to run on a workstation and on a cluster.
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import timedelta
 from pathlib import Path
 
-from antoni_bridge.model_sources import encoder_options
+from antoni_bridge.model_sources import encoder_options, model_options
 
 SOURCE_HELP = "a folder of slides, a CSV/Parquet manifest (path, region, case) or a QuPath project (.qpproj)"
 
@@ -29,6 +30,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     encoder_options(embed)
     ray_options(embed)
     embed.set_defaults(run=run_embed)
+    ask = actions.add_parser("ask", help="answers for every slide and annotation, with provenance")
+    ask.add_argument("source", type=Path, help=SOURCE_HELP + ", or the output folder of `cohort embed`")
+    ask.add_argument("--questions", type=Path, required=True, help="a file of questions, one per line")
+    ask.add_argument("--out", type=Path, default=Path("answers.parquet"), help="Parquet, or CSV when it ends in .csv")
+    ask.add_argument("--max-new-tokens", type=int, help="answer length limit (default 1024)")
+    model_options(ask)
+    encoder_options(ask)
+    ray_options(ask)
+    ask.set_defaults(run=run_ask)
 
 
 def ray_options(command: argparse.ArgumentParser) -> None:
@@ -52,6 +62,68 @@ def run_embed(args: argparse.Namespace) -> int:
         summary = embed_cohort(ray, slides, args.out, settings, args.workers, CohortProgress(len(slides)))
     print(summary_text(summary, args.out))
     return 1 if summary.failed else 0
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from antoni_bridge.batch.sources import read_questions
+    from antoni_bridge.cohort.asking import ask_cohort, ask_items, write_answers
+    from antoni_bridge.cohort.runtime import import_ray
+    from antoni_bridge.engine import options_from
+    from antoni_bridge.model_sources import engine_settings
+
+    import_ray()
+    questions = read_questions([], args.questions)
+    options = options_from({"max_new_tokens": args.max_new_tokens})
+    options.check()
+    _check_answers_file(args.out)
+    items = ask_items(args.source)
+    with _ray(args) as ray, tqdm(total=len(items), desc="slides", unit="slide", file=sys.stderr) as bar:
+        choice, resources, workers = _model_workers(ray, args)
+        worker_args = (choice, args.cache_dir, engine_settings(args))
+        summary = ask_cohort(ray, items, questions, worker_args, options, workers, resources, progress=bar)
+    write_answers(args.out, summary.rows)
+    answered = len(summary.rows) - summary.failed
+    print(
+        f"{summary.slides} slides: {answered} answers, {summary.failed} failed, in "
+        f"{timedelta(seconds=round(summary.seconds))} on {workers} model worker{'s' if workers != 1 else ''} "
+        f"-> {args.out}"
+    )
+    return 1 if summary.failed else 0
+
+
+def _check_answers_file(out: Path) -> None:
+    from antoni_bridge.errors import BridgeError
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise BridgeError(f"--out {out} is neither .parquet nor .csv.", "name it NAME.parquet or NAME.csv")
+    if out.is_dir():
+        raise BridgeError(f"--out {out} is a folder.", "give a file name, e.g. answers.parquet")
+
+
+def _model_workers(ray, args: argparse.Namespace):  # -> (ModelChoice, resources, workers)
+    """The models as the options name them, on the cluster's GPUs when it has any, and how many actors."""
+    from dataclasses import replace
+
+    from antoni_bridge.cohort.runtime import cluster_resources
+    from antoni_bridge.errors import BridgeError
+    from antoni_bridge.model_sources import model_choice
+
+    cpus, gpus = cluster_resources(ray)
+    device = args.device or ("cuda" if gpus > 0 else "cpu")
+    choice = replace(model_choice(argparse.Namespace(**{**vars(args), "device": "cpu"})), device=device)
+    threads = float(args.threads or 1)
+    if device == "cpu":
+        workers = args.workers or 1
+        resources = {"num_cpus": threads}
+    else:
+        workers = args.workers or max(1, int(gpus / args.gpus_per_worker))
+        resources = {"num_cpus": threads, "num_gpus": args.gpus_per_worker}
+    if workers < 1 or workers * threads > cpus:
+        hint = "use fewer --workers or --threads"
+        raise BridgeError(f"{workers} model workers of {threads:g} CPUs do not fit {cpus:g} CPUs.", hint)
+    return choice, resources, workers
 
 
 def _embed_settings(args: argparse.Namespace):  # -> cohort.work.EmbedSettings
