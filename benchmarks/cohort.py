@@ -69,7 +69,7 @@ def gpu_run(scratch: Path, count: int) -> dict[str, Any]:
         raise SystemExit("no CUDA device: the GPU run needs one (nothing measured)")
     tile, slide_encoder = _virchow_shaped(scratch / "virchow"), _prism_shaped(scratch / "prism")
     folder = scratch / "slides"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     width, height, mpp = GPU_SLIDE
     write_demo_slide(scratch / "big.svs", width, height, mpp=mpp, progress=False)
     for index in range(count):
@@ -86,6 +86,16 @@ def gpu_run(scratch: Path, count: int) -> dict[str, Any]:
         "slides_per_hour_at_15000_tiles": run["tiles_per_s"] * 3600 / 15_000,
         "target_slides_per_hour": 300,
     }
+
+
+def suite_part(context: Any) -> dict[str, Any]:  # context: benchmarks.gpu_suite.Context
+    """The GPU suite's `cohort` part: the GPU run on 4 slides; with --smoke, two small demo slides on the CPU."""
+    if not context.smoke:
+        return gpu_run(context.scratch / "cohort", 4)
+    slides = _distinct_slides(context.scratch / "cohort-slides", 2, (4800, 3600, 0.25))
+    demo = context.weights
+    options = ["--tile-encoder", str(demo.tile_encoder), "--slide-encoder", str(demo.slide_encoder)]
+    return _cohort(context.scratch / "cohort-out", slides, [*options, "--device", "cpu", "--cpus", "2"])
 
 
 def _cohort(out: Path, slides: Path, options: list[str]) -> dict[str, Any]:
