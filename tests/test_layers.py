@@ -19,6 +19,7 @@ FRONT_ENDS = {
     "train",
     "model_sources",
     "qupath_install",
+    "cohort",
 }
 ENGINE = {"engine"}
 BELOW = {
