@@ -347,13 +347,23 @@ def test_the_cli_prints_prisms_labels_and_report(daemon: Path, latents_file: Pat
 
 
 def test_weights_without_text_heads_get_a_clear_error(tmp_path: Path, latents_file: Path, folder: Path) -> None:
+    """A Prism folder holding the perceiver alone (keys or config): one sentence from the engine, as the
+    daemon would reply it (`bad-input`)."""
     from safetensors.torch import load_file, save_file
+
+    from antoni_bridge.engine import Engine, FeaturesSource, ModelChoice
 
     bare = tmp_path / "prism-without-text"
     bare.mkdir()
     state = load_file(folder / "model.safetensors")
     save_file({k: v for k, v in state.items() if k.startswith("image_resampler.")}, str(bare / "model.safetensors"))
-    (bare / "config.json").write_text((folder / "config.json").read_text(encoding="utf-8"), encoding="utf-8")
-    result = run_cli("report", "--features", str(latents_file), "--local", "--slide-encoder", str(bare))
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "hold no text heads" in result.stderr
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    (bare / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    engine = Engine(ModelChoice(str(folder), str(bare), tmp_path), cache_dir=tmp_path / "cache")
+    with pytest.raises(BridgeError, match="hold no text heads") as raised:
+        engine.report(FeaturesSource(latents_file))
+    assert "paige-ai/Prism" in raised.value.hint
+    config.pop("biogpt_config")
+    (bare / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(BridgeError, match="has no text heads"):
+        engine.zero_shot(FeaturesSource(latents_file), ["a", "b"])
