@@ -17,7 +17,18 @@ from collections.abc import Sequence
 
 from antoni_bridge import __version__, platforms, qupath_install
 from antoni_bridge.batch import command as batch
-from antoni_bridge.commands import ask, daemon_control, demo, embed, make_demo, serve, similar, tiles
+from antoni_bridge.commands import (
+    ask,
+    daemon_control,
+    demo,
+    embed,
+    make_demo,
+    report,
+    serve,
+    similar,
+    tiles,
+    zero_shot,
+)
 from antoni_bridge.desk import command as desk
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.train import command as training
@@ -122,20 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"antoni-bridge {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command")
-    for module in (
+    commands_in_order = (
         make_demo,
         tiles,
         embed,
         ask,
+        zero_shot,
+        report,
         similar,
         serve,
         daemon_control,
         demo,
         desk,
         training,
-        batch,
-        qupath_install,
-    ):
+    )
+    for module in (*commands_in_order, batch, qupath_install):
         module.add_commands(commands)
     for command in commands.choices.values():  # --verbose after the command too
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
