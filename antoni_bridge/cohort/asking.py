@@ -36,7 +36,12 @@ def ask_items(source: Path) -> list[AskItem]:
     """The slides of SOURCE, or of a `cohort embed` output folder (its feature files)."""
     if (source / MANIFEST).is_file():
         return _embedded_items(source)
-    return [AskItem(s, (IMAGE, *s.annotations)) for s in read_cohort(source)]
+    return [AskItem(s, (_whole(s), *s.annotations)) for s in read_cohort(source)]
+
+
+def _whole(slide: CohortSlide) -> Target:
+    """What "the slide" is: the region its manifest row names, if any, else the whole image."""
+    return Target("region", "region", slide.region) if slide.region else IMAGE
 
 
 def _embedded_items(folder: Path) -> list[AskItem]:
