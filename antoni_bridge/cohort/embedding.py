@@ -226,9 +226,11 @@ class _Run:
         if not self.workers:
             self._start_workers()
         if planned.grid.spec.size != self.input_size:
-            self._fail(work, f"The tile encoder takes {self.input_size}-px tiles, not {planned.grid.spec.size}.")
+            wanted, size = self.input_size, planned.grid.spec.size
+            self._fail(work, f"The tile encoder takes {wanted}-px tiles, not {size} (use --size {wanted}).")
             return
-        step = self.settings.block_tiles
+        batch = self.settings.batch_size  # blocks of whole batches: the encoder sees the batches `embed` gives it
+        step = -(-self.settings.block_tiles // batch) * batch
         work.blocks = [(i, min(i + step, planned.tiles)) for i in range(0, planned.tiles, step)]
         self.progress.planned(planned.tiles)
         if not work.blocks:
