@@ -107,7 +107,7 @@ List explainProgress = Collections.synchronizedList([])
 ChangeListener onExplain = { obs, old, text -> if (text) explainProgress << text } as ChangeListener
 Fx.run {
     panel.progressText.textProperty().addListener(onExplain)
-    panel.answers.children[1].children[0].fire()
+    panel.answers.children[-1].children[0].fire() // under the last answer
 }
 Fx.waitFor('the evidence map', 180) { !panel.askButton.disabled }
 seen.evidence = Fx.run {
