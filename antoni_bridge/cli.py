@@ -17,7 +17,19 @@ from collections.abc import Sequence
 
 from antoni_bridge import __version__, platforms, qupath_install
 from antoni_bridge.batch import command as batch
-from antoni_bridge.commands import ask, daemon_control, demo, embed, make_demo, serve, tiles
+from antoni_bridge.commands import (
+    ask,
+    cohort,
+    daemon_control,
+    demo,
+    embed,
+    make_demo,
+    report,
+    serve,
+    similar,
+    tiles,
+    zero_shot,
+)
 from antoni_bridge.desk import command as desk
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.train import command as training
@@ -36,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     if not args.verbose:
-        _quiet_libraries()
+        quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except BridgeError as exc:
@@ -71,7 +83,7 @@ KNOWN_WARNINGS = (  # third-party notices a user can do nothing about; any other
 )
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Libraries log their own account of what they do; ours is the one a user should read. Warnings stay on
     (a deprecation must reach the user who can report it), less the known ones above."""
     for name in ("tifffile", "tiffslide", "transformers", "peft", "huggingface_hub", "bitsandbytes"):
@@ -122,7 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"antoni-bridge {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command")
-    for module in (make_demo, tiles, embed, ask, serve, daemon_control, demo, desk, training, batch, qupath_install):
+    commands_in_order = (
+        make_demo,
+        tiles,
+        embed,
+        ask,
+        zero_shot,
+        report,
+        similar,
+        serve,
+        daemon_control,
+        demo,
+        desk,
+        training,
+    )
+    for module in (*commands_in_order, batch, cohort, qupath_install):
         module.add_commands(commands)
     for command in commands.choices.values():  # --verbose after the command too
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

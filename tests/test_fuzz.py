@@ -53,8 +53,21 @@ BASES: dict[str, dict[str, Any]] = {  # well-formed requests, mutated one field 
     "forget": {"slide": "/nowhere/slide.svs"},
     "load": {"models": ["model"]},
     "unload": {"models": ["encoders"]},
+    "similar": {"slide": "/nowhere/slide.svs", "region": RECTANGLE, "top": 5, "within": "/nowhere"},
 }
-EXTRA_FIELDS = ("slide", "features", "region", "slide_mpp", "options", "conversation", "image", "all", "models")
+EXTRA_FIELDS = (
+    "slide",
+    "features",
+    "region",
+    "slide_mpp",
+    "options",
+    "conversation",
+    "image",
+    "all",
+    "models",
+    "top",
+    "within",
+)
 
 
 def _deep(depth: int) -> Any:

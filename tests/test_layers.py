@@ -19,6 +19,7 @@ FRONT_ENDS = {
     "train",
     "model_sources",
     "qupath_install",
+    "cohort",
 }
 ENGINE = {"engine"}
 BELOW = {
@@ -34,6 +35,7 @@ BELOW = {
     "conversations",
     "demo_assets",
     "demo_task",
+    "maps",
 }
 
 

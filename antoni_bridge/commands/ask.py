@@ -1,6 +1,8 @@
 """`ask`: one question about a slide, a region or a features file, through the daemon or (`--local`) the
 engine in this process; `--choices` scores multiple choice instead; `--follow-up` continues the last
-conversation. Only the decoding options the user gives are sent: the engine's defaults fill the rest."""
+conversation. Only the decoding options the user gives are sent: the engine's defaults fill the rest.
+`--evidence` then runs the daemon's `explain` job on the answer and writes its map (QuPath GeoJSON, and
+with `--evidence-png` a picture over the overview)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--choices", help='multiple choice instead: "A=first answer,B=second answer"')
     ask.add_argument("--json", action="store_true", help="print one JSON object (answer, token ids, provenance)")
     ask.add_argument("--follow-up", action="store_true", help="continue the last conversation about this slide")
+    ask.add_argument(
+        "--evidence",
+        type=Path,
+        metavar="MAP.geojson",
+        help="after the answer, map which tiles it depends on: QuPath tile objects (File > Import objects)",
+    )
+    ask.add_argument("--evidence-png", type=Path, metavar="MAP.png", help="the same map over the slide's overview")
     region_options(ask)
     encoder_options(ask)
     ask.set_defaults(run=run, local_defaults={name: ask.get_default(name) for name in LOCAL_ONLY})
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     if choices and args.follow_up:
         raise BridgeError("Multiple choice scores one question; it does not follow up.", "leave out --follow-up")
+    _check_evidence_options(args, slide, choices)
     request = slide_request(args, slide) if slide is not None else None
     if choices:
         score = _score_local if args.local else _score
@@ -74,9 +84,53 @@ def run(args: argparse.Namespace) -> int:
     else:
         content = {**_job_content(args, request), "conversation": conversation, "options": _options(args)}
         done = run_job("ask", content, stream)
-    _print_answer(args, done)
+    explained = _explain(args, request, conversation, done) if args.evidence or args.evidence_png else None
+    _print_answer(args, done, explained)
     conversations.save(key, [*conversation, {"role": "assistant", "content": done["answer"]}])
     return 0
+
+
+def _check_evidence_options(args: argparse.Namespace, slide: Path | None, choices) -> None:
+    """Refused before the question is asked, so no answer is waited for in vain."""
+    if not (args.evidence or args.evidence_png):
+        return
+    if choices:
+        raise BridgeError("An evidence map explains an answer, not a multiple-choice score.", "leave out --choices")
+    if args.local:
+        raise BridgeError(
+            "--evidence runs the daemon's explain job.", "leave out --local (start `antoni-bridge serve`)"
+        )
+    if args.evidence_png and slide is None:
+        raise BridgeError(
+            "--evidence-png draws over the slide's overview; a features file has none.", "ask about the slide"
+        )
+    outputs = [p for p in (args.evidence, args.evidence_png) if p is not None]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise BridgeError("--evidence and --evidence-png name the same file.", "give them different names")
+    inputs = {p.resolve() for p in (slide, args.features, args.geojson) if p is not None}
+    for out in outputs:
+        if out.resolve() in inputs:
+            raise BridgeError(f"The output {out} is one of the inputs; it would be overwritten.", "choose another name")
+        if out.is_dir():
+            raise BridgeError(f"{out} is a folder.", "give a file name, e.g. map.geojson")
+
+
+def _explain(
+    args: argparse.Namespace, request, conversation: list[dict[str, str]], done: dict[str, Any]
+) -> dict[str, Any]:
+    """The `explain` job for the answer just given (its tokens fixed by the text), then its files."""
+    from antoni_bridge import maps
+
+    if not args.json:
+        print("\nMapping the evidence for this answer...", flush=True)
+    content = {**_job_content(args, request), "conversation": conversation, "answer": done["answer"]}
+    explained = run_job("explain", content)
+    tile_map = maps.evidence_map(explained)
+    if args.evidence:
+        maps.write_geojson(tile_map, args.evidence)
+    if args.evidence_png:
+        maps.write_png(tile_map, request.path, args.evidence_png, request.slide_mpp)
+    return explained
 
 
 def _check_local_only(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
@@ -218,9 +272,11 @@ def _score(args: argparse.Namespace, request, question: str, choices: list[str])
 # ---------------------------------------------------------------------------------------------- printing
 
 
-def _print_answer(args: argparse.Namespace, done: dict[str, Any]) -> None:
+def _print_answer(args: argparse.Namespace, done: dict[str, Any], explained: dict[str, Any] | None) -> None:
     if args.json:
         record = {**done, "demo_weights": done["demo"], "front_end": "cli", "options_set": _options(args)}
+        if explained is not None:
+            record["evidence"] = _evidence_record(args, explained)
         print(json.dumps(record, ensure_ascii=False))
         return
     timings = done["timings"]
@@ -230,6 +286,41 @@ def _print_answer(args: argparse.Namespace, done: dict[str, Any]) -> None:
         f"{timings['first_token_s'] * 1000:.0f} ms, {timings.get('tokens_per_s', 0.0):.1f} tokens/s, "
         f"stop: {done['stop_reason']}, latents from {done['latents_from']}, {timings['total_s']:.1f} s in all]"
         + (f" {DEMO_NOTE}" if done["demo"] else "")
+    )
+    reliance = (explained or {}).get("reliance") or done.get("reliance")
+    if reliance:
+        print(reliance_line(reliance))
+    if explained is not None:
+        print(faithfulness_line(explained))
+        written = [str(p) for p in (args.evidence, args.evidence_png) if p is not None]
+        print(f"Evidence map ({explained['method']}, {explained['tiles']} tiles in {explained['groups']} groups) "
+              f"written to {' and '.join(written)}")  # fmt: skip
+
+
+def _evidence_record(args: argparse.Namespace, explained: dict[str, Any]) -> dict[str, Any]:
+    """What --json tells of the map: its files and figures (the per-tile values are in the files)."""
+    figures = {key: explained.get(key) for key in ("method", "tiles", "groups", "faithfulness", "reliance")}
+    files = {"geojson": args.evidence, "png": args.evidence_png}
+    return {**figures, "files": {kind: str(path) for kind, path in files.items() if path is not None}}
+
+
+def reliance_line(reliance: dict[str, Any]) -> str:
+    """How much the answer depends on this slide, in one line (flagged when it does not)."""
+    line = (
+        f"Image reliance: {reliance['score']:.3g} (log-likelihood per token: with this slide "
+        f"{reliance['with_slide']:.3g}, no image {reliance['no_image']:.3g}, "
+        f"another slide {reliance['other_slide']:.3g})"
+    )
+    return line + (" FLAGGED: this answer does not depend on the image." if reliance["flagged"] else "")
+
+
+def faithfulness_line(explained: dict[str, Any]) -> str:
+    """Whether the map means anything for this answer: its deletion curve against random orders."""
+    f = explained["faithfulness"]
+    verdict = "the map beats random orders" if f["gap"] > 0 else "the map does no better than random orders"
+    return (
+        f"Faithfulness: deletion area {f['deletion_area']:.3g} against {f['random_area']:.3g} for "
+        f"{f['random_orders']} random orders (gap {f['gap']:.3g}): {verdict}."
     )
 
 

@@ -41,7 +41,7 @@ def slide_request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (im
     check_input_file(slide)
     if args.name and not args.geojson:
         raise BridgeError("--name picks an annotation of --geojson, but no --geojson was given.", "add --geojson FILE")
-    _check_grid_numbers(args)
+    check_grid_numbers(args)
     region = None
     if args.region:
         region = Region.parse_rectangle(args.region)
@@ -51,7 +51,7 @@ def slide_request(args: argparse.Namespace, slide: Path):  # -> SlideRequest (im
     return SlideRequest(path=slide, region=region, spec=spec, slide_mpp=args.slide_mpp)
 
 
-def _check_grid_numbers(args: argparse.Namespace) -> None:
+def check_grid_numbers(args: argparse.Namespace) -> None:
     """Each bad number is named with the range it must lie in."""
     trained = "the defaults (--mpp 0.5 --size 224 --min-tissue 0) are what ANTONI-Alpha was trained on"
     if not (math.isfinite(args.mpp) and args.mpp > 0):

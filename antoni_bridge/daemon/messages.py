@@ -29,6 +29,7 @@ from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 
 from antoni_bridge.engine import MODEL_PARTS
+from antoni_bridge.engine.prism_heads import MAX_BEAMS, MAX_LABELS, MAX_PHRASINGS, MAX_REPORT_TOKENS, MIN_LABELS
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.platforms import is_absolute
 from antoni_bridge.slides.regions import MAX_REGION_VERTICES
@@ -38,15 +39,31 @@ MAX_CHOICES = 32
 MAX_IMAGE_CHARS = 24 * 2**20  # base64 of an 18 MB picture; the message limit is 32 MiB
 MAX_NEW_TOKENS = 8192  # far beyond any answer the model was trained to give
 MAX_TOP_K = 1_000_000
+MAX_SIMILAR = 1000  # similar slides in one reply
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_TEXT_CHARS = 200_000  # a conversation, question or choices: about 50,000 tokens
+GROUPS_RANGE = (2, 1024)  # tile groups of an evidence map
+MAX_RANDOM_ORDERS = 64  # random deletion orders of a map's faithfulness figure
 SLIDE_MPP_RANGE = (0.01, 100.0)  # what Slide accepts from a file's metadata, too
 REFUSED = "bad_request"  # the pydantic error type whose message is the sentence a client reads
 
 ModelPart = Literal["encoders", "model"]
-JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload"]
+JobKind = Literal[
+    "ask", "score", "view", "embed", "forget", "load", "unload", "explain", "zero_shot", "report", "similar"
+]
 ProgressStage = Literal[
-    "loading", "reading", "tissue", "tiling", "tile-embedding", "slide-encoding", "generating", "scoring"
+    "loading",
+    "reading",
+    "tissue",
+    "tiling",
+    "tile-embedding",
+    "slide-encoding",
+    "generating",
+    "scoring",
+    "grouping",
+    "occlusion",
+    "refining",
+    "faithfulness",
 ]
 ErrorCode = Literal[
     "bad-frames",
@@ -152,6 +169,7 @@ def _path_field(name: str) -> Any:
 
 SlidePath = _path_field("slide")
 FeaturesPath = _path_field("features")
+WithinPath = _path_field("within")
 
 
 def _positions_exceed(coordinates: Any, limit: int) -> bool:
@@ -329,6 +347,30 @@ class ScoreRequest(SlideSource):
         return self
 
 
+class ExplainRequest(SlideSource):
+    conversation: Conversation
+    answer: Annotated[
+        str,
+        AfterValidator(_not_blank),
+        Field(max_length=MAX_TEXT_CHARS),
+        says(f"An explain request carries the answer to explain (non-blank text of at most {MAX_TEXT_CHARS:,} chars)."),
+    ] = Field(description="the answer to explain, the reply to the conversation; its tokens are fixed by its text")
+    method: Annotated[
+        Literal["occlusion", "attention"],
+        says('\'method\' must be "occlusion" ("attention", the preview, is not available yet).'),
+    ] = optional('"occlusion" (default): left-out tile groups, rescored; "attention" is refused for now')
+    groups: Annotated[
+        int,
+        Field(ge=GROUPS_RANGE[0], le=GROUPS_RANGE[1]),
+        says(f"'groups' must be a whole number from {GROUPS_RANGE[0]} to {GROUPS_RANGE[1]}."),
+    ] = optional(f"how many compact tile groups the map has, {GROUPS_RANGE[0]} to {GROUPS_RANGE[1]} (default 64)")
+    random_orders: Annotated[
+        int,
+        Field(ge=0, le=MAX_RANDOM_ORDERS),
+        says(f"'random_orders' must be a whole number from 0 to {MAX_RANDOM_ORDERS}."),
+    ] = optional(f"random deletion orders the map is checked against, 0 to {MAX_RANDOM_ORDERS} (default 8)")
+
+
 class ViewRequest(Strict):
     slide: SlidePath = optional("an absolute path on the daemon's machine: the field of view is read from it")
     image: Annotated[
@@ -360,6 +402,13 @@ class EmbedRequest(Strict):
         return _one_source(content, ("slide",), "Name a slide.")
 
 
+class SimilarRequest(SlideSource):
+    top: Annotated[
+        int, Field(ge=1, le=MAX_SIMILAR), says(f"'top' must be a whole number from 1 to {MAX_SIMILAR:,}.")
+    ] = optional(f"how many slides or regions to return, 1 to {MAX_SIMILAR:,}; 10 when left out")
+    within: WithinPath = optional("an absolute folder (results under it) or a QuPath project file (.qpproj)")
+
+
 class ForgetRequest(Strict):
     slide: SlidePath = optional("the slide whose cached latents (every region) are dropped")
     all: Literal[True] = optional("true: drop the cached latents of every slide")
@@ -370,6 +419,62 @@ class ForgetRequest(Strict):
         if not isinstance(content, dict) or ("slide" in content) == (content.get("all") is True):
             raise refused("A forget request names a slide, or says all: true.")
         return content
+
+
+Phrasings = Annotated[list[Annotated[str, AfterValidator(_not_blank)]], Field(min_length=1, max_length=MAX_PHRASINGS)]
+
+
+class ZeroShotRequest(SlideSource):
+    labels: Annotated[
+        list[Annotated[str, AfterValidator(_not_blank)]],
+        Field(min_length=MIN_LABELS, max_length=MAX_LABELS),
+        says(f"'labels' must be a list of {MIN_LABELS} to {MAX_LABELS} non-empty labels."),
+    ] = optional(f"{MIN_LABELS} to {MAX_LABELS} labels, each its own prompt")
+    prompts: Annotated[
+        dict[str, Phrasings],
+        Field(min_length=MIN_LABELS, max_length=MAX_LABELS),
+        says(f"'prompts' must map {MIN_LABELS} to {MAX_LABELS} labels to 1 to {MAX_PHRASINGS} non-empty phrasings."),
+    ] = optional("{label: [phrasing, ...]}: a label's phrasings are pooled, as Prism's zero_shot pools prompts")
+    map: Annotated[bool, says("'map' must be true or false.")] = optional(
+        "true: also the probabilities per tile group (default false)"
+    )
+    groups: Annotated[int, Field(ge=2, le=1024), says("'groups' must be a whole number from 2 to 1024.")] = optional(
+        "how many tile groups the map has, 2 to 1024 (default 64)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _labels(cls, content: Any) -> Any:
+        if not isinstance(content, dict) or ("labels" in content) == ("prompts" in content):
+            raise refused("A zero_shot request carries either 'labels' or 'prompts'.")
+        return content
+
+    @model_validator(mode="after")
+    def _different(self) -> ZeroShotRequest:
+        names = [name.strip() for name in (self.labels or list(self.prompts or {}))]
+        if len(set(names)) != len(names) or not all(names):
+            raise refused("The zero_shot labels must be different and non-empty.")
+        phrasings = self.labels or [p for values in (self.prompts or {}).values() for p in values]
+        if sum(map(len, phrasings)) + sum(map(len, names)) > MAX_TEXT_CHARS:
+            raise refused(f"The labels and prompts have more than {MAX_TEXT_CHARS:,} characters.")
+        return self
+
+
+class ReportRequest(SlideSource):
+    prompt: Annotated[
+        str,
+        Field(max_length=1000),
+        AfterValidator(_not_blank),
+        says("'prompt' must be non-empty text of at most 1,000 characters."),
+    ] = optional('where the draft starts (default "Diagnosis:", as Prism was trained)')
+    max_new_tokens: Annotated[
+        int,
+        Field(ge=1, le=MAX_REPORT_TOKENS),
+        says(f"'max_new_tokens' must be a whole number from 1 to {MAX_REPORT_TOKENS}."),
+    ] = optional(f"the draft's length limit in tokens, 1 to {MAX_REPORT_TOKENS} (default 100)")
+    beams: Annotated[int, Field(ge=1, le=MAX_BEAMS), says(f"'beams' must be a whole number from 1 to {MAX_BEAMS}.")] = (
+        optional(f"beam search width: 1 (greedy, the default) to {MAX_BEAMS}")
+    )
 
 
 class ModelsRequest(Strict):
@@ -388,11 +493,15 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "shutdown": Empty,
     "ask": AskRequest,
     "score": ScoreRequest,
+    "explain": ExplainRequest,
     "view": ViewRequest,
     "embed": EmbedRequest,
     "forget": ForgetRequest,
     "load": ModelsRequest,
     "unload": ModelsRequest,
+    "zero_shot": ZeroShotRequest,
+    "report": ReportRequest,
+    "similar": SimilarRequest,
 }
 JOBS = tuple(JobKind.__args__)
 
@@ -580,11 +689,51 @@ class Answered(Reply):
     provenance: Provenance = optional("what gave this answer")
 
 
+class Reliance(Reply):
+    """How much an answer depends on the slide: mean log-likelihoods per answer token (nats)."""
+
+    with_slide: float = Field(description="with this slide's latents")
+    no_image: float = Field(description="with no image block in the prompt (the language model's prior)")
+    other_slide: float = Field(description="with another slide's latents (other_from says which)")
+    score: float = Field(description="with_slide - max(no_image, other_slide): nats per token this slide adds")
+    flagged: bool = Field(description="with_slide - no_image < 0.1: the answer does not depend on the image")
+    other_from: Literal["memory", "cache", "blank"] = Field(
+        description="the other slide: the last other one in memory, the newest other in the cache, or blank latents"
+    )
+
+
 class AskDone(Answered):
     cache_hit: bool = Field(description="the latents were not computed for this job")
     latents_from: LatentsFrom
     latents_shape: list[int]
     tiles: int | None = Field(description="null for a features file")
+    reliance: Reliance | None = Field(description="how much the answer depends on the slide; null for an empty answer")
+
+
+class Faithfulness(Reply):
+    """The map's deletion curve against random orders (mean answer log-likelihood drops, nats)."""
+
+    deletion_area: float = Field(description="mean drop as groups go in the map's order, most evidence first")
+    random_area: float = Field(description="the same, averaged over random orders")
+    gap: float = Field(description="deletion_area - random_area: > 0 when the map beats chance")
+    random_orders: int
+
+
+class ExplainDone(Reply):
+    job_id: str
+    method: Literal["occlusion", "attention"]
+    tiles: int = Field(description="N, the slide's (or region's) tiles")
+    groups: int = Field(description="K, the tile groups (fewer than asked when there are fewer tiles)")
+    tile_size: int = Field(description="tile side in level-0 pixels")
+    coords: list[list[int]] = Field(description="level-0 [x, y] of each tile's top-left corner (N)")
+    values: list[float] = Field(description="evidence per tile (N), nats: larger = the answer depends more on it")
+    group_of: list[int] = Field(description="each tile's group (N)")
+    log_likelihood: float = Field(description="the log-likelihood of the answer given all tiles, nats")
+    faithfulness: Faithfulness
+    reliance: Reliance
+    refined: list[int] = Field(description="groups split further in the finer pass; [] if none")
+    provenance: Provenance = Field(description="what gave this map")
+    timings: TotalTiming
 
 
 class ViewDone(Answered):
@@ -615,6 +764,37 @@ class EmbedDone(Reply):
     timings: TotalTiming
 
 
+class ZeroShotMap(Reply):
+    """Zero-shot per tile group: each group's probabilities from its own tiles alone."""
+
+    tiles: int = Field(description="N, the slide's (or region's) tiles")
+    groups: int = Field(description="K, the tile groups")
+    tile_size: int = Field(description="a tile's side in level-0 pixels")
+    coords: list[list[int]] = Field(description="[x, y] level-0 top-left of each tile (N)")
+    group_of: list[int] = Field(description="each tile's group, 0 to K - 1 (N)")
+    probabilities: list[list[float]] = Field(description="per group (K), per label: each row sums to 1")
+
+
+class ZeroShotDone(Reply):
+    job_id: str
+    labels: list[str] = Field(description="the labels, in the order sent")
+    probabilities: list[float] = Field(description="per label, from Prism's contrastive heads; they sum to 1")
+    map: ZeroShotMap | None = Field(description="per tile group when asked (map: true), else null")
+    model: Literal["prism"] = Field(description="Prism gave these, not ANTONI")
+    provenance: Provenance = Field(description="the models and versions (adapter false: ANTONI took no part)")
+    timings: TotalTiming
+
+
+class ReportDone(Reply):
+    job_id: str
+    report: str = Field(description="Prism's draft, starting with the prompt")
+    stop_reason: Literal["stop", "length"] = Field(description="the end of the text, or the token limit")
+    model: Literal["prism"] = Field(description="Prism wrote this, not ANTONI")
+    label: str = Field(description='show it next to the draft: "Draft by Prism (not ANTONI)"')
+    provenance: Provenance = Field(description="the models and versions (adapter false: ANTONI took no part)")
+    timings: TotalTiming
+
+
 class Removed(Reply):
     memory: int
     disk: int
@@ -623,6 +803,21 @@ class Removed(Reply):
 class ForgetDone(Reply):
     job_id: str
     removed: Removed = Field(description="cached latents dropped from memory and disk")
+
+
+class SimilarSlide(Reply):
+    slide: str = Field(description="absolute path of the slide")
+    region: dict[str, Any] | None = Field(description="the region's GeoJSON geometry, or null for the whole slide")
+    similarity: float = Field(description="cosine similarity of the slide embeddings, at most 1")
+    thumbnail: str | None = Field(description="absolute path of a small PNG of the slide or region, or null")
+    fingerprint: str = Field(description="the slide's content fingerprint (copies share it)")
+
+
+class SimilarDone(Reply):
+    job_id: str
+    results: list[SimilarSlide] = Field(description="closest first; the source itself and missing files left out")
+    indexed: int = Field(description="slides and regions in the index searched")
+    timings: TotalTiming
 
 
 class LoadedDone(Reply):
@@ -648,11 +843,15 @@ EVENTS: dict[str, type[BaseModel]] = {
 DONE: dict[str, type[BaseModel]] = {
     "ask": AskDone,
     "score": ScoreDone,
+    "explain": ExplainDone,
     "view": ViewDone,
     "embed": EmbedDone,
     "forget": ForgetDone,
     "load": LoadedDone,
     "unload": LoadedDone,
+    "zero_shot": ZeroShotDone,
+    "report": ReportDone,
+    "similar": SimilarDone,
 }
 
 

@@ -15,6 +15,13 @@ from typing import Any
 
 from antoni_bridge.daemon.jobs import Job
 from antoni_bridge.engine import MODEL_PARTS, Answer, Engine, options_from, source_from
+from antoni_bridge.engine.prism_heads import (
+    DEFAULT_GROUPS,
+    DEFAULT_REPORT_PROMPT,
+    DEFAULT_REPORT_TOKENS,
+    PRISM,
+    REPORT_LABEL,
+)
 from antoni_bridge.errors import BridgeError
 
 MAX_IMAGE_PIXELS = 64 * 2**20  # decoded, 192 MB of RGB; a small PNG can claim gigapixels
@@ -63,7 +70,22 @@ def run_ask(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
         "latents_shape": answer.latents_shape,
         "tiles": answer.tiles,
         "region_clipped": answer.region_clipped,
+        "reliance": answer.reliance,
     }
+
+
+def run_explain(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    explained = engine.explain(
+        source_from(c),
+        c["conversation"],
+        c["answer"],
+        method=c.get("method", "occlusion"),
+        groups=c.get("groups", 64),
+        random_orders=c.get("random_orders", 8),
+        **_callbacks(job, emit),
+    )
+    return asdict(explained)
 
 
 def run_score(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
@@ -107,8 +129,36 @@ def _uploaded(data: str) -> tuple[Any, bool]:  # (np.ndarray, clipped)
         raise BridgeError(f"The image cannot be decoded ({exc}).", "send a base64 PNG or JPEG") from exc
 
 
+def run_zero_shot(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    groups = c.get("groups", DEFAULT_GROUPS) if c.get("map") else None
+    result = engine.zero_shot(
+        source_from(c), c.get("labels"), c.get("prompts"), map_groups=groups, **_callbacks(job, emit)
+    )
+    return {**asdict(result), "model": PRISM}
+
+
+def run_report(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    result = engine.report(
+        source_from(c),
+        c.get("prompt", DEFAULT_REPORT_PROMPT),
+        c.get("max_new_tokens", DEFAULT_REPORT_TOKENS),
+        c.get("beams", 1),
+        on_text=_on_text(emit),
+        **_callbacks(job, emit),
+    )
+    return {**asdict(result), "model": PRISM, "label": REPORT_LABEL}
+
+
 def run_embed(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
     return asdict(engine.embed(source_from(job.content), **_callbacks(job, emit)))
+
+
+def run_similar(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    found = engine.similar(source_from(c), c.get("top", 10), c.get("within"), **_callbacks(job, emit))
+    return asdict(found)
 
 
 def run_forget(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
@@ -128,9 +178,13 @@ def run_unload(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
 RUNNERS: dict[str, Runner] = {
     "ask": run_ask,
     "score": run_score,
+    "explain": run_explain,
     "view": run_view,
     "embed": run_embed,
     "forget": run_forget,
     "load": run_load,
     "unload": run_unload,
+    "zero_shot": run_zero_shot,
+    "report": run_report,
+    "similar": run_similar,
 }

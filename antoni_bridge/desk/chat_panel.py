@@ -1,5 +1,7 @@
 """The chat panel: the conversation about the picked slide or region, the question box, the job's
 progress (stage, done/total, tiles/s), its queue position, cancel, exports, and the daemon's state.
+Under each answer: its image reliance (flagged when the answer does not depend on the slide) and a
+"Show evidence" link that maps, then shows or hides, which parts of the slide the answer depends on.
 
 Tokens can arrive a thousand a second; they are gathered and added to the transcript a few times a
 second so the text layout never holds up the UI thread.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from PyQt6.QtCore import Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import Qt, QTimer, QUrl, pyqtSignal
 from PyQt6.QtGui import QTextCursor
 from PyQt6.QtWidgets import (
     QHBoxLayout,
@@ -25,7 +27,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from antoni_bridge.desk.conversations import Conversation, describe_end
+from antoni_bridge.desk.conversations import ANTONI, PRISM_LABEL, Conversation, Exchange, describe_end, reliance_text
 from antoni_bridge.desk.daemon_link import DaemonState
 
 FLUSH_MS = 50
@@ -37,6 +39,7 @@ class ChatPanel(QWidget):
     ask_requested = pyqtSignal(str)
     cancel_requested = pyqtSignal()
     export_requested = pyqtSignal(str)  # "md" or "json"
+    evidence_requested = pyqtSignal(int)  # the index of the exchange whose evidence to show or hide
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -44,6 +47,10 @@ class ChatPanel(QWidget):
         self.title = _fixed_lines(QLabel("No slide open"), 2)
         self.transcript = QTextBrowser()
         self.transcript.setOpenExternalLinks(False)
+        self.transcript.setOpenLinks(False)  # links are the desk's own commands (evidence:N)
+        self.transcript.anchorClicked.connect(self._link_clicked)
+        self.evidence_shown: Exchange | None = None  # whose map the view shows
+        self.evidence_running: Exchange | None = None  # whose map is being made
         self.question = QLineEdit()
         self.question.setPlaceholderText("Ask about the slide or the picked region, then press Enter")
         self.ask_button, self.cancel_button = QPushButton("Ask"), QPushButton("Cancel")
@@ -91,6 +98,10 @@ class ChatPanel(QWidget):
         exports.addWidget(self.export_json)
         layout.addLayout(exports)
 
+    def _link_clicked(self, url: QUrl) -> None:
+        if url.scheme() == "evidence":
+            self.evidence_requested.emit(int(url.path()))
+
     def _ask(self) -> None:
         question = self.question.text().strip()
         if question and self.ask_button.isEnabled():
@@ -103,7 +114,8 @@ class ChatPanel(QWidget):
         self.flush()
         self._pending_text = ""
         self.title.setText(conversation.title if conversation else "No slide open")
-        self.transcript.setHtml(_html(conversation) if conversation else "")
+        marks = (self.evidence_shown, self.evidence_running)
+        self.transcript.setHtml(_html(conversation, *marks) if conversation else "")
         self.transcript.moveCursor(QTextCursor.MoveOperation.End)
 
     def add_answer_text(self, text: str) -> None:
@@ -199,11 +211,34 @@ def _fixed_lines(label: QLabel, lines: int) -> QLabel:
     return label
 
 
-def _html(conversation: Conversation) -> str:
+def _html(conversation: Conversation, shown: Exchange | None = None, running: Exchange | None = None) -> str:
     """The transcript; the answer being streamed is last, so streamed text can be appended at the end."""
     parts = []
-    for exchange in conversation.exchanges:
+    for index, exchange in enumerate(conversation.exchanges):
         parts.append(f"<p><b>You:</b> {html.escape(exchange.question)}</p>")
         end = "" if exchange.state == "asking" else f"<p><i>[{html.escape(describe_end(exchange))}]</i></p>"
-        parts.append(f"<p><b>ANTONI:</b> {html.escape(exchange.answer)}</p>{end}")
+        if exchange.speaker == ANTONI:
+            parts.append(f"<p><b>ANTONI:</b> {html.escape(exchange.answer)}</p>{end}")
+        else:  # a draft by another model: marked as such, in its own colour
+            parts.append(f'<p style="color:#7a3e00"><b>{PRISM_LABEL}:</b> {html.escape(exchange.answer)}</p>{end}')
+        if exchange.state == "done" and exchange.speaker == ANTONI:
+            parts.append(_evidence_line(index, exchange, shown, running))
     return "".join(parts)
+
+
+def _evidence_line(index: int, exchange: Exchange, shown: Exchange | None, running: Exchange | None) -> str:
+    """The reliance figure (flagged answers in red) and the evidence control, under an answer."""
+    pieces = []
+    if exchange.reliance:
+        colour = "#c00000" if exchange.reliance.get("flagged") else "#555555"
+        mark = "&#9888; " if exchange.reliance.get("flagged") else ""
+        pieces.append(f'<span style="color:{colour}">{mark}{html.escape(reliance_text(exchange.reliance))}</span>')
+    if exchange is running:
+        pieces.append("<i>mapping the evidence...</i>")
+    else:
+        word = "Hide evidence" if exchange is shown else "Show evidence"
+        pieces.append(f'<a href="evidence:{index}">{word}</a>')
+    if exchange.evidence is not None:
+        gap = exchange.evidence["faithfulness"]["gap"]
+        pieces.append(f"faithfulness gap {gap:.2g} ({html.escape(exchange.evidence['method'])})")
+    return "<p>" + " &middot; ".join(pieces) + "</p>"

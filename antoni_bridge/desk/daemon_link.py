@@ -1,6 +1,7 @@
 """Talking to the daemon without blocking the UI: each conversation with it runs on its own thread.
 
-The client heartbeats while a job runs, and a ZeroMQ socket belongs to one thread, so an ask runs
+The client heartbeats while a job runs, and a ZeroMQ socket belongs to one thread, so each job (an ask,
+an explain, a zero-shot, a report draft, a similar-slides search) runs
 `Client.run_job` (the one loop every front end uses) on a worker thread; a cancel is a flag that loop
 polls. Results reach the UI as Qt signals, which Qt queues onto the UI thread.
 """
@@ -37,8 +38,9 @@ def _guarded(work: Callable[[], None], failed: Callable[[str, str], None]) -> No
         failed(f"Unexpected error talking to the daemon ({type(exc).__name__}: {exc}).", "see the terminal's log")
 
 
-class AskJob(QObject):
-    """One `ask` and its events, from `accepted` to exactly one terminal message (or a failure).
+class DaemonJob(QObject):
+    """One job (`kind`: ask, explain, zero_shot, report, similar) and its events, from `accepted` to
+    exactly one terminal message (or a failure).
 
     `event` carries what `run_job` reports, as the protocol names it: accepted, progress (stage, done,
     total, rate; the stage says when a full queue is waited out), token (text), then done or cancelled.
@@ -48,12 +50,12 @@ class AskJob(QObject):
     failed = pyqtSignal(str, str)  # message, hint: the daemon could not be reached or answered
     ended = pyqtSignal()
 
-    def __init__(self, connection_file: Path, content: dict[str, Any]) -> None:
+    def __init__(self, connection_file: Path, kind: str, content: dict[str, Any]) -> None:
         super().__init__()
-        self.connection_file, self.content = connection_file, content
+        self.connection_file, self.kind, self.content = connection_file, kind, content
         self.job_id: str | None = None
         self._cancel_wanted = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="desk-ask", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"desk-{kind}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -66,14 +68,14 @@ class AskJob(QObject):
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
-        _guarded(self._ask, self.failed.emit)
+        _guarded(self._run_job, self.failed.emit)
         self.ended.emit()
 
-    def _ask(self) -> None:
+    def _run_job(self) -> None:
         with Client(self.connection_file) as client:
             try:
                 done = client.run_job(
-                    "ask",
+                    self.kind,
                     self.content,
                     on_accepted=self._accepted,
                     on_progress=lambda progress: self.event.emit("progress", asdict(progress)),

@@ -1,5 +1,6 @@
-"""The overview: the whole slide small, with detected tissue outlined, the regions, and the part the main
-view shows; clicking or dragging in it moves the main view there."""
+"""The overview: the whole slide small, with detected tissue outlined, the regions, the map shown in the
+main view (evidence or zero-shot), and the part the main view shows; clicking or dragging in it moves
+the main view there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen
 from PyQt6.QtWidgets import QSizePolicy, QWidget
 
+from antoni_bridge.desk.heatmap import HeatLayer, draw_layer
 from antoni_bridge.slides.regions import Region
 
 VIEWPORT_COLOUR = QColor(220, 30, 30)
@@ -22,12 +24,17 @@ class OverviewWidget(QWidget):
         self.slide_size = (1, 1)
         self.visible = QRectF()
         self.regions: list[Region] = []
+        self.heat: HeatLayer | None = None
         self.setMinimumHeight(160)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.setToolTip("Detected tissue is outlined in green; click to move the view there")
 
     def show_slide(self, image: QImage | None, slide_size: tuple[int, int]) -> None:
-        self.image, self.slide_size, self.regions = image, slide_size, []
+        self.image, self.slide_size, self.regions, self.heat = image, slide_size, [], None
+        self.update()
+
+    def set_heat(self, layer: HeatLayer | None) -> None:
+        self.heat = layer
         self.update()
 
     def set_visible_area(self, area: QRectF) -> None:
@@ -55,6 +62,8 @@ class OverviewWidget(QWidget):
         painter.drawImage(frame, self.image)
         painter.translate(frame.topLeft())
         painter.scale(scale, scale)
+        if self.heat is not None:
+            draw_layer(painter, self.heat)
         for region in self.regions:
             x0, y0, x1, y1 = region.bounds
             painter.setPen(_cosmetic(REGION_COLOUR))

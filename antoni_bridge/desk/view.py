@@ -25,6 +25,7 @@ from PyQt6.QtGui import (
 from PyQt6.QtWidgets import QGraphicsPathItem, QGraphicsScene, QGraphicsView, QWidget
 
 from antoni_bridge.desk.drawing import DrawMode, RegionDrawer
+from antoni_bridge.desk.heatmap import HeatLayer, draw_colour_bar, draw_layer
 from antoni_bridge.desk.opening import OpenedSlide
 from antoni_bridge.desk.tile_loader import (
     TILE,
@@ -62,6 +63,7 @@ class SlideView(QGraphicsView):
         self._region_items: list[QGraphicsPathItem] = []
         self.fitted = False  # the whole slide is fitted and the user has not zoomed or panned since
         self.show_grid = False
+        self.heat: HeatLayer | None = None  # a map over the slide (evidence, zero-shot), with its colour bar
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
@@ -76,7 +78,7 @@ class SlideView(QGraphicsView):
     def show_slide(self, slide: OpenedSlide, loader: TileLoader) -> None:
         """Show a newly opened slide, fitted to the window; the previous loader is closed by the caller."""
         self.drawer.cancel()
-        self.slide, self.loader, self.cache = slide, loader, TileCache()
+        self.slide, self.loader, self.cache, self.heat = slide, loader, TileCache(), None
         loader.loaded.connect(self._tile_loaded)
         width, height = slide.dimensions
         margin = max(width, height) * 0.5  # lets a corner of the slide be panned to the middle
@@ -195,6 +197,9 @@ class SlideView(QGraphicsView):
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
         if self.slide is None:
             return
+        if self.heat is not None:
+            draw_layer(painter, self.heat)
+            draw_colour_bar(painter, self.heat, self.viewport().width() - 12, self.viewport().height() - 12)
         if self.show_grid:
             self._draw_grid(painter, rect)
         length, pixels = self.scale_bar()
@@ -228,6 +233,11 @@ class SlideView(QGraphicsView):
         while y <= area.bottom():
             painter.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
             y += step
+
+    def set_heat(self, layer: HeatLayer | None) -> None:
+        """Show a map over the slide (None: none)."""
+        self.heat = layer
+        self.viewport().update()
 
     def set_grid(self, shown: bool) -> None:
         self.show_grid = shown

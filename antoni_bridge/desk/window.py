@@ -1,6 +1,7 @@
 """The main window: slide view and overview on the left, regions and chat on the right, a message bar
 on top. It holds the state that outlives one slide: regions and conversations per slide and region,
-so reopening a slide brings back what was drawn and asked.
+so reopening a slide brings back what was drawn and asked. One daemon job runs at a time, whichever
+it is: an answer, the evidence map of an answer, or one of Prism's heads (zero-shot, report, similar).
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ from typing import Any
 
 from PyQt6.QtCore import QPointF, Qt
 from PyQt6.QtGui import QAction, QCloseEvent, QColor, QKeySequence, QResizeEvent
-from PyQt6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QSplitter, QToolBar, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import (
+    QFileDialog,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
 
-from antoni_bridge import paths
+from antoni_bridge import maps, paths
 from antoni_bridge.client import BUSY_STAGE, saved_provenance
 from antoni_bridge.desk.chat_panel import ChatPanel
-from antoni_bridge.desk.conversations import Conversation, Exchange, export
-from antoni_bridge.desk.daemon_link import AskJob, DaemonMonitor, DaemonStarter, DaemonState, stop_daemon
+from antoni_bridge.desk.conversations import PRISM, Conversation, Exchange, export
+from antoni_bridge.desk.daemon_link import DaemonJob, DaemonMonitor, DaemonStarter, DaemonState, stop_daemon
 from antoni_bridge.desk.drawing import DrawMode
+from antoni_bridge.desk.heatmap import HeatLayer, heat_layer
 from antoni_bridge.desk.message_bar import MessageBar
 from antoni_bridge.desk.opening import OpenedSlide, SlideOpener
 from antoni_bridge.desk.overview import OverviewWidget
+from antoni_bridge.desk.prism_panel import PrismPanel, check_labels
 from antoni_bridge.desk.regions import RegionList, colours_by_name, name_new_region
 from antoni_bridge.desk.tile_loader import TileLoader
 from antoni_bridge.desk.view import SlideView
@@ -35,6 +47,10 @@ from antoni_bridge.slides.regions import Region, clip_to_slide, read_geojson_fea
 SLIDE_FILTER = "Slides (*.svs *.ndpi *.scn *.tif *.tiff *.mrxs *.bif *.dcm);;All files (*)"
 SIDEBAR_SHARE, SIDEBAR_MIN, SIDEBAR_MAX = 0.28, 300, 440  # the chat's width: the slide gets the rest
 FRONT_END = "desk"  # as the provenance of exported answers names it
+REPORT_TOKENS = 100  # the report job's default length limit
+SIMILAR_TOP = 10
+JOB_NAMES = {"ask": "the question", "explain": "the evidence request", "zero_shot": "the zero-shot labels",
+             "report": "the report request", "similar": "the similar-slides search"}  # fmt: skip
 START_HINT = (
     "start one with the toolbar's Start daemon, `antoni-bridge serve` (the real weights: needs access to the "
     "gated models on Hugging Face) or `antoni-bridge serve --demo` (demo weights: a synthetic task only, offline)"
@@ -53,7 +69,13 @@ class DeskWindow(QMainWindow):
         self.regions: dict[Path, list[Region]] = {}
         self.picked: dict[Path, Region | None] = {}
         self.conversations: dict[tuple[Path, str], Conversation] = {}
-        self.job: AskJob | None = None
+        self.job: DaemonJob | None = None
+        self.job_kind = ""
+        self.explaining: Exchange | None = None  # the answer whose evidence the running job maps
+        self.zero_shot_done: dict[str, Any] | None = None  # the last zero-shot result, for its label maps
+        self.heat_conversation: Conversation | None = None  # what the map shown belongs to
+        self.prism_conversation: Conversation | None = None  # what the zero-shot and similar results are about
+        self.pending_region: Region | None = None  # a similar region to pick once its slide is open
         self.job_conversation: Conversation | None = None
         self.job_exchange: Exchange | None = None
         self.daemon_state = DaemonState(False, message="Not checked yet.")
@@ -78,12 +100,17 @@ class DeskWindow(QMainWindow):
         self.overview = OverviewWidget()
         self.region_list = RegionList()
         self.chat = ChatPanel()
+        self.prism = PrismPanel()
         self.opener = SlideOpener()
         sidebar = QWidget()
         side = QVBoxLayout(sidebar)
         side.setContentsMargins(4, 0, 0, 0)
         side.addWidget(self.overview)
-        side.addWidget(self.region_list)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.region_list, "Regions")
+        self.tabs.addTab(self.prism, "Prism")
+        self.tabs.setTabToolTip(1, "Prism's own heads: zero-shot labels, a report draft, similar slides")
+        side.addWidget(self.tabs)
         side.addWidget(self.chat, 1)
         sidebar.setMinimumWidth(SIDEBAR_MIN)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -111,6 +138,12 @@ class DeskWindow(QMainWindow):
         self.chat.ask_requested.connect(self.ask)
         self.chat.cancel_requested.connect(self.cancel)
         self.chat.export_requested.connect(self._export_dialog)
+        self.chat.evidence_requested.connect(self.toggle_evidence)
+        self.prism.zero_shot_requested.connect(self.zero_shot)
+        self.prism.label_picked.connect(self.toggle_label_map)
+        self.prism.report_requested.connect(self.draft_report)
+        self.prism.similar_requested.connect(self.find_similar)
+        self.prism.similar_picked.connect(self.open_similar)
         self.resize(1400, 900)
 
     def _toolbar(self) -> None:
@@ -178,6 +211,9 @@ class DeskWindow(QMainWindow):
         if self.pending_annotations is not None:
             self.import_annotations(self.pending_annotations)
             self.pending_annotations = None
+        if self.pending_region is not None:
+            self._add_similar_region(self.pending_region)
+            self.pending_region = None
 
     def _slide_failed(self, message: str, hint: str) -> None:
         self._show_problem(message, hint)
@@ -261,6 +297,11 @@ class DeskWindow(QMainWindow):
         self.region_list.set_regions(regions, region, self.slide.mpp, self.colours)
         self.view.show_regions(regions, region, self.colours)
         self.overview.set_regions(regions)
+        if self.conversation() is not self.heat_conversation:  # a map belongs to its slide or region
+            self._show_heat(None)
+        if self.conversation() is not self.prism_conversation:  # and so do Prism's results
+            self.zero_shot_done = None
+            self.prism.clear()
         self.chat.show_conversation(self.conversation())
 
     def _user_picked(self, region: Region | None) -> None:
@@ -328,36 +369,151 @@ class DeskWindow(QMainWindow):
         return self.conversations[key]
 
     def ask(self, question: str) -> None:
-        conversation = self.conversation()
+        conversation = self._ready("asking about it")
         if conversation is None:
-            self.messages.show_message("Open a slide before asking about it.", "File > Open slide")
             return
-        if self.job is not None:
-            self.messages.show_message("A question is still being answered.", "wait for it, or cancel it")
-            return
-        content: dict[str, Any] = {
-            "slide": str(conversation.slide),
-            "conversation": conversation.turns_for(question),
-        }
+        content: dict[str, Any] = {**self._source(conversation), "conversation": conversation.turns_for(question)}
         self.job_options = self.chat.options_set()  # only what the user set: the daemon has the defaults
         if self.job_options:
             content["options"] = self.job_options
-        if conversation.region is not None:
-            content["region"] = conversation.region.to_geojson()
-        if self.slide.mpp_override is not None:
-            content["slide_mpp"] = self.slide.mpp_override
-        self.job_tokens, self.job_generating_since = 0, 0.0
         self.job_conversation, self.job_exchange = conversation, Exchange(question)
         conversation.exchanges.append(self.job_exchange)
+        self._start_job("ask", content)
+
+    def _ready(self, doing: str) -> Conversation | None:
+        """The conversation a new job is about, or None (and a message) while no slide is open or a job runs."""
+        conversation = self.conversation()
+        if conversation is None:
+            self.messages.show_message(f"Open a slide before {doing}.", "File > Open slide")
+            return None
+        if self.job is not None:
+            self.messages.show_message(f"{JOB_NAMES[self.job_kind].capitalize()} is still running.",
+                                       "wait for it, or cancel it")  # fmt: skip
+            return None
+        return conversation
+
+    def _source(self, conversation: Conversation) -> dict[str, Any]:
+        """The protocol's source fields for the conversation's slide or region."""
+        content: dict[str, Any] = {"slide": str(conversation.slide)}
+        if conversation.region is not None:
+            content["region"] = conversation.region.to_geojson()
+        if self.slide is not None and self.slide.mpp_override is not None:
+            content["slide_mpp"] = self.slide.mpp_override
+        return content
+
+    def _start_job(self, kind: str, content: dict[str, Any]) -> None:
+        self.job_kind = kind
+        self.job_tokens, self.job_generating_since = 0, 0.0
         self.messages.hide()
-        self.chat.show_conversation(conversation)
+        self.chat.show_conversation(self.conversation())
         self.chat.set_busy(True)
-        self.chat.set_job("Sending the question to the daemon...")
-        self.job = AskJob(self.connection_file, content)
+        self.prism.set_busy(True)
+        self.chat.set_job(f"Sending {JOB_NAMES[kind]} to the daemon...")
+        self.job = DaemonJob(self.connection_file, kind, content)
         self.job.event.connect(self._job_event)
         self.job.failed.connect(self._job_failed)
         self.job.ended.connect(self._job_ended)
         self.job.start()
+
+    # ------------------------------------------------------------------ evidence and Prism's heads
+
+    def toggle_evidence(self, index: int) -> None:
+        """Under an answer: map its evidence (the explain job) the first time, then show or hide the map."""
+        conversation = self.conversation()
+        if conversation is None or not 0 <= index < len(conversation.exchanges):
+            return
+        exchange = conversation.exchanges[index]
+        if exchange is self.chat.evidence_shown:
+            self._show_heat(None)
+        elif exchange.evidence is not None:
+            self._show_evidence(exchange)
+        elif self._ready("mapping evidence") is not None:
+            self.explaining = self.chat.evidence_running = exchange
+            self.job_conversation = conversation
+            turns = conversation.turns_until(exchange)
+            self._start_job("explain", {**self._source(conversation), "conversation": turns, "answer": exchange.answer})
+
+    def _show_evidence(self, exchange: Exchange) -> None:
+        assert exchange.evidence is not None
+        try:
+            tile_map = maps.evidence_map(exchange.evidence)
+        except BridgeError as exc:
+            self.messages.show_message(exc.message, exc.hint)
+            return
+        self._show_heat(heat_layer(tile_map, f"ANTONI evidence ({exchange.evidence['method']})"), exchange)
+
+    def _show_heat(self, layer: HeatLayer | None, exchange: Exchange | None = None, label: str = "") -> None:
+        """One map at a time over the slide and in the overview; the chat and the bar list say whose."""
+        self.view.set_heat(layer)
+        self.overview.set_heat(layer)
+        self.heat_conversation = self.conversation() if layer is not None else None
+        self.chat.evidence_shown = exchange
+        self.prism.bars.mark(label)
+        self.chat.show_conversation(self.conversation())
+
+    def zero_shot(self, labels: list[str]) -> None:
+        problem = check_labels(labels)
+        if problem is not None:
+            self.messages.show_message(*problem)
+            return
+        conversation = self._ready("asking Prism for labels")
+        if conversation is not None:
+            self.job_conversation = conversation
+            self._start_job("zero_shot", {**self._source(conversation), "labels": labels, "map": True})
+
+    def toggle_label_map(self, label: str) -> None:
+        """A zero-shot label's probability over the slide's tile groups (a second click hides it)."""
+        if self.zero_shot_done is None or not self.zero_shot_done.get("map"):
+            return
+        if self.prism.bars.marked == label:
+            self._show_heat(None)
+            return
+        tile_map = maps.zero_shot_map(self.zero_shot_done, label)
+        self._show_heat(heat_layer(tile_map, f"Prism zero-shot: {label}"), label=label)
+
+    def draft_report(self) -> None:
+        """Prism's report draft, streamed into the conversation and marked as Prism's."""
+        conversation = self._ready("asking Prism for a report")
+        if conversation is None:
+            return
+        self.job_conversation, self.job_exchange = conversation, Exchange("Draft report", speaker=PRISM)
+        conversation.exchanges.append(self.job_exchange)
+        self._start_job("report", self._source(conversation))
+
+    def find_similar(self) -> None:
+        conversation = self._ready("looking for similar slides")
+        if conversation is not None:
+            self.job_conversation = conversation
+            self._start_job("similar", {**self._source(conversation), "top": SIMILAR_TOP})
+
+    def open_similar(self, result: dict[str, Any]) -> None:
+        """Open a similar slide; a similar region becomes that slide's picked region."""
+        path = Path(result["slide"])
+        if not path.is_file():
+            self.messages.show_message(f"{path} is no longer there.", "it was moved or deleted since it was indexed")
+            return
+        self.pending_region = None
+        if result.get("region"):
+            self.pending_region = Region.from_geojson_dict(result["region"], name="Similar region")
+        if self.slide is not None and self.slide.path == path.resolve():
+            if self.pending_region is not None:
+                self._add_similar_region(self.pending_region)
+                self.pending_region = None
+        else:
+            self.open_slide(path)
+
+    def _add_similar_region(self, region: Region) -> None:
+        if self.slide is None:
+            return
+        try:
+            region = clip_to_slide(region, *self.slide.dimensions)
+        except BridgeError as exc:
+            self.messages.show_message(exc.message, "the slide changed since it was indexed")
+            return
+        regions = self.regions[self.slide.path]
+        regions.append(name_new_region(region, "Similar region", regions))
+        self._pick_region(regions[-1])
+        self.view.go_to(regions[-1])
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -365,8 +521,15 @@ class DeskWindow(QMainWindow):
             self.job.cancel()
 
     def _job_event(self, type_: str, content: dict[str, Any]) -> None:
+        if type_ == "done" and self.job_kind in ("explain", "zero_shot", "similar"):
+            self._result(content)
+            return
         exchange = self.job_exchange
         if exchange is None:
+            if type_ == "accepted":
+                self.chat.set_job(_queue_text(content["position"]))
+            elif type_ == "progress":
+                self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
             return
         if type_ == "accepted":
             self.chat.set_job(_queue_text(content["position"]))
@@ -374,25 +537,49 @@ class DeskWindow(QMainWindow):
             self.chat.set_job("Waiting: the daemon's queue is full (other front ends); the question is sent again")
         elif type_ == "progress" and content["stage"] == "generating":
             self.job_generating_since = time.monotonic()
-            self.chat.set_generation(0, self.chat.token_limit(), 0.0)
+            self.chat.set_generation(0, self._token_limit(), 0.0)
         elif type_ == "progress":
             self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
         elif type_ == "token":
             self.job_tokens += 1
             elapsed = time.monotonic() - self.job_generating_since if self.job_generating_since else 0.0
             rate = self.job_tokens / elapsed if elapsed > 0 else 0.0
-            self.chat.set_generation(self.job_tokens, self.chat.token_limit(), rate)
+            self.chat.set_generation(self.job_tokens, self._token_limit(), rate)
             exchange.answer += content["text"]
             if self.conversation() is self.job_conversation:  # the user may have picked another region
                 self.chat.add_answer_text(content["text"])
+        elif type_ == "done" and self.job_kind == "report":
+            exchange.answer, exchange.state = content["report"], "done"
+            exchange.provenance = {**content.get("provenance", {}), "model": content["model"],
+                                   "stop_reason": content["stop_reason"], "front_end": FRONT_END}  # fmt: skip
+            exchange.note = f"{content['label']}, {content.get('timings', {}).get('total_s', 0.0):.2f} s"
         elif type_ == "done":
             exchange.answer, exchange.state, exchange.demo = content["answer"], "done", bool(content.get("demo"))
+            exchange.reliance = content.get("reliance")
             known = self.daemon_state.provenance
             exchange.provenance = saved_provenance(content, known, FRONT_END, self.job_options)["provenance"]
             timings = content.get("timings", {})
             exchange.note = f"{len(content.get('token_ids', []))} tokens in {timings.get('total_s', 0.0):.2f} s"
         elif type_ == "cancelled":
             exchange.state = "cancelled"
+
+    def _token_limit(self) -> int | None:
+        return self.chat.token_limit() if self.job_kind == "ask" else REPORT_TOKENS
+
+    def _result(self, content: dict[str, Any]) -> None:
+        """The done of a job that adds no text to the conversation."""
+        current = self.job_conversation is self.conversation()  # the user may have picked another region
+        if self.job_kind == "explain" and self.explaining is not None:
+            self.explaining.evidence = content
+            self.explaining.reliance = self.explaining.reliance or content.get("reliance")
+            if current:
+                self._show_evidence(self.explaining)
+        elif current and self.job_kind == "zero_shot":
+            self.zero_shot_done, self.prism_conversation = content, self.job_conversation
+            self.prism.show_zero_shot(content)
+        elif current and self.job_kind == "similar":
+            self.prism_conversation = self.job_conversation
+            self.prism.show_similar(content)
 
     def _job_failed(self, message: str, hint: str) -> None:
         if self.job_exchange is not None:
@@ -404,7 +591,9 @@ class DeskWindow(QMainWindow):
         if self.job_exchange is not None and self.job_exchange.state == "asking":  # ended without a word
             self.job_exchange.state = "error"
         self.job, self.job_conversation, self.job_exchange = None, None, None
+        self.explaining = self.chat.evidence_running = None
         self.chat.set_busy(False)
+        self.prism.set_busy(False)
         self.chat.set_job("")
         self.chat.show_conversation(self.conversation())
 

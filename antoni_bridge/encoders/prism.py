@@ -9,14 +9,17 @@ Every block is pre-norm with residuals; feed-forwards are GEGLU (value half firs
 
 Module names reproduce the published state-dict keys (`image_resampler.perceiver.layers.0.xattn...`),
 shared blocks stored once; the aliases some exports contain and the text decoder's keys are dropped
-on load after a check. The BioGPT text decoder is not needed for ANTONI and not built. Runs on any
-transformers version: nothing here depends on it.
+on load after a check. The BioGPT text decoder and contrastive heads (not needed for ANTONI) load
+separately, from the same folder (encoders/prism_text.py). Runs on any transformers version: nothing
+here depends on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -171,16 +174,28 @@ class Perceiver(nn.Module):
             self.layers.append(layer)
         self.last_x, self.last_tf = last_x, last_tf
 
-    def forward(self, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def keys_values(self, context: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """The tiles' keys and values of every distinct cross-attention block: they depend on the tiles
+        alone, not on the queries or the mask, so many masks of one slide can share them."""
+        return {block: self.layers[block]["xattn"]["xattn"].keys_values(context) for block in range(self.last_x + 1)}
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """`kv` (from `keys_values`, batch 1 or the batch's) replaces `context`'s own: then `context` only
+        gives the batch size."""
         x = self.latents.unsqueeze(0).expand(context.shape[0], -1, -1)
         attn_mask = None if mask is None else mask[:, None, None, :]
-        kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        kv = kv if kv is not None else self.keys_values(context)
         for depth in range(self.config.perceiver_depth):
             block = min(depth, self.last_x)
             xattn = self.layers[block]["xattn"]
-            if block not in kv_cache:
-                kv_cache[block] = xattn["xattn"].keys_values(context)
-            x = xattn["xattn"](x, kv_cache[block], attn_mask) + x
+            keys, values = kv[block]
+            batch = (x.shape[0], -1, -1, -1)
+            x = xattn["xattn"](x, (keys.expand(*batch), values.expand(*batch)), attn_mask) + x
             x = xattn["ff"](x) + x
             for sub in self.layers[min(depth, self.last_tf)]["tf"]:
                 x = sub["mhsa"](x) + x
@@ -195,8 +210,13 @@ class PerceiverResampler(nn.Module):
         self.cls_norm = nn.LayerNorm(config.latent_dim)
         self.img_norm = nn.LayerNorm(config.latent_dim)
 
-    def forward(self, context: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.perceiver(context, mask)
+    def forward(
+        self,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.perceiver(context, mask, kv)
         return self.cls_norm(x[:, 0]), self.img_norm(x[:, 1:])
 
 
@@ -233,9 +253,46 @@ class SlideEncoder(nn.Module):
         """One slide's (N, C) tile embeddings -> the (513, D) ANTONI input: slide embedding, then latents."""
         device = next(self.parameters()).device
         context = tile_embeddings.to(device, torch.float32).unsqueeze(0)
-        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with self._autocast(device):
             embedding, latents = self(context)
         return torch.cat([embedding[:, None], latents], dim=1)[0].float().cpu()
+
+    @torch.inference_mode()
+    def encode_masked(
+        self, tile_embeddings: torch.Tensor, keep: torch.Tensor, batch_size: int = 16
+    ) -> Iterator[torch.Tensor]:
+        """One slide's (N, C) tile embeddings under M keep-masks (M, N) -> (b, 513, D) inputs per batch of
+        masks, in order, on the encoder's device (float32).
+
+        Leaving a tile out of the mask is the same as leaving it out of the input (no positional encoding,
+        no norm over the tiles): only the softmax over the tiles changes. The tiles' keys and values are
+        computed once and shared by every mask; each batch holds `batch_size` masks, so memory stays at one
+        batch's attention whatever M is (the caller can stop between batches).
+        """
+        device = next(self.parameters()).device
+        if tile_embeddings.ndim != 2 or tile_embeddings.shape[1] != self.config.context_dim:
+            raise BridgeError(
+                f"Masked encoding takes one slide's (tiles, {self.config.context_dim}) tile embeddings, "
+                f"not {tuple(tile_embeddings.shape)}.",
+                "read the slide's tile features from its feature file",
+            )
+        context = tile_embeddings.to(device, torch.float32).unsqueeze(0)
+        keep = keep.to(device=device, dtype=torch.bool)
+        if keep.ndim != 2 or keep.shape[1] != context.shape[1]:
+            hint = "one mask row per variant, one column per tile"
+            raise BridgeError(f"Tile masks must be (masks, {context.shape[1]}), not {tuple(keep.shape)}.", hint)
+        if not bool(keep.any(dim=1).all()):
+            raise BridgeError("A mask leaves no tile of the slide.", "keep at least one tile in every mask")
+        with self._autocast(device):
+            kv = self.image_resampler.perceiver.keys_values(context)
+        for start in range(0, keep.shape[0], batch_size):
+            mask = keep[start : start + batch_size]
+            with self._autocast(device):
+                embedding, latents = self.image_resampler(context[:, :0].expand(len(mask), -1, -1), mask, kv)
+            yield torch.cat([embedding[:, None], latents], dim=1).float()
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
+        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def load_published_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Strictly load a Prism checkpoint: the whole model's keys or the slide encoder's alone."""

@@ -8,22 +8,27 @@ on bad input. A features file is read and checked before any model loads.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from antoni_bridge import paths
 from antoni_bridge.engine.choice import ModelChoice
 from antoni_bridge.engine.latents import LatentMemory, Latents, read_features_file
+from antoni_bridge.engine.prism_heads import DEFAULT_REPORT_PROMPT, DEFAULT_REPORT_TOKENS, PrismReport, PrismZeroShot
 from antoni_bridge.engine.provenance import answer_provenance, model_provenance, weights_sha256
 from antoni_bridge.engine.settings import EngineSettings
 from antoni_bridge.engine.sources import FeaturesSource, SlideRoots, SlideSource, Source
+from antoni_bridge.engine.tiles import TileFeatures, from_feature_file, read_tile_features_file
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.model.options import DEFAULT_DECODING, GenerationOptions
 
 if TYPE_CHECKING:  # slides.planning loads numpy, h5py and the tissue detector: only when a job runs
+    from antoni_bridge.engine.similar import SimilarSlides
     from antoni_bridge.slides.planning import Progress
 
 MODEL_PARTS = ("encoders", "model")
@@ -48,6 +53,7 @@ class Answer:
     region_clipped: bool = False
     cache_hit: bool = False
     image_size: list[int] | None = None  # view: the image the model saw
+    reliance: dict[str, Any] | None = None  # ask: how much the answer depends on the slide (engine.evidence)
 
 
 @dataclass
@@ -59,6 +65,32 @@ class Scores:
     timings: dict[str, float]
     cache_hit: bool = False
     region_clipped: bool = False
+
+
+@dataclass
+class Explained:
+    """An evidence map of an answer (engine.evidence): per-tile values with the tiles' places."""
+
+    method: str
+    tiles: int
+    groups: int
+    tile_size: int
+    coords: list[list[int]]
+    values: list[float]
+    group_of: list[int]
+    log_likelihood: float
+    faithfulness: dict[str, Any]
+    reliance: dict[str, Any]
+    refined: list[int]
+    provenance: dict[str, Any]
+    timings: dict[str, float]
+
+
+@dataclass
+class Similar:
+    results: list[dict[str, Any]]  # slide, region, similarity, thumbnail, fingerprint; best first
+    indexed: int  # slides and regions in the index searched
+    timings: dict[str, float]
 
 
 @dataclass
@@ -86,8 +118,16 @@ class Engine:
         self.memory = LatentMemory()
         self.encoders: Any = None  # encoders.pipeline.Encoders
         self.model: Any = None  # model.antoni.AntoniModel
+        self.prism_text: Any = None  # encoders.prism_text.PrismText, loaded by the first zero-shot or report
         self.weights_sha256: str | None = None  # hashed once, when the model first loads
         self._weights: Path | None = None
+
+    @cached_property
+    def similar_slides(self) -> SimilarSlides:
+        """The similar-slides indexes kept with the feature cache (numpy loads only when one is used)."""
+        from antoni_bridge.engine.similar import SimilarSlides
+
+        return SimilarSlides(self.cache_dir)
 
     # ------------------------------------------------------------------ models
 
@@ -132,6 +172,8 @@ class Engine:
 
         for part in parts:
             setattr(self, part, None)
+        if "encoders" in parts:
+            self.prism_text = None
         release_unused()
 
     # ------------------------------------------------------------------ jobs
@@ -154,14 +196,137 @@ class Engine:
         result = self.model.answer(
             latents.values, conversation, options, on_text=on_text, cancelled=cancelled, prefix_key=latents.key
         )
+        generated = _generated(result, self._provenance(options, result.stop_reason), start)
+        reliance = self.reliance(latents, conversation, result.text) if result.text.strip() else None
         return Answer(
-            **_generated(result, self._provenance(options, result.stop_reason), start),
+            **generated,
             latents_from=latents.source,
             latents_shape=list(latents.values.shape),
             tiles=latents.tiles,
             region_clipped=latents.clipped,
             cache_hit=latents.source != "computed",
+            reliance=reliance,
         )
+
+    def reliance(self, latents: Latents, conversation: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+        """How much `answer` depends on this slide: against no image and another slide (engine.evidence)."""
+        from antoni_bridge.engine.evidence import other_latents, reliance
+
+        other, other_from = other_latents(self.memory, self.cache_dir, latents)
+        return reliance(self.model, latents.values, other, other_from, conversation, answer).to_dict()
+
+    def explain(
+        self,
+        source: Source,
+        conversation: list[dict[str, Any]],
+        answer: str,
+        *,
+        method: str = "occlusion",
+        groups: int = 64,
+        random_orders: int = 8,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Explained:
+        """Where on the slide `answer` (the reply to `conversation`) comes from: an occlusion map over tile
+        groups with its faithfulness figure, and the answer's image reliance (engine.evidence)."""
+        from antoni_bridge.engine.evidence import MaskedScorer, occlusion_map
+        from antoni_bridge.model.prompt import check_asks
+
+        start = time.perf_counter()
+        check_asks(conversation)
+        if not answer.strip():
+            raise BridgeError("There is no answer to explain.", "give the answer's text")
+        if method != "occlusion":
+            raise BridgeError(f"The evidence method {method!r} is not available.", 'use "occlusion"')
+        report = _cancellable(on_progress, cancelled)
+        tiles = self.tile_features(source, on_progress=on_progress, cancelled=cancelled)
+        latents = self._checked_latents(source, on_progress, cancelled)
+        self.load(["encoders", "model"], report)
+
+        def step(stage: str, done: int, total: int) -> None:
+            _step(report, stage, done, total)
+
+        scorer = MaskedScorer(self.encoders.slide, self.model, tiles.features, conversation, answer, step)
+        mapped = occlusion_map(scorer, tiles.coords, groups, random_orders)
+        relied = self.reliance(latents, conversation, answer)
+        return Explained(
+            method=method,
+            tiles=len(tiles),
+            groups=mapped.groups,
+            tile_size=tiles.tile_size,
+            coords=[[int(x), int(y)] for x, y in tiles.coords],
+            values=[float(v) for v in mapped.values],
+            group_of=[int(g) for g in mapped.group_of],
+            log_likelihood=mapped.log_likelihood,
+            faithfulness=asdict(mapped.faithfulness),
+            reliance=relied,
+            refined=mapped.refined,
+            provenance=self.provenance(),
+            timings={"total_s": time.perf_counter() - start},
+        )
+
+    def zero_shot(
+        self,
+        source: Source,
+        labels: list[str] | None = None,
+        prompts: dict[str, list[str]] | None = None,
+        *,
+        map_groups: int | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> PrismZeroShot:
+        """Prism's zero-shot probabilities over labels (or prompt sets) for the slide, and per tile group
+        when `map_groups` is given (engine.prism_heads)."""
+        from antoni_bridge.engine.prism_heads import check_widths, group_map, label_probabilities, prompt_sets
+
+        start, sets = time.perf_counter(), prompt_sets(labels, prompts)
+        report = _cancellable(on_progress, cancelled)
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        text = self.prism_heads(report)
+        check_widths(text, latents.values)
+        _step(report, "scoring", 0, 1)
+        probabilities = label_probabilities(text, latents.values[:1], sets)[0].tolist()
+        mapped = None
+        if map_groups is not None:
+            tiles = self.tile_features(source, on_progress=on_progress, cancelled=cancelled)
+            self.load(["encoders"], report)
+            mapped = group_map(self.encoders.slide, text, tiles, sets, map_groups, partial(_step, report))
+        return PrismZeroShot(list(sets), probabilities, mapped, self._prism_provenance(), _total(start))
+
+    def report(
+        self,
+        source: Source,
+        prompt: str = DEFAULT_REPORT_PROMPT,
+        max_new_tokens: int = DEFAULT_REPORT_TOKENS,
+        beams: int = 1,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> PrismReport:
+        """Prism's report draft over the slide's latents, greedy or beam search (engine.prism_heads)."""
+        from antoni_bridge.engine.prism_heads import check_widths, draft_report
+
+        start, report = time.perf_counter(), _cancellable(on_progress, cancelled)
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        text = self.prism_heads(report)
+        check_widths(text, latents.values)
+        step = partial(_step, report)
+        draft = draft_report(text, latents.values[1:], prompt, max_new_tokens, beams, on_text, step)
+        return PrismReport(draft.report, draft.stop_reason, self._prism_provenance(), _total(start))
+
+    def prism_heads(self, progress: OnProgress = None) -> Any:
+        """Prism's text heads from the slide encoder's folder (encoders.prism_text.PrismText), loaded once."""
+        if self.prism_text is None:
+            from antoni_bridge.encoders.prism_text import load_prism_text
+
+            _step(progress, "loading", 0, 1)
+            self.prism_text = load_prism_text(self.choice.slide_encoder, self.choice.device)
+            _step(progress, "loading", 1, 1)
+        return self.prism_text
+
+    def _prism_provenance(self) -> dict[str, Any]:
+        return {**self.provenance(), "adapter": False}
 
     def score(
         self,
@@ -243,7 +408,29 @@ class Engine:
         if self.model is not None:
             for latents in dropped:
                 self.model.forget_prefix(latents.key)
+        self.similar_slides.forget(fingerprint)
         return {"memory": len(dropped), "disk": FeatureCache(self.cache_dir).forget(fingerprint)}
+
+    def similar(
+        self,
+        source: Source,
+        top: int = 10,
+        within: str | None = None,
+        *,
+        on_progress: OnProgress = None,
+        cancelled: IsCancelled = None,
+    ) -> Similar:
+        """The slides and regions embedded here closest to this one by slide embedding (cosine), best first;
+        `within` keeps those under a folder or among a QuPath project's images."""
+        from antoni_bridge.engine.similar import find_similar, within_filter
+
+        start = time.perf_counter()
+        keep = within_filter(within, self.roots) if within is not None else None
+        latents = self.latents(source, on_progress=on_progress, cancelled=cancelled)
+        self.load(["encoders"], on_progress)  # the index searched is the slide encoder's
+        index = self.similar_slides.space(self.encoders.slide.identity)
+        results = find_similar(index, source, latents, top, keep)
+        return Similar(results, len(index), {"total_s": time.perf_counter() - start})
 
     # ------------------------------------------------------------------ latents
 
@@ -263,7 +450,38 @@ class Engine:
         latents = self._embed(source, report)
         _check(cancelled)
         self.memory.put(source, latents)
+        self._index(source, latents)
         return latents
+
+    def tile_features(
+        self, source: Source, *, on_progress: OnProgress = None, cancelled: IsCancelled = None
+    ) -> TileFeatures:
+        """The tile features, coordinates and tile size of a slide (or region) or features file, for maps:
+        from the feature cache when the slide was embedded before (else embedded now, and cached)."""
+        if isinstance(source, FeaturesSource):
+            if not Path(source.path).expanduser().exists():
+                raise BridgeError(f"No features file at {source.path}.", "create one with `antoni-bridge embed`")
+            return read_tile_features_file(self.roots.allowed(source.path))
+        from antoni_bridge.encoders.pipeline import embed_slide
+        from antoni_bridge.features.cache import FeatureCache
+        from antoni_bridge.slides.planning import SlideRequest
+
+        report = _cancellable(on_progress, cancelled)
+        path = self.roots.allowed(source.path)
+        self.load(["encoders"], report)
+        request = SlideRequest(path, region=source.region, slide_mpp=source.slide_mpp)
+        got = embed_slide(request, self.encoders, FeatureCache(self.cache_dir), report, self.settings.embed_settings())
+        return from_feature_file(got.data, path.name)
+
+    def _index(self, source: SlideSource, latents: Latents) -> None:
+        """Make the slide (or region) findable by `similar`; an index that cannot be written is logged and
+        costs the job nothing."""
+        from antoni_bridge.engine.similar import index_latents
+
+        try:
+            index_latents(self.similar_slides, self.encoders.slide.identity, source, latents)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("similar-slides index not updated: %s", exc)
 
     def _checked_latents(self, source: Source, on_progress: OnProgress, cancelled: IsCancelled) -> Latents:
         """Latents checked against the weights' shape before the language model takes its minute to load."""
@@ -340,6 +558,10 @@ def _generated(result: Any, provenance: dict[str, Any], start: float) -> dict[st
             "prompt_tokens": result.prompt_tokens,
         },
     }
+
+
+def _total(start: float) -> dict[str, float]:
+    return {"total_s": time.perf_counter() - start}
 
 
 def _step(on_progress: OnProgress, stage: str, done: int, total: int) -> None:

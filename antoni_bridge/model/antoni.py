@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from antoni_bridge.encoders.sources import describe_keys, read_state_dict
@@ -162,11 +161,7 @@ class AntoniModel(nn.Module):
         return check_latents(latents, self.config)
 
     def image_embeddings(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = self.check_latents(latents).to(self.device, self.projection_layer.query_tokens.dtype)
-        embeds = self.projection_layer(latents[None])
-        if not bool(torch.isfinite(embeds).all()):
-            raise BridgeError("The slide latents overflow the projector (values far out of range).", "embed again")
-        return embeds.to(self._embedding_dtype())
+        return self._projected(self.check_latents(latents)[None])
 
     def input_embeddings(self, input_ids: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """Token embeddings (scaled by sqrt(width) as Gemma does) with the image positions replaced."""
@@ -259,24 +254,71 @@ class AntoniModel(nn.Module):
         rows = [self.prompt_ids(t, add_generation_prompt=False) for t in turns]  # as published
         answer_start = len(self.prompt_ids([{"role": "user", "content": question}]))
         spans = [self._choice_span(row, choice, answer_start) for row, choice in zip(rows, choices, strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.ids.pad, dtype=torch.long)
+        ids = self._padded(rows)
+        first, last = min(start for start, _ in spans), max(stop for _, stop in spans)
+        token_lp = self._token_log_probs(self.input_embeddings(ids, self.image_embeddings(latents)), ids, first, last)
+        scores = [float(-token_lp[i, start - first : stop - first].mean()) for i, (start, stop) in enumerate(spans)]
+        return ChoiceScores(list(choices), scores)
+
+    @torch.inference_mode()
+    def score_answer(
+        self, latents: torch.Tensor | None, conversation: prompt.Conversation, answer: str
+    ) -> torch.Tensor:
+        """Log-likelihoods (B, answer tokens) of `answer` as the reply to `conversation`, teacher-forced, for a
+        batch of latents (B, 513, D) in one forward pass; `latents` None scores the prompt with no image block
+        at all (the language model's prior). The answer's tokens are fixed by tokenising its text in the turn;
+        its end-of-turn token is not counted."""
+        prompt.check_asks(conversation)
+        image = latents is not None
+        full = [*conversation, {"role": "assistant", "content": answer}]
+        row = self._rendered_ids(full, image, add_generation_prompt=False)
+        start = len(self._rendered_ids(conversation, image, add_generation_prompt=True))
+        values = row.tolist()
+        stop = len(values) - 1 - values[::-1].index(self.ids.end_of_turn)
+        if stop <= start:
+            raise BridgeError("The answer to explain is empty.", "give the answer's text")
+        if latents is not None:
+            batch = self._projected(latents if latents.ndim == 3 else latents[None])
+            ids = row[None].expand(batch.shape[0], -1)
+            embeds = self.input_embeddings(ids, batch)
+        else:
+            ids = row[None]
+            embeds = self.llm.get_input_embeddings()(ids.to(self.device))
+        return self._token_log_probs(embeds, ids, start, stop)
+
+    def _rendered_ids(
+        self, conversation: prompt.Conversation, image: bool, add_generation_prompt: bool
+    ) -> torch.Tensor:
+        if image:
+            return self.prompt_ids(conversation, add_generation_prompt)
+        return prompt.encode(self.tokenizer, conversation, 0, add_generation_prompt, image=False)
+
+    def _projected(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image-token embeddings (B, tokens, width) of a batch of latents (B, 513, D)."""
+        if latents.ndim != 3 or latents.shape[0] == 0:
+            raise BridgeError(f"A batch of slide latents must be (B, 513, D), not {tuple(latents.shape)}.", "")
+        self.check_latents(latents[0])  # shape and type; the values are checked on the projection
+        embeds = self.projection_layer(latents.to(self.device, self.projection_layer.query_tokens.dtype))
+        if not bool(torch.isfinite(embeds).all()):
+            raise BridgeError("The slide latents overflow the projector (values far out of range).", "embed again")
+        return embeds.to(self._embedding_dtype())
+
+    def _padded(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        ids = torch.full((len(rows), max(len(r) for r in rows)), self.ids.pad, dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
-        # Logits only where a choice token is predicted: a full (choices, length, vocabulary) tensor is
-        # gigabytes with MedGemma's 262k vocabulary.
-        first = min(start for start, _ in spans) - 1
-        window = torch.arange(first, max(stop for _, stop in spans) - 1, device=self.device)
-        embeds = self.input_embeddings(ids, self.image_embeddings(latents))
+        return ids
+
+    def _token_log_probs(self, embeds: torch.Tensor, ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """log p(ids[:, t] | everything before t) for t in [start, stop), shape (B, stop - start), teacher-forced.
+        Logits are kept only where those tokens are predicted: a full (batch, length, vocabulary) tensor is
+        gigabytes with MedGemma's 262k vocabulary."""
+        window = torch.arange(start - 1, stop - 1, device=self.device)
         mask = (ids != self.ids.pad).to(self.device).long()
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=window).logits.float()
-        log_probs = F.log_softmax(logits, dim=-1)
-        targets = ids[:, first + 1 : first + 1 + len(window)].to(log_probs.device)
-        token_lp = log_probs.gather(-1, targets[..., None])[..., 0]
-        scores = [
-            float(-token_lp[i, start - 1 - first : stop - 1 - first].mean()) for i, (start, stop) in enumerate(spans)
-        ]
-        return ChoiceScores(list(choices), scores)
+        targets = ids[:, start:stop].to(logits.device)
+        chosen = logits.gather(-1, targets[..., None])[..., 0]
+        return chosen - torch.logsumexp(logits, dim=-1)
 
     def _fit(self, options: GenerationOptions, prompt_tokens: int) -> GenerationOptions:
         """No answer runs past the model's context."""

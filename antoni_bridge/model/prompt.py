@@ -70,14 +70,17 @@ def check_asks(conversation: Conversation) -> None:
         raise BridgeError("The conversation ends with an answer; there is nothing to reply to.", "add a question")
 
 
-def render(tokenizer: Any, conversation: Conversation, image_tokens: int, add_generation_prompt: bool) -> str:
-    """The prompt text: chat template with the image block in the first user turn."""
+def render(
+    tokenizer: Any, conversation: Conversation, image_tokens: int, add_generation_prompt: bool, image: bool = True
+) -> str:
+    """The prompt text: chat template with the image block in the first user turn (none without `image`: the
+    language model's prior, for image-reliance controls)."""
     check_conversation(conversation)
     messages = [
         {
             "role": turn["role"],
             "content": [{"type": "image"}, {"type": "text", "text": turn["content"]}]
-            if index == 0
+            if index == 0 and image
             else [{"type": "text", "text": turn["content"]}],
         }
         for index, turn in enumerate(conversation)
@@ -93,8 +96,12 @@ def render(tokenizer: Any, conversation: Conversation, image_tokens: int, add_ge
 
 
 def encode(
-    tokenizer: Any, conversation: Conversation, image_tokens: int, add_generation_prompt: bool = True
+    tokenizer: Any,
+    conversation: Conversation,
+    image_tokens: int,
+    add_generation_prompt: bool = True,
+    image: bool = True,
 ) -> torch.Tensor:
     """Token ids (1-D) of the rendered conversation, with the published double BOS."""
-    text = render(tokenizer, conversation, image_tokens, add_generation_prompt)
+    text = render(tokenizer, conversation, image_tokens, add_generation_prompt, image)
     return torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long)

@@ -99,12 +99,7 @@ def feature_file(
         "antoni_bridge_version": __version__,
     }
     if encoders is not None:
-        attrs |= {
-            "tile_encoder": encoders.tile.name,
-            "tile_encoder_source": encoders.tile.source,
-            "slide_encoder": encoders.slide.name,
-            "slide_encoder_source": encoders.slide.source,
-        }
+        attrs |= encoder_attrs(encoders)
     coords_attrs = {
         "patch_size": grid.spec.size,
         "patch_size_level0": round(grid.level0_size),
@@ -114,3 +109,14 @@ def feature_file(
         "name": slide.path.stem,
     }
     return FeatureFile(grid.coords, grid.contour_index, attrs, coords_attrs, features, latents)
+
+
+def encoder_attrs(encoders: Any) -> dict[str, str]:  # encoders: pipeline.Encoders
+    """The feature file's record of which encoders computed it (also added by cohort runs, whose grid is
+    planned where no encoder is loaded)."""
+    return {
+        "tile_encoder": encoders.tile.name,
+        "tile_encoder_source": encoders.tile.source,
+        "slide_encoder": encoders.slide.name,
+        "slide_encoder_source": encoders.slide.source,
+    }
