@@ -192,3 +192,22 @@ def test_similar_slides_find_the_slide_itself_first_and_open_it_on_a_click(
     links = seen["similar"]["links"]
     assert links and f"{demo_40x[0].name} (file" in links[0], seen["similar"]  # the slide asked about; no project
     assert seen["similarOpened"] == {"calls": [f"openImage {demo_40x[0]}"], "file": str(demo_40x[0])}
+
+
+def test_prisms_zero_shot_labels_come_as_bars(seen: dict[str, Any]) -> None:
+    zero_shot = seen["zeroShot"]
+    assert sorted(zero_shot["rows"]) == ["blue haematoxylin only", "brown DAB staining"]
+    assert (
+        sum(zero_shot["bars"]) == pytest.approx(1.0, abs=1e-6) and zero_shot["bars"] == sorted(zero_shot["bars"])[::-1]
+    )
+    assert "by Prism (prism), not by ANTONI" in zero_shot["message"]
+
+
+def test_prisms_report_draft_streams_into_the_conversation_marked_as_prisms(seen: dict[str, Any]) -> None:
+    report = seen["report"]
+    draft = report["saved"][-1]
+    assert draft["role"] == "prism" and draft["content"].startswith("Diagnosis:")
+    assert draft["label"] == "Draft by Prism (not ANTONI)" and draft["provenance"]["model"] == "prism"
+    prism = "Prism (draft report by another model, not ANTONI)"
+    assert f"{prism}: {draft['content'].strip()}\n  (Draft by Prism (not ANTONI), " in report["transcript"]
+    assert report["changes"] >= 4, report  # shown, the marker, token events (one at least), the saved draft

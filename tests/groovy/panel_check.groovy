@@ -140,6 +140,29 @@ seen.removed = Fx.run {
     [message: panel.message.text, left: glue.evidenceTiles().size()]
 }
 
+// Prism's heads on the same region: zero-shot labels as bars, then its report draft streamed into the conversation
+Fx.run {
+    panel.labels.text = 'brown DAB staining, blue haematoxylin only'
+    panel.zeroShot.fire()
+}
+Fx.waitFor('the zero-shot labels', 120) { !panel.askButton.disabled }
+seen.zeroShot = Fx.run {
+    [rows: panel.zeroShotResults.children.collect { it.children[2].text },
+     bars: panel.zeroShotResults.children.collect { it.children[0].progress }, message: panel.message.text]
+}
+int reportChanges = 0
+ChangeListener onReport = { obs, old, text -> reportChanges++ } as ChangeListener
+Fx.run {
+    panel.transcript.textProperty().addListener(onReport)
+    panel.draftReport.fire()
+}
+Fx.waitFor("Prism's report draft", 120) { !panel.askButton.disabled }
+seen.report = Fx.run {
+    panel.transcript.textProperty().removeListener(onReport)
+    [transcript: panel.transcript.text, changes: reportChanges, message: panel.message.text,
+     saved: Protocol.fromJson("{\"turns\": ${tumour.getMetadata()['ANTONI conversation']}}").turns]
+}
+
 // Similar slides, from the slide embedded above: the list, and a click that opens the first as a file (no project)
 Fx.run { panel.similarSlides.fire() }
 Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
