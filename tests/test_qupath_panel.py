@@ -43,9 +43,12 @@ def evidence_screenshot(screenshot: Path) -> Path:
 def panel_daemon(tmp_path_factory: pytest.TempPathFactory, untrained_weights: DemoWeights) -> Iterator[Path]:
     """Untrained demo weights (an answer long enough to watch it stream) and batches of 8 tiles (so a cancel
     lands while the test slide's 51 tiles are embedded). For the docs' picture (scripts/qupath-screenshot) the
-    shipped, trained demo weights, whose answers to the demo task's questions make sense."""
+    shipped, trained demo weights, whose answers to the demo task's questions make sense. No client is killed
+    here, so the daemon waits 5 s (not the fixture's 1 s) for heartbeats before it cancels a job: a JVM starved
+    on a loaded 2-core build machine sends them late."""
     untrained = {DEMO_WEIGHTS_VARIABLE: str(untrained_weights.antoni.parent)}
-    yield from serve_demo(tmp_path_factory, {} if SCREENSHOT else untrained, "--batch-size", "8")
+    env = {} if SCREENSHOT else untrained
+    yield from serve_demo(tmp_path_factory, env, "--batch-size", "8", "--client-timeout", "5")
 
 
 @pytest.fixture(scope="module")

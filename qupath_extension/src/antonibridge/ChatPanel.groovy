@@ -432,7 +432,7 @@ class ChatPanel {
             show(shownKey) // without the partial answer or draft
         }
         if (type == 'cancelled' && content.reason == 'client-gone') {
-            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for 3 s.",
+            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for too long.",
                     'the computer may be overloaded; try again')
         } else if (type == 'cancelled') {
             inform(job.kind == 'ask' ? 'Cancelled; the question is back in the box.' : "Cancelled the ${JOBS[job.kind]}.")
