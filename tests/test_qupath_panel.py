@@ -189,11 +189,12 @@ def test_a_screenshot_of_the_evidence_map_is_written(seen: dict[str, Any], evide
         assert image.size == (1280, 800)
 
 
-def test_similar_slides_find_the_slide_itself_first_and_open_it_on_a_click(
+def test_similar_slides_find_the_region_asked_about_and_open_its_slide_on_a_click(
     seen: dict[str, Any], demo_40x: tuple[Path, DemoLayout]
 ) -> None:
     links = seen["similar"]["links"]
-    assert links and f"{demo_40x[0].name} (file" in links[0], seen["similar"]  # the slide asked about; no project
+    # the annotation's region, asked about above, is the closest to its whole slide; no project is open
+    assert links and links[0].endswith(f"{demo_40x[0].name} (file, a region of it)"), seen["similar"]
     assert seen["similarOpened"] == {"calls": [f"openImage {demo_40x[0]}"], "file": str(demo_40x[0])}
 
 

@@ -93,7 +93,7 @@ Closure askAndWait = { String question ->
 }
 seen.first = askAndWait('Which stain is this?')
 seen.followUp = askAndWait('Is there DAB (brown) staining?')
-seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+seen.annotation = [description: tumour.getDescription(), metadata: new LinkedHashMap(tumour.getMetadata())]
 Fx.run { // the tab headers scroll to a tab selected once the window is laid out, as after a click on the menu
     qupath.analysisTabPane.selectionModel.select(0)
     glue.showPanel()
@@ -163,8 +163,12 @@ seen.report = Fx.run {
      saved: Protocol.fromJson("{\"turns\": ${tumour.getMetadata()['ANTONI conversation']}}").turns]
 }
 
-// Similar slides, from the slide embedded above: the list, and a click that opens the first as a file (no project)
-Fx.run { panel.similarSlides.fire() }
+// Similar slides to the whole slide (embedded now): the annotation's region, indexed when it was asked about, is
+// the closest (the source itself is left out); a click opens it as a file (no project is open)
+Fx.run {
+    panel.wholeImage.selected = true
+    panel.similarSlides.fire()
+}
 Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
 seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
 def asked = qupath.imageData
@@ -173,6 +177,7 @@ Fx.run { panel.similarResults.children.find()?.fire() } // none: the test says w
 seen.similarOpened = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
                       file: new File(qupath.imageData.server.URIs[0]).path]
 qupath.imageData = asked
+Fx.run { panel.selection.selected = true }
 // The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
 Map before = new LinkedHashMap(tumour.getMetadata())
 QuPathDouble.calls.clear()

@@ -408,8 +408,9 @@ class ChatPanel {
             link.onAction = { open(slide) } as EventHandler
             return link
         })
-        inform(results ? "${results.size()} similar slides of ${content.indexed} indexed on the daemon's computer." :
-                "No similar slide: the daemon has indexed ${content.indexed} slides (each slide asked about is).")
+        long indexed = content.indexed as long
+        inform(results ? "${results.size()} similar slides of ${indexed} indexed on the daemon's computer." :
+                "No similar slide: the daemon has indexed ${indexed} slides and regions (each one asked about is).")
     }
 
     private void open(String slide) {
