@@ -408,8 +408,9 @@ class ChatPanel {
             link.onAction = { open(slide) } as EventHandler
             return link
         })
-        inform(results ? "${results.size()} similar slides of ${content.indexed} indexed on the daemon's computer." :
-                "No similar slide: the daemon has indexed ${content.indexed} slides (each slide asked about is).")
+        long indexed = content.indexed as long
+        inform(results ? "${results.size()} similar slides of ${indexed} indexed on the daemon's computer." :
+                "No similar slide: the daemon has indexed ${indexed} slides and regions (each one asked about is).")
     }
 
     private void open(String slide) {
@@ -432,7 +433,7 @@ class ChatPanel {
             show(shownKey) // without the partial answer or draft
         }
         if (type == 'cancelled' && content.reason == 'client-gone') {
-            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for 3 s.",
+            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for too long.",
                     'the computer may be overloaded; try again')
         } else if (type == 'cancelled') {
             inform(job.kind == 'ask' ? 'Cancelled; the question is back in the box.' : "Cancelled the ${JOBS[job.kind]}.")
