@@ -53,8 +53,22 @@ BASES: dict[str, dict[str, Any]] = {  # well-formed requests, mutated one field 
     "forget": {"slide": "/nowhere/slide.svs"},
     "load": {"models": ["model"]},
     "unload": {"models": ["encoders"]},
+    "zero_shot": {
+        "features": "/nowhere/latents.pt",
+        "prompts": {"a": ["x", "y"], "b": ["z"]},
+        "map": True,
+        "groups": 4,
+    },
+    "report": {
+        "slide": "/nowhere/slide.svs",
+        "region": RECTANGLE,
+        "prompt": "Diagnosis:",
+        "max_new_tokens": 4,
+        "beams": 2,
+    },
 }
-EXTRA_FIELDS = ("slide", "features", "region", "slide_mpp", "options", "conversation", "image", "all", "models")
+EXTRA_FIELDS = ("slide", "features", "region", "slide_mpp", "options", "conversation", "image", "all", "models",
+                "labels", "prompts", "map", "groups", "prompt", "beams")  # fmt: skip
 
 
 def _deep(depth: int) -> Any:
