@@ -54,6 +54,19 @@ BASES: dict[str, dict[str, Any]] = {  # well-formed requests, mutated one field 
     "load": {"models": ["model"]},
     "unload": {"models": ["encoders"]},
     "similar": {"slide": "/nowhere/slide.svs", "region": RECTANGLE, "top": 5, "within": "/nowhere"},
+    "zero_shot": {
+        "features": "/nowhere/latents.pt",
+        "prompts": {"a": ["x", "y"], "b": ["z"]},
+        "map": True,
+        "groups": 4,
+    },
+    "report": {
+        "slide": "/nowhere/slide.svs",
+        "region": RECTANGLE,
+        "prompt": "Diagnosis:",
+        "max_new_tokens": 4,
+        "beams": 2,
+    },
 }
 EXTRA_FIELDS = (
     "slide",
@@ -67,6 +80,12 @@ EXTRA_FIELDS = (
     "models",
     "top",
     "within",
+    "labels",
+    "prompts",
+    "map",
+    "groups",
+    "prompt",
+    "beams",
 )
 
 
