@@ -1,13 +1,13 @@
 """What a batch adds to each answer when asked (issues 16 and 17): the answer's evidence map, written as
 QuPath tile objects, and Prism's zero-shot labels and report draft for the item's image or annotation,
-as columns. Each comes from its own job (`explain`, `zero_shot`, `report`) on the item's source; the
+as columns. The map's file is antoni_bridge.maps' (the same the CLI's `ask --evidence` writes). Each
+comes from its own job (`explain`, `zero_shot`, `report`) on the item's source; the
 zero-shot labels and the report are asked once per image or annotation, whatever the questions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +16,10 @@ from typing import Any
 
 from antoni_bridge.batch.sources import Item
 from antoni_bridge.errors import BridgeError
-from antoni_bridge.files import write_atomically
+from antoni_bridge.maps import evidence_map, write_geojson
 
 RunJob = Callable[[str, dict[str, Any]], dict[str, Any]]  # a job's type and content -> its done
 COLUMNS = ("evidence_map", "evidence_gap", "zero_shot", "zero_shot_best", "prism_report")
-EVIDENCE = "ANTONI evidence"  # the measurement and class of the tiles in QuPath
 MAX_LABELS = 64
 
 
@@ -73,36 +72,12 @@ def adder(extras: Extras, run: RunJob) -> Callable[[Item, dict[str, Any], dict[s
             asked = {**source, "conversation": content["conversation"], "answer": done["answer"]}
             explained = run("explain", asked)
             path = extras.evidence_dir / f"{_file_name(item.image.name)}-{item.key}.geojson"
-            write_tile_map(explained, path)
+            write_geojson(evidence_map(explained), path)
             found["evidence_map"] = str(path)
             found["evidence_gap"] = explained["faithfulness"]["gap"]
         return found
 
     return columns
-
-
-def write_tile_map(explained: dict[str, Any], path: Path) -> Path:
-    """The evidence per tile as QuPath tile objects (File > Import objects), the value as a measurement.
-
-    Minimal on purpose: helper G's antoni_bridge.maps writes the same tiles with colours; use it once merged."""
-    size = int(explained["tile_size"])
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {
-                "type": "Polygon",
-                "coordinates": [[[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]],
-            },
-            "properties": {
-                "objectType": "tile",
-                "classification": {"name": EVIDENCE},
-                "measurements": {EVIDENCE: value, f"{EVIDENCE} group": group},
-            },
-        }
-        for (x, y), value, group in zip(explained["coords"], explained["values"], explained["group_of"], strict=True)
-    ]
-    write_atomically(path, json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False) + "\n")
-    return path
 
 
 def _file_name(name: str) -> str:
