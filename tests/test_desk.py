@@ -468,7 +468,7 @@ MAP_WAIT_MS = 600_000  # an evidence map rescores the answer once per tile group
 
 
 def test_evidence_and_prism_s_heads_through_the_daemon(
-    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], patient_daemon: Path
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], patient_daemon: Path, tmp_path: Path
 ) -> None:
     window = open_window(patient_daemon)  # the shipped demo weights: a task question gets a sensible answer
     window.resize(1100, 650)
@@ -487,12 +487,13 @@ def test_evidence_and_prism_s_heads_through_the_daemon(
     wait_for_the_end(qtbot, window, MAP_WAIT_MS)
     assert answer.evidence is not None and answer.evidence["tiles"] == len(answer.evidence["values"]) > 0
     assert window.view.heat is not None and window.overview.heat is not None and window.messages.text == ""
-    assert (
-        "Hide evidence" in window.chat.transcript.toPlainText()
-        and "faithfulness gap" in window.chat.transcript.toPlainText()
-    )
+    shown = window.chat.transcript.toPlainText()
+    assert "Hide evidence" in shown and "faithfulness gap" in shown
+    window.view.go_to(window.region)  # the docs' screenshot: `ANTONI_BRIDGE_DESK_SCREENSHOTS=docs pytest -k through`
+    qtbot.wait(2000)  # the view's tiles at this zoom
+    window.save_screenshot(Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOTS") or tmp_path) / "desk-evidence.png")
 
-    window.tabs.setCurrentWidget(window.prism)
+    window.tabs.setCurrentIndex(1)  # Prism
     window.prism.labels.setText("DAB staining, H&E staining")
     qtbot.mouseClick(window.prism.zero_shot_button, Qt.MouseButton.LeftButton)
     wait_for_the_end(qtbot, window, MAP_WAIT_MS)
