@@ -53,6 +53,14 @@ BASES: dict[str, dict[str, Any]] = {  # well-formed requests, mutated one field 
     "forget": {"slide": "/nowhere/slide.svs"},
     "load": {"models": ["model"]},
     "unload": {"models": ["encoders"]},
+    "explain": {
+        "conversation": ASK["conversation"],
+        "features": "/nowhere/latents.pt",
+        "answer": "Yes.",
+        "method": "occlusion",
+        "groups": 8,
+        "random_orders": 2,
+    },
     "similar": {"slide": "/nowhere/slide.svs", "region": RECTANGLE, "top": 5, "within": "/nowhere"},
     "zero_shot": {
         "features": "/nowhere/latents.pt",
@@ -86,6 +94,9 @@ EXTRA_FIELDS = (
     "groups",
     "prompt",
     "beams",
+    "answer",
+    "method",
+    "random_orders",
 )
 
 
