@@ -101,7 +101,18 @@ def test_protocol_md_documents_every_field_of_the_schema_and_no_other() -> None:
 def test_every_request_type_and_reply_is_mapped_in_the_schema() -> None:
     schema = json_schema()
     assert set(schema["x-requests"]) == set(REQUESTS)
-    assert set(schema["x-done"]) == {"ask", "score", "view", "embed", "forget", "load", "unload", "zero_shot", "report"}
+    assert set(schema["x-done"]) == {
+        "ask",
+        "score",
+        "view",
+        "embed",
+        "forget",
+        "load",
+        "unload",
+        "explain",
+        "zero_shot",
+        "report",
+    }
     assert set(schema["x-events"]) == {"accepted", "busy", "progress", "token", "cancelled"}
 
 

@@ -41,13 +41,26 @@ MAX_NEW_TOKENS = 8192  # far beyond any answer the model was trained to give
 MAX_TOP_K = 1_000_000
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_TEXT_CHARS = 200_000  # a conversation, question or choices: about 50,000 tokens
+GROUPS_RANGE = (2, 1024)  # tile groups of an evidence map
+MAX_RANDOM_ORDERS = 64  # random deletion orders of a map's faithfulness figure
 SLIDE_MPP_RANGE = (0.01, 100.0)  # what Slide accepts from a file's metadata, too
 REFUSED = "bad_request"  # the pydantic error type whose message is the sentence a client reads
 
 ModelPart = Literal["encoders", "model"]
-JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload", "zero_shot", "report"]
+JobKind = Literal["ask", "score", "view", "embed", "forget", "load", "unload", "explain", "zero_shot", "report"]
 ProgressStage = Literal[
-    "loading", "reading", "tissue", "tiling", "tile-embedding", "slide-encoding", "generating", "scoring", "grouping"
+    "loading",
+    "reading",
+    "tissue",
+    "tiling",
+    "tile-embedding",
+    "slide-encoding",
+    "generating",
+    "scoring",
+    "grouping",
+    "occlusion",
+    "refining",
+    "faithfulness",
 ]
 ErrorCode = Literal[
     "bad-frames",
@@ -330,6 +343,30 @@ class ScoreRequest(SlideSource):
         return self
 
 
+class ExplainRequest(SlideSource):
+    conversation: Conversation
+    answer: Annotated[
+        str,
+        AfterValidator(_not_blank),
+        Field(max_length=MAX_TEXT_CHARS),
+        says(f"An explain request carries the answer to explain (non-blank text of at most {MAX_TEXT_CHARS:,} chars)."),
+    ] = Field(description="the answer to explain, the reply to the conversation; its tokens are fixed by its text")
+    method: Annotated[
+        Literal["occlusion", "attention"],
+        says('\'method\' must be "occlusion" or "attention" (the cheap preview).'),
+    ] = optional('"occlusion" (default): left-out tile groups, rescored; "attention": the cheap, unfaithful preview')
+    groups: Annotated[
+        int,
+        Field(ge=GROUPS_RANGE[0], le=GROUPS_RANGE[1]),
+        says(f"'groups' must be a whole number from {GROUPS_RANGE[0]} to {GROUPS_RANGE[1]}."),
+    ] = optional(f"how many compact tile groups the map has, {GROUPS_RANGE[0]} to {GROUPS_RANGE[1]} (default 64)")
+    random_orders: Annotated[
+        int,
+        Field(ge=0, le=MAX_RANDOM_ORDERS),
+        says(f"'random_orders' must be a whole number from 0 to {MAX_RANDOM_ORDERS}."),
+    ] = optional(f"random deletion orders the map is checked against, 0 to {MAX_RANDOM_ORDERS} (default 8)")
+
+
 class ViewRequest(Strict):
     slide: SlidePath = optional("an absolute path on the daemon's machine: the field of view is read from it")
     image: Annotated[
@@ -445,6 +482,7 @@ REQUESTS: dict[str, type[BaseModel]] = {
     "shutdown": Empty,
     "ask": AskRequest,
     "score": ScoreRequest,
+    "explain": ExplainRequest,
     "view": ViewRequest,
     "embed": EmbedRequest,
     "forget": ForgetRequest,
@@ -639,11 +677,53 @@ class Answered(Reply):
     provenance: Provenance = optional("what gave this answer")
 
 
+class Reliance(Reply):
+    """How much an answer depends on the slide: mean log-likelihoods per answer token (nats)."""
+
+    with_slide: float = Field(description="with this slide's latents")
+    no_image: float = Field(description="with no image block in the prompt (the language model's prior)")
+    other_slide: float = Field(description="with another slide's latents (other_from says which)")
+    score: float = Field(description="with_slide - max(no_image, other_slide): nats per token this slide adds")
+    flagged: bool = Field(description="with_slide - no_image < 0.1: the answer does not depend on the image")
+    other_from: Literal["memory", "cache", "blank"] = Field(
+        description="the other slide: the last other one in memory, the newest other in the cache, or blank latents"
+    )
+
+
 class AskDone(Answered):
     cache_hit: bool = Field(description="the latents were not computed for this job")
     latents_from: LatentsFrom
     latents_shape: list[int]
     tiles: int | None = Field(description="null for a features file")
+    reliance: Reliance | None = Field(description="how much the answer depends on the slide; null for an empty answer")
+
+
+class Faithfulness(Reply):
+    """The map's deletion curve against random orders (mean answer log-likelihood drops, nats)."""
+
+    deletion_area: float = Field(description="mean drop as groups go in the map's order, most evidence first")
+    random_area: float = Field(description="the same, averaged over random orders")
+    gap: float = Field(description="deletion_area - random_area: > 0 when the map beats chance")
+    random_orders: int
+
+
+class ExplainDone(Reply):
+    job_id: str
+    method: Literal["occlusion", "attention"] = Field(description="how the map was made; attention is a preview")
+    tiles: int = Field(description="N, the slide's (or region's) tiles")
+    groups: int = Field(description="K, the tile groups (fewer than asked when there are fewer tiles)")
+    tile_size: int = Field(description="tile side in level-0 pixels")
+    coords: list[list[int]] = Field(description="level-0 [x, y] of each tile's top-left corner (N)")
+    values: list[float] = Field(
+        description="evidence per tile (N): occlusion in nats, attention as shares summing to 1; larger = more"
+    )
+    group_of: list[int] = Field(description="each tile's group (N)")
+    log_likelihood: float = Field(description="the log-likelihood of the answer given all tiles, nats")
+    faithfulness: Faithfulness
+    reliance: Reliance
+    refined: list[int] = Field(description="groups split further in the finer pass; [] if none")
+    provenance: Provenance = Field(description="what gave this map")
+    timings: TotalTiming
 
 
 class ViewDone(Answered):
@@ -738,6 +818,7 @@ EVENTS: dict[str, type[BaseModel]] = {
 DONE: dict[str, type[BaseModel]] = {
     "ask": AskDone,
     "score": ScoreDone,
+    "explain": ExplainDone,
     "view": ViewDone,
     "embed": EmbedDone,
     "forget": ForgetDone,

@@ -70,7 +70,22 @@ def run_ask(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
         "latents_shape": answer.latents_shape,
         "tiles": answer.tiles,
         "region_clipped": answer.region_clipped,
+        "reliance": answer.reliance,
     }
+
+
+def run_explain(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
+    c = job.content
+    explained = engine.explain(
+        source_from(c),
+        c["conversation"],
+        c["answer"],
+        method=c.get("method", "occlusion"),
+        groups=c.get("groups", 64),
+        random_orders=c.get("random_orders", 8),
+        **_callbacks(job, emit),
+    )
+    return asdict(explained)
 
 
 def run_score(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
@@ -157,6 +172,7 @@ def run_unload(job: Job, engine: Engine, emit: Emit) -> dict[str, Any]:
 RUNNERS: dict[str, Runner] = {
     "ask": run_ask,
     "score": run_score,
+    "explain": run_explain,
     "view": run_view,
     "embed": run_embed,
     "forget": run_forget,

@@ -19,6 +19,10 @@ answer's log-likelihood drop after 10%, 25%, 50% and 75% of the groups are gone;
 mean drop over those points (an area over the perturbation curve, in nats); gap = deletion_area -
 random_area is positive when the map finds what the answer depends on faster than chance.
 
+The attention preview (`attention_map`, method "attention", never the default) reads attention instead:
+the projector's attention over the latent rows times the perceiver's last cross-attention over the
+tiles, the share of the image tokens' attention reaching each tile. It gets the same faithfulness check.
+
 Reliance compares the answer's mean per-token log-likelihood with this slide's latents (with_slide),
 with no image block in the prompt at all (no_image: the language model's prior) and with another
 slide's latents (other_slide; see `other_latents`). score = with_slide - max(no_image, other_slide):
@@ -39,6 +43,7 @@ import torch
 from antoni_bridge.engine.groups import group_masks, tile_groups
 from antoni_bridge.errors import BridgeError
 
+METHODS = ("occlusion", "attention")
 GROUPS = 64
 RANDOM_ORDERS = 8
 REFINE_TOP = 4  # groups split further in the finer pass
@@ -111,7 +116,11 @@ class MaskedScorer:
 
 
 def occlusion_map(
-    score: MaskedScorer, coords: np.ndarray, groups: int = GROUPS, random_orders: int = RANDOM_ORDERS
+    score: MaskedScorer,
+    coords: np.ndarray,
+    groups: int = GROUPS,
+    random_orders: int = RANDOM_ORDERS,
+    refine_top: int = REFINE_TOP,
 ) -> EvidenceMap:
     """The occlusion map of an answer over `groups` compact tile groups, refined and checked (module doc)."""
     if len(coords) < 2:
@@ -123,16 +132,48 @@ def occlusion_map(
     scores = score(keep, "occlusion")
     full, drops = float(scores[0]), scores[0] - scores[1:]
     values = drops[labels]
-    refined = _refine(score, coords, labels, drops, full, values)
-    faithfulness = _faithfulness(score, labels, drops, full, random_orders)
-    return EvidenceMap(values, labels, k, full, faithfulness, refined)
+    refined = _refine(score, coords, labels, drops, full, values, refine_top)
+    checked = faithfulness(score, labels, drops, full, random_orders)
+    return EvidenceMap(values, labels, k, full, checked, refined)
+
+
+def attention_map(
+    score: MaskedScorer,
+    latents: torch.Tensor,
+    coords: np.ndarray,
+    groups: int = GROUPS,
+    random_orders: int = RANDOM_ORDERS,
+) -> EvidenceMap:
+    """The cheap preview, labelled "attention" and never the default: each tile's value is the share of the
+    image tokens' attention that reaches it, the projector's attention over the latent rows times the
+    perceiver's last cross-attention over the tiles (values sum to 1; they are not nats). Attention maps
+    are often unfaithful, so the preview gets the same deletion check, its groups ordered by attention mass.
+    """
+    prism = score.encoder.tile_attention(score.features)  # (513, N)
+    projector = score.model.projection_layer
+    rows = latents[None].to(projector.query_tokens.device, projector.query_tokens.dtype)
+    with torch.inference_mode():
+        pooled = projector.attention(rows)[0].float().cpu()  # (tokens, 513)
+    values = (pooled @ prism).mean(dim=0).double().numpy()
+    labels = tile_groups(coords, groups)
+    k = int(labels.max()) + 1
+    score.step("grouping", 1, 1)
+    mass = np.bincount(labels, weights=values, minlength=k)
+    full = float(score(np.ones((1, len(labels)), dtype=bool), "scoring")[0])
+    return EvidenceMap(values, labels, k, full, faithfulness(score, labels, mass, full, random_orders), [])
 
 
 def _refine(
-    score: MaskedScorer, coords: np.ndarray, labels: np.ndarray, drops: np.ndarray, full: float, values: np.ndarray
+    score: MaskedScorer,
+    coords: np.ndarray,
+    labels: np.ndarray,
+    drops: np.ndarray,
+    full: float,
+    values: np.ndarray,
+    refine_top: int,
 ) -> list[int]:
     """The finer pass (module doc): writes sub-group drops into `values`; returns the refined groups."""
-    top = [int(g) for g in np.argsort(-drops, kind="stable")[:REFINE_TOP] if np.sum(labels == g) >= 2]
+    top = [int(g) for g in np.argsort(-drops, kind="stable")[:refine_top] if np.sum(labels == g) >= 2]
     parts: list[np.ndarray] = []  # tile indices of each sub-group
     for group in top:
         members = np.flatnonzero(labels == group)
@@ -153,10 +194,11 @@ def curve_points(groups: int) -> list[int]:
     return sorted({min(max(round(f * groups), 1), groups - 1) for f in CURVE_FRACTIONS})
 
 
-def _faithfulness(
+def faithfulness(
     score: MaskedScorer, labels: np.ndarray, drops: np.ndarray, full: float, random_orders: int
 ) -> Faithfulness:
-    """Deletion curve in the map's order against `random_orders` seeded random orders (module doc)."""
+    """Deletion curve in the order of `drops` (each group's evidence) against `random_orders` seeded random
+    orders (module doc); `full` is the answer's log-likelihood with every tile."""
     k = len(drops)
     rng = np.random.default_rng(0)
     orders = [np.argsort(-drops, kind="stable")] + [rng.permutation(k) for _ in range(random_orders)]
