@@ -4,23 +4,13 @@ map written as QuPath tile objects and a PNG; bad options refused before anythin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from antoni_bridge.slides.demo import DemoLayout
 from antoni_bridge.slides.regions import read_geojson_features
-from tests.conftest import run_cli, serve_demo
-
-
-@pytest.fixture(scope="module")
-def patient_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The shipped demo weights, waiting 30 s for a silent client (the usual 1 s cancels a cold CLI process
-    on a loaded build machine before it heartbeats)."""
-    yield from serve_demo(tmp_path_factory, {}, "--client-timeout", "30")
-
+from tests.conftest import run_cli
 
 REGION = "2000,2000,1400,1400"  # level-0 px: on the demo slide's DAB piece, a few tiles (a quick map)
 

@@ -163,12 +163,11 @@ seen.report = Fx.run {
      saved: Protocol.fromJson("{\"turns\": ${tumour.getMetadata()['ANTONI conversation']}}").turns]
 }
 
-// Similar slides to the whole slide (embedded now): the annotation's region, indexed when it was asked about, is
-// the closest (the source itself is left out); a click opens it as a file (no project is open)
-Fx.run {
-    panel.wholeImage.selected = true
-    panel.similarSlides.fire()
-}
+// Similar slides to a smaller annotation inside the first (embedded now: a few tiles): the first's region, indexed
+// when it was asked about, is the closest (the source itself is left out); a click opens it as a file (no project)
+def inner = QuPathDouble.annotation('POLYGON ((2000 2000, 3000 2000, 3000 3000, 2000 3000, 2000 2000))', 'Inner')
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([inner], inner)
+Fx.run { panel.similarSlides.fire() }
 Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
 seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
 def asked = qupath.imageData
@@ -177,7 +176,7 @@ Fx.run { panel.similarResults.children.find()?.fire() } // none: the test says w
 seen.similarOpened = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
                       file: new File(qupath.imageData.server.URIs[0]).path]
 qupath.imageData = asked
-Fx.run { panel.selection.selected = true }
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
 // The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
 Map before = new LinkedHashMap(tumour.getMetadata())
 QuPathDouble.calls.clear()

@@ -20,6 +20,7 @@ import javafx.scene.input.KeyEvent
 import javafx.scene.layout.GridPane
 import javafx.scene.layout.HBox
 import javafx.scene.layout.Priority
+import javafx.scene.layout.Region
 import javafx.scene.layout.VBox
 import javafx.scene.Scene
 import javafx.stage.Stage
@@ -598,6 +599,7 @@ class ChatPanel {
         root.padding = new Insets(8)
         [connectionProblem, message].each {
             it.wrapText = true
+            it.minHeight = Region.USE_PREF_SIZE // the whole sentence, even when the panel is short of room
             it.style = ERROR_STYLE
             reveal(it, false)
         }
@@ -652,11 +654,11 @@ class ChatPanel {
         labels.promptText = 'labels, separated by commas'
         HBox.setHgrow(labels, Priority.ALWAYS)
         withinProject.selected = false
-        VBox box = new VBox(6, new Label('Prism (the slide encoder\'s own text heads; not ANTONI):'),
-                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides, withinProject),
-                similarResults)
+        VBox box = new VBox(6, new Label("The slide encoder's own heads: another model than ANTONI."),
+                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides),
+                withinProject, similarResults)
         TitledPane pane = new TitledPane('Prism: zero-shot labels, report draft, similar slides', box)
-        pane.expanded = true
+        pane.expanded = false // room for the conversation; one click opens it
         return pane
     }
 
