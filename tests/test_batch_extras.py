@@ -32,9 +32,12 @@ def test_a_batch_writes_an_evidence_map_per_answer_and_prisms_columns(
     (folder / "a.svs").symlink_to(demo_40x[0])
     out = tmp_path / "answers.csv"
     args = [str(folder), "--question", QUESTION, "--annotations", "none", "--out", str(out), "--max-new-tokens", "4"]
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    assert run_cli("batch", *args, env=env).returncode == 0  # answered without them first
     extras = ["--evidence", "--evidence-groups", "8", "--evidence-orders", "2", "--zero-shot", LABELS, "--report"]
-    result = run_cli("batch", *args, *extras, env={"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)})
+    result = run_cli("batch", *args, *extras, env=env)  # the same batch again, now asking for them
     assert result.returncode == 0, result.stderr
+    assert "1 answered" in result.stdout, "an answer without the columns asked for is asked again"
     with out.open(newline="", encoding="utf-8") as table:
         (row,) = csv.DictReader(table)
     assert row["status"] == "done", row["reason"]

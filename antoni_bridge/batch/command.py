@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         images = slide_images(args.source, args.geojson, {p.resolve() for p in outputs.files()})
     listed = items(images, questions, choice)
     outputs.log.parent.mkdir(parents=True, exist_ok=True)
-    log = ResultsLog(outputs.log)
+    log = ResultsLog(outputs.log, extras.wanted())
     to_ask = any(not (item.problem or log.is_done(item)) for item in listed)
     with asker(args, extras) if to_ask else contextlib.nullcontext(None) as ask:  # no model started for nothing
         summary = run_items(listed, ask, log)

@@ -55,7 +55,16 @@ class Extras:
         return cls(evidence_dir, names, report, groups, orders)
 
     def __bool__(self) -> bool:
-        return self.evidence_dir is not None or bool(self.labels) or self.report
+        return bool(self.wanted())
+
+    def wanted(self) -> tuple[str, ...]:
+        """The columns every answer of the run must hold."""
+        asked = {
+            "evidence_map": self.evidence_dir is not None,
+            "zero_shot": bool(self.labels),
+            "prism_report": self.report,
+        }
+        return tuple(column for column, on in asked.items() if on)
 
 
 def adder(extras: Extras, run: RunJob) -> Callable[[Item, dict[str, Any], dict[str, Any]], dict[str, Any]]:
@@ -79,6 +88,8 @@ def adder(extras: Extras, run: RunJob) -> Callable[[Item, dict[str, Any], dict[s
             found["zero_shot_best"] = pairs[0][0]
         if extras.report:
             found["prism_report"] = once("report", item, source)["report"]
+        if extras.evidence_dir is not None:
+            found["evidence_map"] = ""  # an empty answer has no map
         if extras.evidence_dir is not None and done["answer"].strip():
             asked = {**source, "conversation": content["conversation"], "answer": done["answer"]}
             asked |= {"groups": extras.groups, "random_orders": extras.orders}
