@@ -38,6 +38,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield from serve_demo(tmp_path_factory, {})
 
 
+@pytest.fixture(scope="module")
+def patient_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """As `daemon`, but a client silent for 30 s (not 1 s) has its job cancelled: for long jobs (evidence maps)
+    from clients that start cold or share the CPU with the test's own work on a loaded build machine."""
+    yield from serve_demo(tmp_path_factory, {}, "--client-timeout", "30")
+
+
 @pytest.fixture(scope="session")
 def untrained_weights(tmp_path_factory: pytest.TempPathFactory) -> DemoWeights:
     """Random demo weights, as `make-demo-weights --untrained` writes them: their answers run to any length."""

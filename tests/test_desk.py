@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt starts: no display on build machines
 
 import pytest
-from PyQt6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer
+from PyQt6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, QUrl
 from PyQt6.QtGui import QImage, QWheelEvent
 from PyQt6.QtWidgets import QApplication, QMessageBox
 from pytestqt.qtbot import QtBot
@@ -67,8 +67,8 @@ def ask(qtbot: QtBot, window: DeskWindow, question: str) -> None:
     assert window.job is not None
 
 
-def wait_for_the_end(qtbot: QtBot, window: DeskWindow) -> None:
-    qtbot.waitUntil(lambda: window.job is None, timeout=WAIT_MS)
+def wait_for_the_end(qtbot: QtBot, window: DeskWindow, timeout_ms: int = WAIT_MS) -> None:
+    qtbot.waitUntil(lambda: window.job is None, timeout=timeout_ms)
 
 
 def test_open_draw_ask_stream_cancel_and_reopen(
@@ -460,3 +460,62 @@ def test_closing_with_conversations_never_exported_asks_first(
     window.export_conversation(tmp_path / "kept.md")
     window.close()
     assert not window.isVisible() and len(asked) == 1, "an exported conversation closes without asking"
+
+
+ON_DAB = (2000, 2000, 3400, 3400)  # level-0 box on the demo slide's DAB piece: a few tiles, a quick map
+BESIDE = (2400, 2400, 3800, 3800)
+MAP_WAIT_MS = 600_000  # an evidence map rescores the answer once per tile group: minutes on a loaded CPU
+
+
+def test_evidence_and_prism_s_heads_through_the_daemon(
+    qtbot: QtBot, open_window, demo_40x: tuple[Path, DemoLayout], patient_daemon: Path, tmp_path: Path
+) -> None:
+    window = open_window(patient_daemon)  # the shipped demo weights: a task question gets a sensible answer
+    window.resize(1100, 650)
+    open_slide(qtbot, window, demo_40x[0])
+    window.actions_by_name["Rectangle"].trigger()
+    drag_rectangle(qtbot, window, ON_DAB)
+    window.chat.max_tokens.setValue(12)
+    ask(qtbot, window, "Is there DAB staining?")
+    wait_for_the_end(qtbot, window, MAP_WAIT_MS)
+    answer = window.conversation().exchanges[-1]
+    assert answer.state == "done" and answer.reliance is not None, answer
+    assert f"Image reliance {answer.reliance['score']:.2f}" in window.chat.transcript.toPlainText()
+
+    window.chat.transcript.anchorClicked.emit(QUrl("evidence:0"))  # "Show evidence" under the answer
+    assert window.job is not None and "mapping the evidence" in window.chat.transcript.toPlainText()
+    wait_for_the_end(qtbot, window, MAP_WAIT_MS)
+    assert answer.evidence is not None and answer.evidence["tiles"] == len(answer.evidence["values"]) > 0
+    assert window.view.heat is not None and window.overview.heat is not None and window.messages.text == ""
+    shown = window.chat.transcript.toPlainText()
+    assert "Hide evidence" in shown and "faithfulness gap" in shown
+    window.view.go_to(window.region)  # the docs' screenshot: `ANTONI_BRIDGE_DESK_SCREENSHOTS=docs pytest -k through`
+    qtbot.wait(2000)  # the view's tiles at this zoom
+    window.save_screenshot(Path(os.environ.get("ANTONI_BRIDGE_DESK_SCREENSHOTS") or tmp_path) / "desk-evidence.png")
+
+    window.tabs.setCurrentIndex(1)  # Prism
+    window.prism.labels.setText("DAB staining, H&E staining")
+    qtbot.mouseClick(window.prism.zero_shot_button, Qt.MouseButton.LeftButton)
+    wait_for_the_end(qtbot, window, MAP_WAIT_MS)
+    rows = window.prism.bars.rows
+    assert sorted(label for label, _ in rows) == ["DAB staining", "H&E staining"], window.messages.text
+    assert sum(p for _, p in rows) == pytest.approx(1.0, abs=1e-4)
+    qtbot.mouseClick(window.prism.bars, Qt.MouseButton.LeftButton, pos=QPoint(20, 9))
+    assert window.view.heat is not None and window.view.heat.title == f"Prism zero-shot: {rows[0][0]}"
+
+    qtbot.mouseClick(window.prism.report_button, Qt.MouseButton.LeftButton)
+    wait_for_the_end(qtbot, window, MAP_WAIT_MS)
+    draft = window.conversation().exchanges[-1]
+    assert draft.speaker == "Prism" and draft.state == "done" and draft.answer, (draft, window.messages.text)
+    assert f"Draft by Prism (not ANTONI): {draft.answer[:20]}" in window.chat.transcript.toPlainText()
+    assert [t["role"] for t in window.conversation().turns_for("next")] == ["user", "assistant", "user"]
+
+    window.actions_by_name["Rectangle"].trigger()
+    drag_rectangle(qtbot, window, BESIDE)  # another region: the first one, embedded above, is similar to it
+    qtbot.mouseClick(window.prism.similar_button, Qt.MouseButton.LeftButton)
+    wait_for_the_end(qtbot, window, MAP_WAIT_MS)
+    listed = window.prism.similar
+    assert listed.count() >= 1 and "(region)" in listed.item(0).text(), window.messages.text
+    listed.itemClicked.emit(listed.item(0))
+    assert window.region is not None and window.region.name.startswith("Similar region")
+    assert window.region.bounds == pytest.approx(ON_DAB, abs=20)

@@ -118,7 +118,7 @@ def test_evidence_toggles_over_the_view_and_overview_with_a_colour_bar(
 
 
 def test_zero_shot_bars_and_a_label_s_map(qtbot: QtBot, window: DeskWindow) -> None:
-    window.tabs.setCurrentWidget(window.prism)
+    window.tabs.setCurrentIndex(1)  # Prism
     window.prism.labels.setText("tumour")
     window.prism.zero_shot_button.click()
     assert "at least two labels" in window.messages.text and window.job is None

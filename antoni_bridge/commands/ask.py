@@ -1,8 +1,8 @@
 """`ask`: one question about a slide, a region or a features file, through the daemon or (`--local`) the
 engine in this process; `--choices` scores multiple choice instead; `--follow-up` continues the last
 conversation. Only the decoding options the user gives are sent: the engine's defaults fill the rest.
-`--evidence` then runs the daemon's `explain` job on the answer and writes its map (QuPath GeoJSON, and
-with `--evidence-png` a picture over the overview)."""
+`--evidence` then runs the `explain` job on the answer (the daemon's, or with `--local` the engine's) and
+writes its map (QuPath GeoJSON, and with `--evidence-png` a picture over the overview)."""
 
 from __future__ import annotations
 
@@ -79,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
     )
     conversation = (conversations.load(key) if args.follow_up else []) + [{"role": "user", "content": question}]
     stream = None if args.json else (lambda text: print(text, end="", flush=True))
+    engine = None
     if args.local:
-        done = _answer_local(args, request, conversation, stream)
+        _check_grid_is_trained(request, local=True)
+        engine = _engine(args)
+        done = _answer_local(engine, args, request, conversation, stream)
     else:
         content = {**_job_content(args, request), "conversation": conversation, "options": _options(args)}
         done = run_job("ask", content, stream)
-    explained = _explain(args, request, conversation, done) if args.evidence or args.evidence_png else None
+    wanted = args.evidence or args.evidence_png
+    explained = _explain(args, request, conversation, done, engine) if wanted else None
     _print_answer(args, done, explained)
     conversations.save(key, [*conversation, {"role": "assistant", "content": done["answer"]}])
     return 0
@@ -96,10 +100,6 @@ def _check_evidence_options(args: argparse.Namespace, slide: Path | None, choice
         return
     if choices:
         raise BridgeError("An evidence map explains an answer, not a multiple-choice score.", "leave out --choices")
-    if args.local:
-        raise BridgeError(
-            "--evidence runs the daemon's explain job.", "leave out --local (start `antoni-bridge serve`)"
-        )
     if args.evidence_png and slide is None:
         raise BridgeError(
             "--evidence-png draws over the slide's overview; a features file has none.", "ask about the slide"
@@ -116,15 +116,23 @@ def _check_evidence_options(args: argparse.Namespace, slide: Path | None, choice
 
 
 def _explain(
-    args: argparse.Namespace, request, conversation: list[dict[str, str]], done: dict[str, Any]
+    args: argparse.Namespace, request, conversation: list[dict[str, str]], done: dict[str, Any], engine
 ) -> dict[str, Any]:
-    """The `explain` job for the answer just given (its tokens fixed by the text), then its files."""
+    """The `explain` job for the answer just given (its tokens fixed by the text), then its files; `engine`:
+    the one that answered, with --local (else the daemon explains)."""
     from antoni_bridge import maps
 
     if not args.json:
         print("\nMapping the evidence for this answer...", flush=True)
-    content = {**_job_content(args, request), "conversation": conversation, "answer": done["answer"]}
-    explained = run_job("explain", content)
+    if engine is not None:
+        from dataclasses import asdict
+
+        with ProgressBars() as bars:
+            source = _source(args, request)
+            explained = asdict(engine.explain(source, conversation, done["answer"], on_progress=bars.update))
+    else:
+        content = {**_job_content(args, request), "conversation": conversation, "answer": done["answer"]}
+        explained = run_job("explain", content)
     tile_map = maps.evidence_map(explained)
     if args.evidence:
         maps.write_geojson(tile_map, args.evidence)
@@ -197,12 +205,12 @@ def _source(args: argparse.Namespace, request):  # request: SlideRequest | None 
     return SlideSource(request.path, request.region, request.slide_mpp)
 
 
-def _answer_local(args: argparse.Namespace, request, conversation: list[dict[str, str]], stream) -> dict[str, Any]:
-    """The engine in this process; the same fields as the daemon's `done`."""
+def _answer_local(
+    engine, args: argparse.Namespace, request, conversation: list[dict[str, str]], stream
+) -> dict[str, Any]:
+    """The engine in this process (`engine`); the same fields as the daemon's `done`."""
     from antoni_bridge.engine import options_from
 
-    _check_grid_is_trained(request, local=True)
-    engine = _engine(args)
     with ProgressBars() as bars:
 
         def on_text(text: str) -> None:
@@ -225,6 +233,7 @@ def _answer_local(args: argparse.Namespace, request, conversation: list[dict[str
         "tiles": answer.tiles,
         "region_clipped": answer.region_clipped,
         "cache_hit": answer.cache_hit,
+        "reliance": answer.reliance,
     }
 
 

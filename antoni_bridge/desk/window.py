@@ -19,6 +19,7 @@ from PyQt6.QtWidgets import (
     QFileDialog,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QSplitter,
     QTabWidget,
     QToolBar,
@@ -108,10 +109,13 @@ class DeskWindow(QMainWindow):
         side.addWidget(self.overview)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.region_list, "Regions")
-        self.tabs.addTab(self.prism, "Prism")
+        prism_scroll = QScrollArea()  # the tab may be short: its results scroll rather than squeeze the chat
+        prism_scroll.setWidget(self.prism)
+        prism_scroll.setWidgetResizable(True)
+        self.tabs.addTab(prism_scroll, "Prism")
         self.tabs.setTabToolTip(1, "Prism's own heads: zero-shot labels, a report draft, similar slides")
-        side.addWidget(self.tabs)
-        side.addWidget(self.chat, 1)
+        side.addWidget(self.tabs, 1)
+        side.addWidget(self.chat, 2)
         sidebar.setMinimumWidth(SIDEBAR_MIN)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.view)
