@@ -44,7 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def megabytes(count: float) -> str:
-    return f"{count / 2**20:,.0f} MB"
+    return f"{count / 2**20:,.0f} MiB"
 
 
 def main() -> None:

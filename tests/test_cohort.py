@@ -202,30 +202,44 @@ def test_a_manifest_names_slides_regions_and_cases(
     assert rows["missing"]["status"] == "failed" and "missing" in rows["missing"]["error"]
 
 
-def test_cohort_ask_answers_every_slide_as_the_engine_does_with_full_provenance(
-    ray_local: object, cohort_dir: Path, tmp_path: Path
+def test_cohort_ask_over_embedded_slides_answers_as_the_engine_does_with_full_provenance(
+    first_run: tuple[Path, int], ray_local: object, tmp_path: Path
 ) -> None:
     import pyarrow.parquet as pq
 
     from antoni_bridge.demo_assets import demo_weights
-    from antoni_bridge.engine import Engine, ModelChoice, SlideSource, options_from
+    from antoni_bridge.engine import Engine, FeaturesSource, ModelChoice, options_from
 
+    embedded, _ = first_run
     questions = tmp_path / "questions.txt"
     questions.write_text("Which stain does the slide show?\n# a comment\nIs there DAB staining?\n", encoding="utf-8")
     out = tmp_path / "answers.parquet"
-    args = ["cohort", "ask", str(cohort_dir), "--questions", str(questions), "--demo", "--max-new-tokens", "12"]
-    assert main([*args, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    args = ["cohort", "ask", str(embedded), "--questions", str(questions), "--demo", "--max-new-tokens", "12"]
+    assert main([*args, "--out", str(out)]) == 1  # the damaged slide has no answers
     rows = pq.read_table(out).to_pylist()
-    assert sorted((r["name"], r["question_number"]) for r in rows) == [(n, q) for n in sorted(SEEDS) for q in (1, 2)]
-    assert all(r["status"] == "done" and r["stop_reason"] in ("stop", "length") for r in rows)
+    names = sorted([*SEEDS, "broken"])
+    assert sorted((r["name"], r["question_number"]) for r in rows) == [(n, q) for n in names for q in (1, 2)]
+    done = [r for r in rows if r["name"] != "broken"]
+    assert all(r["status"] == "done" and r["stop_reason"] in ("stop", "length") for r in done)
+    assert all(r["status"] == "failed" and "Not embedded" in r["error"] for r in rows if r["name"] == "broken")
     demo = demo_weights()
     engine = Engine(ModelChoice(str(demo.tile_encoder), str(demo.slide_encoder), demo.antoni, demo=True), tmp_path)
     first = next(r for r in rows if r["name"] == "first" and r["question_number"] == 2)
     conversation = [{"role": "user", "content": "Is there DAB staining?"}]
-    expected = engine.ask(SlideSource(cohort_dir / "first.svs"), conversation, options_from({"max_new_tokens": 12}))
-    assert first["answer"] == expected.text
+    expected = engine.ask(FeaturesSource(embedded / "first.h5"), conversation, options_from({"max_new_tokens": 12}))
+    assert first["answer"] == expected.text and first["latents_from"] == "file"
     assert first["weights_sha256"] == expected.provenance["weights_sha256"] and first["demo"] is True
     assert '"max_new_tokens": 12' in first["decoding"] and '"ray": "2.' in first["versions"]
+
+
+def test_encoders_that_cannot_load_end_the_run_with_one_sentence(
+    ray_local: object, cohort_dir: Path, demo_encoders: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    wrong = ["--tile-encoder", str(demo_encoders[1]), "--slide-encoder", str(demo_encoders[1])]  # a Prism as Virchow
+    assert main(["cohort", "embed", str(cohort_dir), "--out", str(tmp_path / "out"), *wrong]) == 2
+    err = capsys.readouterr().err
+    assert "error: The encoder workers could not start:" in err and "not a Virchow-style ViT" in err
+    assert "Traceback" not in err
 
 
 def test_without_ray_the_command_says_to_install_the_extra(

@@ -53,7 +53,28 @@ BASES: dict[str, dict[str, Any]] = {  # well-formed requests, mutated one field 
     "forget": {"slide": "/nowhere/slide.svs"},
     "load": {"models": ["model"]},
     "unload": {"models": ["encoders"]},
+    "explain": {
+        "conversation": ASK["conversation"],
+        "features": "/nowhere/latents.pt",
+        "answer": "Yes.",
+        "method": "occlusion",
+        "groups": 8,
+        "random_orders": 2,
+    },
     "similar": {"slide": "/nowhere/slide.svs", "region": RECTANGLE, "top": 5, "within": "/nowhere"},
+    "zero_shot": {
+        "features": "/nowhere/latents.pt",
+        "prompts": {"a": ["x", "y"], "b": ["z"]},
+        "map": True,
+        "groups": 4,
+    },
+    "report": {
+        "slide": "/nowhere/slide.svs",
+        "region": RECTANGLE,
+        "prompt": "Diagnosis:",
+        "max_new_tokens": 4,
+        "beams": 2,
+    },
 }
 EXTRA_FIELDS = (
     "slide",
@@ -67,6 +88,15 @@ EXTRA_FIELDS = (
     "models",
     "top",
     "within",
+    "labels",
+    "prompts",
+    "map",
+    "groups",
+    "prompt",
+    "beams",
+    "answer",
+    "method",
+    "random_orders",
 )
 
 

@@ -45,7 +45,7 @@ def test_gpu_suite_smoke_runs_every_part(tmp_path: Path) -> None:
         "llm_bf16": "ok",
         "stack_4bit": "ok",
         "train_step": "ok",
-        "evidence_map": "not built yet",
+        "evidence_map": "ok",
         "cohort": "ok",
     }, {name: part.get("error") for name, part in report["parts"].items()}
     assert report["parts"]["llm_4bit"]["quant"] == "4bit"

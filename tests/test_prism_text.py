@@ -9,14 +9,22 @@ Zero-shot follows Prism's `zero_shot`: prompts + `</s>` tokenized as a right-pad
 dropped, CLS appended, positions counted over non-padding tokens, the CLS state entering the first
 cross-attention layer projected and normalised, a softmax over all prompts summed per label.
 Tolerances (float32 on the CPU): logits and probabilities within 1e-5 absolute; generated ids identical.
+The jobs run through a real `serve --demo` daemon on the shipped demo weights (their tiny text heads).
 """
 
 from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from antoni_bridge.client import Client
 from antoni_bridge.encoders.demo import demo_text_heads, demo_vocabulary, write_demo_slide_encoder
 from antoni_bridge.encoders.prism_text import (
     TIED_HEAD,
@@ -27,9 +35,11 @@ from antoni_bridge.encoders.prism_text import (
     load_tokenizer,
 )
 from antoni_bridge.errors import BridgeError
+from tests.conftest import run_cli, serve_demo
 
 transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-5
+REGION = {"type": "Polygon", "coordinates": [[[0, 0], [8000, 0], [8000, 2400], [0, 2400], [0, 0]]]}  # a strip
 PREFIX = "text_decoder.model."
 
 
@@ -219,3 +229,141 @@ def test_demo_heads_are_tied_and_the_tokenizer_is_biogpt(folder) -> None:
     assert len(ids) == 7  # whole words from the demo merges
     assert demo_vocabulary()[0]["madeupword0000</w>"] == model.config.cls_token_id
     assert demo_text_heads().config == model.config
+
+
+# ---------------------------------------------------------------------- through a real daemon and the CLI
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`serve --demo` (the shipped demo weights, with their text heads); clients count as gone after 10 s of
+    silence, not 1 s: on a loaded build machine a waiting test process can miss its heartbeats for longer."""
+    yield from serve_demo(tmp_path_factory, {}, "--client-timeout", "10")
+
+
+@pytest.fixture(scope="module")
+def latents_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("latents") / "latents.pt"
+    torch.save(torch.randn(513, 64, generator=torch.Generator().manual_seed(7)), path)
+    return path
+
+
+def _client(daemon: Path) -> Client:
+    return Client(daemon, timeout_s=60)
+
+
+def test_zero_shot_probabilities_sum_to_one_and_change_with_the_prompts(daemon: Path, latents_file: Path) -> None:
+    source = {"features": str(latents_file)}
+    with _client(daemon) as client:
+        plain = client.run_job("zero_shot", {**source, "labels": ["brown stain", "blue stain", "tumour"]})
+        pooled = client.run_job(
+            "zero_shot",
+            {
+                **source,
+                "prompts": {
+                    "brown stain": ["brown stain", "DAB positive"],
+                    "blue stain": ["blue"],
+                    "tumour": ["tumour"],
+                },
+            },
+        )
+    for done in (plain, pooled):
+        assert done["labels"] == ["brown stain", "blue stain", "tumour"] and done["model"] == "prism"
+        assert abs(sum(done["probabilities"]) - 1) < 1e-5 and done["map"] is None
+        assert done["provenance"]["adapter"] is False and done["provenance"]["demo"] is True
+    assert max(abs(a - b) for a, b in zip(plain["probabilities"], pooled["probabilities"], strict=True)) > 1e-3
+
+
+def test_a_zero_shot_map_scores_each_tile_group(daemon: Path, demo_40x) -> None:
+    with _client(daemon) as client:
+        done = client.run_job(
+            "zero_shot",
+            {"slide": str(demo_40x[0]), "region": REGION, "labels": ["tissue", "glass"], "map": True, "groups": 2},
+        )
+    grid = done["map"]
+    assert grid["groups"] == 2 and len(grid["coords"]) == len(grid["group_of"]) == grid["tiles"] > 2
+    assert set(grid["group_of"]) == {0, 1} and grid["tile_size"] > 0
+    assert all(abs(sum(row) - 1) < 1e-5 for row in grid["probabilities"]) and len(grid["probabilities"]) == 2
+    assert grid["probabilities"][0] != grid["probabilities"][1], "each group is scored from its own tiles"
+
+
+def test_the_report_streams_and_is_labelled_as_prisms(daemon: Path, latents_file: Path) -> None:
+    tokens: list[str] = []
+    with _client(daemon) as client:
+        done = client.run_job("report", {"features": str(latents_file), "max_new_tokens": 8}, on_token=tokens.append)
+        beams = client.run_job("report", {"features": str(latents_file), "max_new_tokens": 8, "beams": 3})
+    assert len(tokens) > 2 and "".join(tokens) == done["report"] and done["report"].startswith("Diagnosis:")
+    assert (
+        done["stop_reason"] == "length" and done["label"] == "Draft by Prism (not ANTONI)" and done["model"] == "prism"
+    )
+    assert beams["report"].startswith("Diagnosis:") and beams["stop_reason"] in ("stop", "length")
+
+
+def test_a_report_can_be_cancelled_between_tokens(daemon: Path, latents_file: Path) -> None:
+    with _client(daemon) as client, _client(daemon) as controller:
+        events = client.events("report", {"features": str(latents_file), "max_new_tokens": 1000})
+        job_id = next(events).content["job_id"]
+        next(e for e in events if e.type == "token")
+        start = time.monotonic()
+        controller.request("cancel", {"job_id": job_id})
+        last = list(events)[-1]
+        assert last.type == "cancelled" and time.monotonic() - start < 1.0
+        assert client.request("status").content["queue"]["running"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "sentence"),
+    [
+        ({}, "A zero_shot request carries either 'labels' or 'prompts'."),
+        ({"labels": ["tumour"]}, "'labels' must be a list of 2 to 64 non-empty labels."),
+        ({"labels": ["a", "b"], "prompts": {"a": ["x"], "b": ["y"]}}, "either 'labels' or 'prompts'"),
+        ({"labels": ["a", " a"]}, "The zero_shot labels must be different and non-empty."),
+        ({"prompts": {"a": [], "b": ["y"]}}, "'prompts' must map 2 to 64 labels"),
+    ],
+)
+def test_bad_zero_shot_requests_get_one_sentence(daemon: Path, content: dict, sentence: str) -> None:
+    with _client(daemon) as client, pytest.raises(BridgeError, match=re.escape(sentence)):
+        client.run_job("zero_shot", {"features": "/nowhere/latents.pt", **content})
+
+
+def test_bad_report_requests_get_one_sentence(daemon: Path) -> None:
+    with _client(daemon) as client, pytest.raises(BridgeError, match="'beams' must be a whole number from 1 to 16"):
+        client.run_job("report", {"features": "/nowhere/latents.pt", "beams": 0})
+
+
+def test_the_cli_prints_prisms_labels_and_report(daemon: Path, latents_file: Path, tmp_path: Path) -> None:
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"tumour": ["carcinoma", "tumor"], "normal": ["benign tissue"]}), encoding="utf-8")
+    labels = run_cli("zero-shot", "--features", str(latents_file), "--prompts", str(prompts), "--json", env=env)
+    assert labels.returncode == 0, labels.stderr
+    done = json.loads(labels.stdout)
+    assert done["labels"] == ["tumour", "normal"] and done["model"] == "prism"
+    report = run_cli("report", "--features", str(latents_file), "--max-new-tokens", "5", env=env)
+    assert report.returncode == 0, report.stderr
+    assert report.stdout.startswith("Draft by Prism (not ANTONI):\nDiagnosis:") and "stop: length" in report.stdout
+    one = run_cli("zero-shot", "--features", str(latents_file), "--labels", "tumour", env=env)
+    assert one.returncode != 0 and "2 to 64" in one.stderr and "Traceback" not in one.stderr
+
+
+def test_weights_without_text_heads_get_a_clear_error(tmp_path: Path, latents_file: Path, folder: Path) -> None:
+    """A Prism folder holding the perceiver alone (keys or config): one sentence from the engine, as the
+    daemon would reply it (`bad-input`)."""
+    from safetensors.torch import load_file, save_file
+
+    from antoni_bridge.engine import Engine, FeaturesSource, ModelChoice
+
+    bare = tmp_path / "prism-without-text"
+    bare.mkdir()
+    state = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in state.items() if k.startswith("image_resampler.")}, str(bare / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    (bare / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    engine = Engine(ModelChoice(str(folder), str(bare), tmp_path), cache_dir=tmp_path / "cache")
+    with pytest.raises(BridgeError, match="hold no text heads") as raised:
+        engine.report(FeaturesSource(latents_file))
+    assert "paige-ai/Prism" in raised.value.hint
+    config.pop("biogpt_config")
+    (bare / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(BridgeError, match="has no text heads"):
+        engine.zero_shot(FeaturesSource(latents_file), ["a", "b"])

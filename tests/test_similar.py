@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from antoni_bridge.client import Client
+from antoni_bridge.engine.similar import Entry, SimilarIndex, unit
 from antoni_bridge.errors import BridgeError
 from antoni_bridge.slides.demo import DemoLayout, write_demo_slide
 from antoni_bridge.slides.regions import Region
@@ -157,3 +159,46 @@ def test_forgetting_a_slide_drops_it_from_the_index(daemons: Daemons, slides: di
         client.run_job("forget", {"slide": str(slides["other"])})
     done = _similar(daemons, {"slide": str(slides["original"])})
     assert _found(done) == [("copy.svs", False), ("demo-40x.svs", True)] and done["indexed"] == 3
+
+
+# ------------------------------------------------------------------------------------------ the index alone
+
+
+def _entries(count: int, start: int = 0) -> list[Entry]:
+    return [Entry(f"/slides/{n}.svs", None, "", f"{n:032x}", None) for n in range(start, start + count)]
+
+
+def test_the_ranking_is_exact_where_float16_cannot_tell_rows_apart(tmp_path: Path) -> None:
+    """Near-ties far below float16's resolution are ranked as float32 ranks them."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(256).astype(np.float32)
+    rows = base + 1e-4 * rng.standard_normal((200, 256)).astype(np.float32)
+    index = SimilarIndex(tmp_path / "index")
+    index.add(_entries(200), rows)
+    query = base + 1e-4 * rng.standard_normal(256).astype(np.float32)
+    exact = unit(rows) @ unit(query)
+    found = [int(match.entry.fingerprint, 16) for match in index.search(query, 10)]
+    assert found == np.argsort(-exact, kind="stable")[:10].tolist()
+
+
+def test_a_torn_append_is_ignored_and_dropping_most_rows_compacts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((30, 32)).astype(np.float32)
+    index = SimilarIndex(tmp_path / "index")
+    index.add(_entries(30), rows)
+    with (tmp_path / "index" / "entries.jsonl").open("ab") as torn:  # a crash after the append, before the manifest
+        torn.write(b'{"slide": "/slides/half')
+    with (tmp_path / "index" / "vectors.f16").open("ab") as torn:
+        torn.write(b"\0" * 10)
+    reopened = SimilarIndex(tmp_path / "index")
+    assert len(reopened) == 30
+    reopened.add(_entries(1, start=30), rows[:1])
+    assert len(SimilarIndex(tmp_path / "index")) == 31  # the torn tail was cut, the new entry reads back
+
+    dropped = sum(reopened.drop(f"{n:032x}") for n in range(20))
+    assert dropped == 20 and len(reopened) == 11
+    lines = (tmp_path / "index" / "entries.jsonl").read_bytes().splitlines()
+    entries = [line for line in lines if not line.startswith(b'{"drop"')]
+    assert len(entries) == 15  # rewritten when the 16th of 31 went; the 4 after it are marked dropped
+    best = SimilarIndex(tmp_path / "index").search(rows[25], 1)[0]
+    assert best.entry.slide == "/slides/25.svs" and best.similarity == pytest.approx(1.0, abs=1e-6)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from antoni_bridge import paths
+from antoni_bridge.batch.extras import Extras, RunJob, adder
 from antoni_bridge.batch.sources import Item
 from antoni_bridge.client import saved_provenance
 from antoni_bridge.errors import BridgeError
@@ -48,32 +49,49 @@ def job_content(item: Item, options: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def asker(args: argparse.Namespace) -> Iterator[Asker]:
-    """The asker the options call for, released (models, sockets, a demo daemon) when the run ends."""
+def asker(args: argparse.Namespace, extras: Extras) -> Iterator[Asker]:
+    """The asker the options call for, released (models, sockets, a demo daemon) when the run ends; with
+    `extras`, each answer also carries the extra columns (batch.extras)."""
     options = options_set(args)
     if args.local:
-        yield _recording(_local_asker(args, options), {}, options)
+        yield _recording(_local_asker(args, options, extras), {}, options)
     elif args.demo:
-        with _own_demo_daemon() as connection, _daemon_asker(connection, options) as ask:
+        with _own_demo_daemon() as connection, _daemon_asker(connection, options, extras) as ask:
             yield ask
     else:
-        with _daemon_asker(None, options) as ask:
+        with _daemon_asker(None, options, extras) as ask:
             yield ask
 
 
 @contextlib.contextmanager
-def _daemon_asker(connection: Path | None, options: dict[str, Any]) -> Iterator[Asker]:
+def _daemon_asker(connection: Path | None, options: dict[str, Any], extras: Extras) -> Iterator[Asker]:
     from antoni_bridge.client import Cancelled, Client, provenance_in_hello
 
     with Client(connection) as client:
+        stage: list[OnStage] = [lambda name: None]
 
-        def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
+        def run(kind: str, content: dict[str, Any]) -> dict[str, Any]:
             try:
-                return client.run_job("ask", job_content(item, options), on_progress=lambda p: on_stage(p.stage))
+                return client.run_job(kind, content, on_progress=lambda p: stage[0](p.stage))
             except Cancelled:
                 raise BridgeError("The job was cancelled in the daemon.", "run the batch again to retry it") from None
 
-        yield _recording(ask, provenance_in_hello(client.request("hello").content), options)
+        yield _recording(
+            _with_extras(run, options, extras, stage), provenance_in_hello(client.request("hello").content), options
+        )
+
+
+def _with_extras(run: RunJob, options: dict[str, Any], extras: Extras, stage: list[OnStage]) -> Asker:
+    """An asker over `run` (one job to its done): the answer, then the extra columns it was asked for."""
+    columns = adder(extras, run) if extras else None
+
+    def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
+        stage[0] = on_stage
+        content = job_content(item, options)
+        done = run("ask", content)
+        return {**done, **columns(item, content, done)} if columns else done
+
+    return ask
 
 
 def _recording(ask: Asker, known: dict[str, Any], options: dict[str, Any]) -> Asker:
@@ -117,21 +135,25 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
         process.wait()
 
 
-def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
+def _local_asker(args: argparse.Namespace, options: dict[str, Any], extras: Extras) -> Asker:
     """The engine in this process, models and latents kept between items: the daemon's answers, no sockets."""
+    from dataclasses import asdict
+
     from antoni_bridge.engine import Engine, options_from, source_from
     from antoni_bridge.model_sources import model_choice
 
     engine = Engine(model_choice(args), args.cache_dir)
+    stage: list[OnStage] = [lambda name: None]
 
-    def ask(item: Item, on_stage: OnStage) -> dict[str, Any]:
-        content = job_content(item, options)
-        answer = engine.ask(
-            source_from(content),
-            content["conversation"],
-            options_from(options),
-            on_progress=lambda progress: on_stage(progress.stage),
-        )
+    def run(kind: str, content: dict[str, Any]) -> dict[str, Any]:
+        source, progress = source_from(content), {"on_progress": lambda p: stage[0](p.stage)}
+        if kind == "explain":
+            return asdict(engine.explain(source, content["conversation"], content["answer"], **progress))
+        if kind == "zero_shot":
+            return asdict(engine.zero_shot(source, content["labels"], **progress))
+        if kind == "report":
+            return asdict(engine.report(source, **progress))
+        answer = engine.ask(source, content["conversation"], options_from(options), **progress)
         return {
             "answer": answer.text,
             "demo": engine.choice.demo,
@@ -142,4 +164,4 @@ def _local_asker(args: argparse.Namespace, options: dict[str, Any]) -> Asker:
             "provenance": answer.provenance,
         }
 
-    return ask
+    return _with_extras(run, options, extras, stage)

@@ -33,6 +33,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--out", type=Path, default=Path("answers.csv"), help="the CSV (default answers.csv)")
     batch.add_argument("--in-place", action="store_true", help="write answers into the project itself, after a backup")
     batch.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the daemon's, 1024)")
+    batch.add_argument("--evidence", action="store_true", help="an evidence map per answer (QuPath tiles, GeoJSON)")
+    batch.add_argument("--zero-shot", metavar="LABELS", help='Prism zero-shot labels as columns: "label1,label2,..."')
+    batch.add_argument("--report", action="store_true", help="Prism's report draft as a column")
     batch.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
     batch.add_argument("--demo", action="store_true", help="demo weights (without --local: a demo daemon of its own)")
     model_options(batch, "with --local: ")
@@ -45,12 +48,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from antoni_bridge.batch.asking import asker
+    from antoni_bridge.batch.extras import Extras
 
     questions = read_questions(args.question, args.questions)
     choice = Choice.parse(args.annotations)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     outputs = Outputs.beside(args.out)
+    extras = Extras.parse(outputs.evidence_dir if args.evidence else None, args.zero_shot, args.report)
     project = qupath_project.is_project(args.source)
     _check_outputs(args, outputs, project)
     if project:
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     outputs.log.parent.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(outputs.log)
     to_ask = any(not (item.problem or log.is_done(item)) for item in listed)
-    with asker(args) if to_ask else contextlib.nullcontext(None) as ask:  # no model started for nothing
+    with asker(args, extras) if to_ask else contextlib.nullcontext(None) as ask:  # no model started for nothing
         summary = run_items(listed, ask, log)
     records = log.of(listed)
     write_tables(outputs, records, summary.as_dict())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from antoni_bridge.batch.extras import COLUMNS as EXTRA_COLUMNS
 from antoni_bridge.batch.sources import Item
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.files import write_atomically
@@ -37,6 +38,7 @@ class Outputs:
     log: Path
     geojson_dir: Path
     project_copy: Path
+    evidence_dir: Path  # one evidence map per answer (--evidence)
 
     @classmethod
     def beside(cls, out: Path) -> Outputs:
@@ -47,6 +49,7 @@ class Outputs:
             stem.with_suffix(".jsonl"),
             stem.with_name(stem.name + "-geojson"),
             stem.with_name(stem.name + "-project"),
+            stem.with_name(stem.name + "-evidence"),
         )
 
     def files(self) -> list[Path]:
@@ -113,12 +116,14 @@ def record(item: Item, done: dict[str, Any] | None = None, reason: str = "") -> 
         "stop_reason": done.get("provenance", {}).get("stop_reason", ""),
         "provenance": done.get("provenance", {}),
         "token_ids": done.get("token_ids", []),  # in the JSON and the log, not the CSV: the answer exactly
+        **{column: done[column] for column in EXTRA_COLUMNS if column in done},  # asked for (batch.extras)
     }
 
 
 def write_tables(outputs: Outputs, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    extra = [column for column in EXTRA_COLUMNS if any(column in r for r in records)]
+    writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, *extra], extrasaction="ignore")
     writer.writeheader()
     writer.writerows({**r, "provenance": _provenance_text(r)} for r in records)
     write_atomically(outputs.csv, buffer.getvalue())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antoni_bridge.cohort.embedding import failure_reason
+from antoni_bridge.cohort.embedding import failure_reason, started
 from antoni_bridge.cohort.manifest import DONE, FAILED, MANIFEST, read_manifest
 from antoni_bridge.cohort.sources import CohortSlide, Target, read_cohort
 from antoni_bridge.errors import BridgeError
@@ -36,7 +36,12 @@ def ask_items(source: Path) -> list[AskItem]:
     """The slides of SOURCE, or of a `cohort embed` output folder (its feature files)."""
     if (source / MANIFEST).is_file():
         return _embedded_items(source)
-    return [AskItem(s, (IMAGE, *s.annotations)) for s in read_cohort(source)]
+    return [AskItem(s, (_whole(s), *s.annotations)) for s in read_cohort(source)]
+
+
+def _whole(slide: CohortSlide) -> Target:
+    """What "the slide" is: the region its manifest row names, if any, else the whole image."""
+    return Target("region", "region", slide.region) if slide.region else IMAGE
 
 
 def _embedded_items(folder: Path) -> list[AskItem]:
@@ -60,7 +65,16 @@ class AskWorker:
 
         quiet_libraries()  # as the command does: known third-party notices stay out of the run's output
         self.engine = Engine(choice, cache_dir, settings=settings)
-        self.engine.load()
+        self.problem: BridgeError | None = None
+        try:
+            self.engine.load()
+        except BridgeError as exc:  # kept for `check`: an actor whose start fails is only "dead" to Ray
+            self.problem = exc
+
+    def check(self) -> None:
+        """Raise why the models did not load, if they did not."""
+        if self.problem is not None:
+            raise self.problem
 
     def ask(self, item: AskItem, questions: list[str], options: Any) -> list[dict[str, Any]]:
         """A row per target and question: the answer with its provenance, or why there is none."""
@@ -175,6 +189,7 @@ def ask_cohort(
     start = time.perf_counter()
     actor = ray.remote(AskWorker).options(**resources, max_restarts=-1, max_task_retries=retries)
     pool = [actor.remote(*worker_args) for _ in range(workers)]
+    started(ray, [worker.check.remote() for worker in pool], "model")
     queue, waiting, load, rows = list(reversed(items)), {}, [0] * workers, []
     while queue or waiting:
         while queue and min(load) < 2:

@@ -71,7 +71,12 @@ def embed_cohort(
     """Embed every slide into OUT/NAME.h5 and record the run in OUT/manifest.parquet."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()  # the workers' start (models loading) counts in the run's rate
-    run = _Run(ray, slides, out, settings, _worker_count(ray, settings, workers), progress, worker_class)
+    try:
+        run = _Run(ray, slides, out, settings, _worker_count(ray, settings, workers), progress, worker_class)
+    except BaseException:
+        if progress is not None:
+            progress.close()
+        raise
     return run.run(start)
 
 
@@ -113,23 +118,25 @@ class _Run:
         self.counts = {"embedded": 0, "skipped": 0, "failed": 0, "tiles": 0}
         self.waiting: dict[Any, tuple[str, _Slide, int]] = {}  # ref -> (what, slide, block)
         self.under_way: list[_Slide] = []
-        self.workers = [self._actor(worker_class) for _ in range(workers)]
+        self.worker_class, self.worker_count = worker_class, workers
+        self.workers: list[Any] = []  # started with the first slide to embed: a rerun loads no model
         self.load = [0] * workers  # blocks queued on each worker
-        described = ray.get(self.workers[0].describe.remote())
-        self.attrs, self.input_size = described["attrs"], described["input_size"]
         cpus, _ = cluster_resources(ray)
         readers = max(1, int(cpus - workers * settings.worker_cpus))
         self.blocks_in_flight = 2 * (workers + readers)
         self.slides_in_flight = workers + readers + 1
         self._tasks()
 
-    def _actor(self, worker_class: type) -> Any:
+    def _start_workers(self) -> None:
+        """The encoder actors, and what they say of their encoders (or why they could not load them)."""
         s = self.settings
         gpus = s.gpus_per_worker if s.device != "cpu" else 0
-        actor = self.ray.remote(worker_class).options(
+        actor = self.ray.remote(self.worker_class).options(
             num_cpus=s.worker_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=s.retries
         )
-        return actor.remote(s)
+        self.workers = [actor.remote(s) for _ in range(self.worker_count)]
+        described = started(self.ray, [w.describe.remote() for w in self.workers], "encoder")[0]
+        self.attrs, self.input_size = described["attrs"], described["input_size"]
 
     def _tasks(self) -> None:
         remote, retries = self.ray.remote, self.settings.retries
@@ -216,10 +223,14 @@ class _Run:
         if planned.skipped:
             self._skipped(work)
             return
+        if not self.workers:
+            self._start_workers()
         if planned.grid.spec.size != self.input_size:
-            self._fail(work, f"The tile encoder takes {self.input_size}-px tiles, not {planned.grid.spec.size}.")
+            wanted, size = self.input_size, planned.grid.spec.size
+            self._fail(work, f"The tile encoder takes {wanted}-px tiles, not {size} (use --size {wanted}).")
             return
-        step = self.settings.block_tiles
+        batch = self.settings.batch_size  # blocks of whole batches: the encoder sees the batches `embed` gives it
+        step = -(-self.settings.block_tiles // batch) * batch
         work.blocks = [(i, min(i + step, planned.tiles)) for i in range(0, planned.tiles, step)]
         self.progress.planned(planned.tiles)
         if not work.blocks:
@@ -270,6 +281,14 @@ class _Run:
     def _save(self) -> None:
         if self.records:
             write_manifest(self.out, list(self.records.values()))
+
+
+def started(ray: Any, checks: list[Any], what: str) -> list[Any]:
+    """The workers' answers to a first call; a worker that could not load its models ends the run here."""
+    try:
+        return ray.get(checks)
+    except Exception as exc:  # Ray wraps the worker's exception, or says the worker died
+        raise BridgeError(f"The {what} workers could not start: {failure_reason(exc)}", "") from None
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -132,14 +132,20 @@ class TileWorker:
         quiet_libraries()  # as the command does: known third-party notices stay out of the run's output
         if settings.device == "cpu":
             torch.set_num_threads(max(1, int(settings.worker_cpus)))
-        self.batch_size = settings.batch_size
-        s = settings
-        self.encoders = Encoders.load(s.tile_encoder, s.slide_encoder, s.device, s.precision)
+        self.batch_size, s = settings.batch_size, settings
+        self.problem: BridgeError | None = None
+        try:
+            self.encoders = Encoders.load(s.tile_encoder, s.slide_encoder, s.device, s.precision)
+        except BridgeError as exc:  # kept for `describe`: an actor whose start fails is only "dead" to Ray
+            self.problem = exc
 
     def describe(self) -> dict[str, Any]:
-        """The feature file's encoder attributes and the tile size the tile encoder takes."""
+        """The feature file's encoder attributes and the tile size the tile encoder takes; or why the
+        encoders did not load."""
         from antoni_bridge.slides.planning import encoder_attrs
 
+        if self.problem is not None:
+            raise self.problem
         return {"attrs": encoder_attrs(self.encoders), "input_size": self.encoders.tile.input_size}
 
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, int]:

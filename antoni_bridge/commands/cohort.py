@@ -110,6 +110,8 @@ def _model_workers(ray, args: argparse.Namespace):  # -> (ModelChoice, resources
     from antoni_bridge.errors import BridgeError
     from antoni_bridge.model_sources import model_choice
 
+    if args.gpus_per_worker <= 0:
+        raise BridgeError("--gpus-per-worker must be positive.", "leave it out for one GPU per model worker")
     cpus, gpus = cluster_resources(ray)
     device = args.device or ("cuda" if gpus > 0 else "cpu")
     choice = replace(model_choice(argparse.Namespace(**{**vars(args), "device": "cpu"})), device=device)

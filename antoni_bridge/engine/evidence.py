@@ -111,7 +111,11 @@ class MaskedScorer:
 
 
 def occlusion_map(
-    score: MaskedScorer, coords: np.ndarray, groups: int = GROUPS, random_orders: int = RANDOM_ORDERS
+    score: MaskedScorer,
+    coords: np.ndarray,
+    groups: int = GROUPS,
+    random_orders: int = RANDOM_ORDERS,
+    refine_top: int = REFINE_TOP,
 ) -> EvidenceMap:
     """The occlusion map of an answer over `groups` compact tile groups, refined and checked (module doc)."""
     if len(coords) < 2:
@@ -123,16 +127,22 @@ def occlusion_map(
     scores = score(keep, "occlusion")
     full, drops = float(scores[0]), scores[0] - scores[1:]
     values = drops[labels]
-    refined = _refine(score, coords, labels, drops, full, values)
-    faithfulness = _faithfulness(score, labels, drops, full, random_orders)
-    return EvidenceMap(values, labels, k, full, faithfulness, refined)
+    refined = _refine(score, coords, labels, drops, full, values, refine_top)
+    checked = faithfulness(score, labels, drops, full, random_orders)
+    return EvidenceMap(values, labels, k, full, checked, refined)
 
 
 def _refine(
-    score: MaskedScorer, coords: np.ndarray, labels: np.ndarray, drops: np.ndarray, full: float, values: np.ndarray
+    score: MaskedScorer,
+    coords: np.ndarray,
+    labels: np.ndarray,
+    drops: np.ndarray,
+    full: float,
+    values: np.ndarray,
+    refine_top: int,
 ) -> list[int]:
     """The finer pass (module doc): writes sub-group drops into `values`; returns the refined groups."""
-    top = [int(g) for g in np.argsort(-drops, kind="stable")[:REFINE_TOP] if np.sum(labels == g) >= 2]
+    top = [int(g) for g in np.argsort(-drops, kind="stable")[:refine_top] if np.sum(labels == g) >= 2]
     parts: list[np.ndarray] = []  # tile indices of each sub-group
     for group in top:
         members = np.flatnonzero(labels == group)
@@ -153,10 +163,11 @@ def curve_points(groups: int) -> list[int]:
     return sorted({min(max(round(f * groups), 1), groups - 1) for f in CURVE_FRACTIONS})
 
 
-def _faithfulness(
+def faithfulness(
     score: MaskedScorer, labels: np.ndarray, drops: np.ndarray, full: float, random_orders: int
 ) -> Faithfulness:
-    """Deletion curve in the map's order against `random_orders` seeded random orders (module doc)."""
+    """Deletion curve in the order of `drops` (each group's evidence) against `random_orders` seeded random
+    orders (module doc); `full` is the answer's log-likelihood with every tile."""
     k = len(drops)
     rng = np.random.default_rng(0)
     orders = [np.argsort(-drops, kind="stable")] + [rng.permutation(k) for _ in range(random_orders)]

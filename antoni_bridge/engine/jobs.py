@@ -439,7 +439,7 @@ class Engine:
         cache (latents alone) or the encoders."""
         report = _cancellable(on_progress, cancelled)
         if isinstance(source, FeaturesSource):
-            if not Path(source.path).expanduser().exists():
+            if not _exists(source.path):
                 hint = "create one with `antoni-bridge embed SLIDE --out FILE`"
                 raise BridgeError(f"No features file at {source.path}.", hint)
             return read_features_file(FeaturesSource(self.roots.allowed(source.path)))
@@ -459,7 +459,7 @@ class Engine:
         """The tile features, coordinates and tile size of a slide (or region) or features file, for maps:
         from the feature cache when the slide was embedded before (else embedded now, and cached)."""
         if isinstance(source, FeaturesSource):
-            if not Path(source.path).expanduser().exists():
+            if not _exists(source.path):
                 raise BridgeError(f"No features file at {source.path}.", "create one with `antoni-bridge embed`")
             return read_tile_features_file(self.roots.allowed(source.path))
         from antoni_bridge.encoders.pipeline import embed_slide
@@ -558,6 +558,14 @@ def _generated(result: Any, provenance: dict[str, Any], start: float) -> dict[st
             "prompt_tokens": result.prompt_tokens,
         },
     }
+
+
+def _exists(path: Path | str) -> bool:
+    """Whether a file is there; a name the system cannot even look up (a part over 255 bytes) is bad input."""
+    try:
+        return Path(path).expanduser().exists()
+    except OSError as exc:
+        raise BridgeError(f"Cannot look up {str(path)[:300]} ({exc.strerror}).", "check the path") from None
 
 
 def _total(start: float) -> dict[str, float]:

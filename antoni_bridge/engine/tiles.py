@@ -42,6 +42,8 @@ def from_feature_file(data: Any, name: str) -> TileFeatures:  # data: features.h
 
 def read_tile_features_file(path: Path) -> TileFeatures:
     """Tile features of a features file (ours, or any TRIDENT-style file with `coords` and `features`)."""
-    from antoni_bridge.features.h5 import read_feature_file
+    from antoni_bridge.features.h5 import FeatureFile, read_feature_file
 
+    if Path(path).suffix in (".pt", ".pth"):  # a tensor file holds the latents alone
+        return from_feature_file(FeatureFile(coords=[], contour_index=[]), Path(path).name)
     return from_feature_file(read_feature_file(path, features=True), Path(path).name)

@@ -93,7 +93,7 @@ Closure askAndWait = { String question ->
 }
 seen.first = askAndWait('Which stain is this?')
 seen.followUp = askAndWait('Is there DAB (brown) staining?')
-seen.annotation = [description: tumour.getDescription(), metadata: tumour.getMetadata()]
+seen.annotation = [description: tumour.getDescription(), metadata: new LinkedHashMap(tumour.getMetadata())]
 Fx.run { // the tab headers scroll to a tab selected once the window is laid out, as after a click on the menu
     qupath.analysisTabPane.selectionModel.select(0)
     glue.showPanel()
@@ -107,7 +107,7 @@ List explainProgress = Collections.synchronizedList([])
 ChangeListener onExplain = { obs, old, text -> if (text) explainProgress << text } as ChangeListener
 Fx.run {
     panel.progressText.textProperty().addListener(onExplain)
-    panel.answers.children[1].children[0].fire()
+    panel.answers.children[-1].children[0].fire() // under the last answer
 }
 Fx.waitFor('the evidence map', 180) { !panel.askButton.disabled }
 seen.evidence = Fx.run {
@@ -140,7 +140,33 @@ seen.removed = Fx.run {
     [message: panel.message.text, left: glue.evidenceTiles().size()]
 }
 
-// Similar slides, from the slide embedded above: the list, and a click that opens the first as a file (no project)
+// Prism's heads on the same region: zero-shot labels as bars, then its report draft streamed into the conversation
+Fx.run {
+    panel.labels.text = 'brown DAB staining, blue haematoxylin only'
+    panel.zeroShot.fire()
+}
+Fx.waitFor('the zero-shot labels', 120) { !panel.askButton.disabled }
+seen.zeroShot = Fx.run {
+    [rows: panel.zeroShotResults.children.collect { it.children[2].text },
+     bars: panel.zeroShotResults.children.collect { it.children[0].progress }, message: panel.message.text]
+}
+int reportChanges = 0
+ChangeListener onReport = { obs, old, text -> reportChanges++ } as ChangeListener
+Fx.run {
+    panel.transcript.textProperty().addListener(onReport)
+    panel.draftReport.fire()
+}
+Fx.waitFor("Prism's report draft", 120) { !panel.askButton.disabled }
+seen.report = Fx.run {
+    panel.transcript.textProperty().removeListener(onReport)
+    [transcript: panel.transcript.text, changes: reportChanges, message: panel.message.text,
+     saved: Protocol.fromJson("{\"turns\": ${tumour.getMetadata()['ANTONI conversation']}}").turns]
+}
+
+// Similar slides to a smaller annotation inside the first (embedded now: a few tiles): the first's region, indexed
+// when it was asked about, is the closest (the source itself is left out); a click opens it as a file (no project)
+def inner = QuPathDouble.annotation('POLYGON ((2000 2000, 3000 2000, 3000 3000, 2000 3000, 2000 2000))', 'Inner')
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([inner], inner)
 Fx.run { panel.similarSlides.fire() }
 Fx.waitFor('the similar slides', 60) { !panel.askButton.disabled }
 seen.similar = Fx.run { [links: panel.similarResults.children*.text, message: panel.message.text] }
@@ -150,6 +176,7 @@ Fx.run { panel.similarResults.children.find()?.fire() } // none: the test says w
 seen.similarOpened = [calls: QuPathDouble.calls.findAll { it.startsWith('open') },
                       file: new File(qupath.imageData.server.URIs[0]).path]
 qupath.imageData = asked
+qupath.imageData.hierarchy.selectionModel.setSelectedObjects([tumour], tumour)
 // The self-test, as a user runs it from the menu, on the annotation that has answers saved with it.
 Map before = new LinkedHashMap(tumour.getMetadata())
 QuPathDouble.calls.clear()

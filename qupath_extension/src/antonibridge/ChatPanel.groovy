@@ -20,6 +20,7 @@ import javafx.scene.input.KeyEvent
 import javafx.scene.layout.GridPane
 import javafx.scene.layout.HBox
 import javafx.scene.layout.Priority
+import javafx.scene.layout.Region
 import javafx.scene.layout.VBox
 import javafx.scene.Scene
 import javafx.stage.Stage
@@ -408,8 +409,9 @@ class ChatPanel {
             link.onAction = { open(slide) } as EventHandler
             return link
         })
-        inform(results ? "${results.size()} similar slides of ${content.indexed} indexed on the daemon's computer." :
-                "No similar slide: the daemon has indexed ${content.indexed} slides (each slide asked about is).")
+        long indexed = content.indexed as long
+        inform(results ? "${results.size()} similar slides of ${indexed} indexed on the daemon's computer." :
+                "No similar slide: the daemon has indexed ${indexed} slides and regions (each one asked about is).")
     }
 
     private void open(String slide) {
@@ -432,7 +434,7 @@ class ChatPanel {
             show(shownKey) // without the partial answer or draft
         }
         if (type == 'cancelled' && content.reason == 'client-gone') {
-            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for 3 s.",
+            say("The daemon cancelled the ${JOBS[job.kind]}: it heard nothing from the panel for too long.",
                     'the computer may be overloaded; try again')
         } else if (type == 'cancelled') {
             inform(job.kind == 'ask' ? 'Cancelled; the question is back in the box.' : "Cancelled the ${JOBS[job.kind]}.")
@@ -597,6 +599,7 @@ class ChatPanel {
         root.padding = new Insets(8)
         [connectionProblem, message].each {
             it.wrapText = true
+            it.minHeight = Region.USE_PREF_SIZE // the whole sentence, even when the panel is short of room
             it.style = ERROR_STYLE
             reveal(it, false)
         }
@@ -651,11 +654,11 @@ class ChatPanel {
         labels.promptText = 'labels, separated by commas'
         HBox.setHgrow(labels, Priority.ALWAYS)
         withinProject.selected = false
-        VBox box = new VBox(6, new Label('Prism (the slide encoder\'s own text heads; not ANTONI):'),
-                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides, withinProject),
-                similarResults)
+        VBox box = new VBox(6, new Label("The slide encoder's own heads: another model than ANTONI."),
+                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides),
+                withinProject, similarResults)
         TitledPane pane = new TitledPane('Prism: zero-shot labels, report draft, similar slides', box)
-        pane.expanded = true
+        pane.expanded = false // room for the conversation; one click opens it
         return pane
     }
 
