@@ -525,26 +525,27 @@ class DeskWindow(QMainWindow):
             self.job.cancel()
 
     def _job_event(self, type_: str, content: dict[str, Any]) -> None:
-        if type_ == "done" and self.job_kind in ("explain", "zero_shot", "similar"):
-            self._result(content)
-            return
-        exchange = self.job_exchange
-        if exchange is None:
-            if type_ == "accepted":
-                self.chat.set_job(_queue_text(content["position"]))
-            elif type_ == "progress":
-                self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
-            return
         if type_ == "accepted":
             self.chat.set_job(_queue_text(content["position"]))
-        elif type_ == "progress" and content["stage"] == BUSY_STAGE:
+        elif type_ == "progress":
+            self._progress(content)
+        elif type_ == "done" and self.job_kind in ("explain", "zero_shot", "similar"):
+            self._result(content)
+        elif self.job_exchange is not None:
+            self._exchange_event(self.job_exchange, type_, content)
+
+    def _progress(self, content: dict[str, Any]) -> None:
+        if content["stage"] == BUSY_STAGE:
             self.chat.set_job("Waiting: the daemon's queue is full (other front ends); the question is sent again")
-        elif type_ == "progress" and content["stage"] == "generating":
+        elif content["stage"] == "generating":
             self.job_generating_since = time.monotonic()
             self.chat.set_generation(0, self._token_limit(), 0.0)
-        elif type_ == "progress":
+        else:
             self.chat.set_progress(content["stage"], content["done"], content["total"], content.get("rate", 0.0))
-        elif type_ == "token":
+
+    def _exchange_event(self, exchange: Exchange, type_: str, content: dict[str, Any]) -> None:
+        """An event of a job that writes into the conversation: an answer, or Prism's draft."""
+        if type_ == "token":
             self.job_tokens += 1
             elapsed = time.monotonic() - self.job_generating_since if self.job_generating_since else 0.0
             rate = self.job_tokens / elapsed if elapsed > 0 else 0.0
