@@ -707,7 +707,9 @@ class AskDone(Answered):
     latents_from: LatentsFrom
     latents_shape: list[int]
     tiles: int | None = Field(description="null for a features file")
-    reliance: Reliance | None = Field(description="how much the answer depends on the slide; null for an empty answer")
+    reliance: Reliance | None = Field(
+        description="how much the answer depends on the slide; null for an empty answer or one past the context"
+    )
 
 
 class Faithfulness(Reply):

@@ -197,7 +197,7 @@ class Engine:
             latents.values, conversation, options, on_text=on_text, cancelled=cancelled, prefix_key=latents.key
         )
         generated = _generated(result, self._provenance(options, result.stop_reason), start)
-        reliance = self.reliance(latents, conversation, result.text) if result.text.strip() else None
+        reliance = self._answer_reliance(latents, conversation, result.text)
         return Answer(
             **generated,
             latents_from=latents.source,
@@ -214,6 +214,18 @@ class Engine:
 
         other, other_from = other_latents(self.memory, self.cache_dir, latents)
         return reliance(self.model, latents.values, other, other_from, conversation, answer).to_dict()
+
+    def _answer_reliance(
+        self, latents: Latents, conversation: list[dict[str, Any]], answer: str
+    ) -> dict[str, Any] | None:
+        """Reliance for ask's done; None when the answer cannot be scored: empty, or, tokenised again from its
+        text, longer than the model's context (an answer cut at the token limit can be). The answer stands."""
+        if not answer.strip():
+            return None
+        try:
+            return self.reliance(latents, conversation, answer)
+        except BridgeError:
+            return None
 
     def explain(
         self,
