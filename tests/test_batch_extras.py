@@ -32,9 +32,12 @@ def test_a_batch_writes_an_evidence_map_per_answer_and_prisms_columns(
     (folder / "a.svs").symlink_to(demo_40x[0])
     out = tmp_path / "answers.csv"
     args = [str(folder), "--question", QUESTION, "--annotations", "none", "--out", str(out), "--max-new-tokens", "4"]
-    extras = ["--evidence", "--zero-shot", LABELS, "--report"]
-    result = run_cli("batch", *args, *extras, env={"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)})
+    env = {"ANTONI_BRIDGE_CONNECTION_FILE": str(daemon)}
+    assert run_cli("batch", *args, env=env).returncode == 0  # answered without them first
+    extras = ["--evidence", "--evidence-groups", "8", "--evidence-orders", "2", "--zero-shot", LABELS, "--report"]
+    result = run_cli("batch", *args, *extras, env=env)  # the same batch again, now asking for them
     assert result.returncode == 0, result.stderr
+    assert "1 answered" in result.stdout, "an answer without the columns asked for is asked again"
     with out.open(newline="", encoding="utf-8") as table:
         (row,) = csv.DictReader(table)
     assert row["status"] == "done", row["reason"]
@@ -49,19 +52,22 @@ def test_a_batch_writes_an_evidence_map_per_answer_and_prisms_columns(
     tiles = json.loads(evidence.read_text(encoding="utf-8"))["features"]
     assert tiles and all(t["properties"]["objectType"] == "tile" for t in tiles)
     assert all("ANTONI evidence" in t["properties"]["measurements"] for t in tiles)
+    assert {t["properties"]["measurements"]["ANTONI evidence group"] for t in tiles} == set(range(8))
     (record,) = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["results"]
     assert record["evidence_map"] == str(evidence) and record["zero_shot_best"] == row["zero_shot_best"]
 
 
 @pytest.mark.parametrize(
-    ("labels", "sentence"),
-    [("only-one", "--zero-shot needs 2 to 64 labels"), ("a,b,a", "--zero-shot names a label twice.")],
+    ("options", "sentence"),
+    [
+        (["--zero-shot", "only-one"], "--zero-shot needs 2 to 64 labels"),
+        (["--zero-shot", "a,b,a"], "--zero-shot names a label twice."),
+        (["--evidence", "--evidence-groups", "1"], "--evidence-groups must be 2 to 1024"),
+    ],
 )
-def test_bad_zero_shot_labels_are_refused_before_anything_runs(
-    demo_40x: tuple[Path, DemoLayout], tmp_path: Path, labels: str, sentence: str
+def test_bad_extras_are_refused_before_anything_runs(
+    demo_40x: tuple[Path, DemoLayout], tmp_path: Path, options: list[str], sentence: str
 ) -> None:
-    result = run_cli(
-        "batch", str(demo_40x[0]), "--question", QUESTION, "--out", str(tmp_path / "a.csv"), "--zero-shot", labels
-    )
+    result = run_cli("batch", str(demo_40x[0]), "--question", QUESTION, "--out", str(tmp_path / "a.csv"), *options)
     assert result.returncode == 2 and sentence in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "a.csv").exists()

@@ -5,6 +5,7 @@ survived, a damaged slide recorded as failed, reruns that do no work, and the me
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -230,6 +231,36 @@ def test_cohort_ask_over_embedded_slides_answers_as_the_engine_does_with_full_pr
     assert first["answer"] == expected.text and first["latents_from"] == "file"
     assert first["weights_sha256"] == expected.provenance["weights_sha256"] and first["demo"] is True
     assert '"max_new_tokens": 12' in first["decoding"] and '"ray": "2.' in first["versions"]
+
+
+def test_cohort_ask_writes_evidence_maps_and_zero_shot_columns(
+    first_run: tuple[Path, int], ray_local: object, tmp_path: Path
+) -> None:
+    import json
+
+    from antoni_bridge.cohort.manifest import SlideRecord, write_manifest
+
+    embedded, _ = first_run
+    one = tmp_path / "one-slide"  # a `cohort embed` output of one slide: an evidence map costs seconds per answer
+    one.mkdir()
+    (one / "first.h5").write_bytes((embedded / "first.h5").read_bytes())
+    write_manifest(one, [SlideRecord(str(embedded / "first.h5"), "first", "f", "done", 20, 1.0, None)])
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Is there DAB staining?\n", encoding="utf-8")
+    out = tmp_path / "answers.csv"
+    args = ["cohort", "ask", str(one), "--questions", str(questions), "--demo", "--max-new-tokens", "8"]
+    assert main([*args, "--out", str(out), "--evidence", "--zero-shot", "H&E,DAB"]) == 0
+    with out.open(encoding="utf-8") as fh:
+        (answer,) = list(csv.DictReader(fh))
+    probabilities = json.loads(answer["zero_shot"])
+    assert list(probabilities) == ["H&E", "DAB"] and abs(sum(probabilities.values()) - 1) < 1e-5
+    assert answer["zero_shot_best"] == max(probabilities, key=probabilities.get)
+    assert answer["reliance_flagged"] in ("true", "false") and math.isfinite(float(answer["reliance_score"]))
+    tiles = json.loads(Path(answer["evidence_map"]).read_text(encoding="utf-8"))
+    assert Path(answer["evidence_map"]).parent == tmp_path / "answers-evidence"
+    with h5py.File(one / "first.h5", "r") as h5:
+        assert len(tiles["features"]) == len(h5["coords"])  # one QuPath tile object per tile
+    assert answer["evidence_gap"] and not answer["evidence_error"] and not answer["zero_shot_error"]
 
 
 def test_encoders_that_cannot_load_end_the_run_with_one_sentence(

@@ -215,5 +215,6 @@ def test_explain_through_the_daemon_cancels_between_batches_and_refuses_bad_requ
         refused = list(client.events("explain", {**request, "groups": 1}))
         assert [m.type for m in refused] == ["error"] and refused[0].content["code"] == "bad-request"
         assert "'groups' must be a whole number from 2 to 1024" in refused[0].content["message"]
-        attention = list(client.events("explain", {**request, "method": "attention"}))
-        assert attention[-1].type == "error" and "not available" in attention[-1].content["message"]
+        preview = client.run_job("explain", {**request, "method": "attention", "groups": 4, "random_orders": 0})
+        assert preview["method"] == "attention" and preview["refined"] == []
+        assert sum(preview["values"]) == pytest.approx(1.0, abs=1e-4), "shares of the image tokens' attention"

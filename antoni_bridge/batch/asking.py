@@ -148,7 +148,8 @@ def _local_asker(args: argparse.Namespace, options: dict[str, Any], extras: Extr
     def run(kind: str, content: dict[str, Any]) -> dict[str, Any]:
         source, progress = source_from(content), {"on_progress": lambda p: stage[0](p.stage)}
         if kind == "explain":
-            return asdict(engine.explain(source, content["conversation"], content["answer"], **progress))
+            sizes = {"groups": content["groups"], "random_orders": content["random_orders"]}
+            return asdict(engine.explain(source, content["conversation"], content["answer"], **sizes, **progress))
         if kind == "zero_shot":
             return asdict(engine.zero_shot(source, content["labels"], **progress))
         if kind == "report":

@@ -34,6 +34,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--in-place", action="store_true", help="write answers into the project itself, after a backup")
     batch.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the daemon's, 1024)")
     batch.add_argument("--evidence", action="store_true", help="an evidence map per answer (QuPath tiles, GeoJSON)")
+    batch.add_argument("--evidence-groups", type=int, default=64, help="tile groups of each map (default 64)")
+    batch.add_argument("--evidence-orders", type=int, default=8, help="random orders its faithfulness is against")
     batch.add_argument("--zero-shot", metavar="LABELS", help='Prism zero-shot labels as columns: "label1,label2,..."')
     batch.add_argument("--report", action="store_true", help="Prism's report draft as a column")
     batch.add_argument("--local", action="store_true", help="run the model in this process instead of the daemon")
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise BridgeError("--max-new-tokens must be at least 1.", "leave it out for the default of 1024")
     outputs = Outputs.beside(args.out)
-    extras = Extras.parse(outputs.evidence_dir if args.evidence else None, args.zero_shot, args.report)
+    evidence = outputs.evidence_dir if args.evidence else None
+    extras = Extras.parse(evidence, args.zero_shot, args.report, args.evidence_groups, args.evidence_orders)
     project = qupath_project.is_project(args.source)
     _check_outputs(args, outputs, project)
     if project:
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         images = slide_images(args.source, args.geojson, {p.resolve() for p in outputs.files()})
     listed = items(images, questions, choice)
     outputs.log.parent.mkdir(parents=True, exist_ok=True)
-    log = ResultsLog(outputs.log)
+    log = ResultsLog(outputs.log, extras.wanted())
     to_ask = any(not (item.problem or log.is_done(item)) for item in listed)
     with asker(args, extras) if to_ask else contextlib.nullcontext(None) as ask:  # no model started for nothing
         summary = run_items(listed, ask, log)

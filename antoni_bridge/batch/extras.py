@@ -21,6 +21,7 @@ from antoni_bridge.maps import evidence_map, write_geojson
 RunJob = Callable[[str, dict[str, Any]], dict[str, Any]]  # a job's type and content -> its done
 COLUMNS = ("evidence_map", "evidence_gap", "zero_shot", "zero_shot_best", "prism_report")
 MAX_LABELS = 64
+GROUPS, ORDERS = (2, 1024), (0, 64)  # what the explain job accepts
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,13 @@ class Extras:
     evidence_dir: Path | None = None  # one map per answer, in this folder
     labels: tuple[str, ...] = ()  # Prism zero-shot labels
     report: bool = False  # Prism's report draft
+    groups: int = 64  # the evidence map's tile groups (explain's `groups`)
+    orders: int = 8  # random orders its faithfulness figure is measured against (explain's `random_orders`)
 
     @classmethod
-    def parse(cls, evidence_dir: Path | None, labels: str | None, report: bool) -> Extras:
+    def parse(
+        cls, evidence_dir: Path | None, labels: str | None, report: bool, groups: int = 64, orders: int = 8
+    ) -> Extras:
         names = tuple(label.strip() for label in (labels or "").split(",") if label.strip())
         if labels is not None and not 2 <= len(names) <= MAX_LABELS:
             raise BridgeError(
@@ -41,10 +46,25 @@ class Extras:
             )
         if len(set(names)) != len(names):
             raise BridgeError("--zero-shot names a label twice.", "give each label once")
-        return cls(evidence_dir, names, report)
+        if not (GROUPS[0] <= groups <= GROUPS[1] and ORDERS[0] <= orders <= ORDERS[1]):
+            raise BridgeError(
+                f"--evidence-groups must be {GROUPS[0]} to {GROUPS[1]} and --evidence-orders {ORDERS[0]} to "
+                f"{ORDERS[1]}; got {groups} and {orders}.",
+                "leave them out for 64 groups and 8 orders",
+            )
+        return cls(evidence_dir, names, report, groups, orders)
 
     def __bool__(self) -> bool:
-        return self.evidence_dir is not None or bool(self.labels) or self.report
+        return bool(self.wanted())
+
+    def wanted(self) -> tuple[str, ...]:
+        """The columns every answer of the run must hold."""
+        asked = {
+            "evidence_map": self.evidence_dir is not None,
+            "zero_shot": bool(self.labels),
+            "prism_report": self.report,
+        }
+        return tuple(column for column, on in asked.items() if on)
 
 
 def adder(extras: Extras, run: RunJob) -> Callable[[Item, dict[str, Any], dict[str, Any]], dict[str, Any]]:
@@ -68,8 +88,11 @@ def adder(extras: Extras, run: RunJob) -> Callable[[Item, dict[str, Any], dict[s
             found["zero_shot_best"] = pairs[0][0]
         if extras.report:
             found["prism_report"] = once("report", item, source)["report"]
+        if extras.evidence_dir is not None:
+            found["evidence_map"] = ""  # an empty answer has no map
         if extras.evidence_dir is not None and done["answer"].strip():
             asked = {**source, "conversation": content["conversation"], "answer": done["answer"]}
+            asked |= {"groups": extras.groups, "random_orders": extras.orders}
             explained = run("explain", asked)
             path = extras.evidence_dir / f"{_file_name(item.image.name)}-{item.key}.geojson"
             write_geojson(evidence_map(explained), path)

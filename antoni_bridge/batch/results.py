@@ -59,8 +59,8 @@ class Outputs:
 class ResultsLog:
     """The finished items of this and earlier runs of the same batch, the latest record per item."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, wanted: tuple[str, ...] = ()) -> None:
+        self.path, self.wanted = path, wanted  # wanted: columns a done record must hold (batch.extras)
         self.records: dict[str, dict[str, Any]] = {}
         if path.is_file():
             self._read()
@@ -75,7 +75,9 @@ class ResultsLog:
             self.records[record["key"]] = record
 
     def is_done(self, item: Item) -> bool:
-        return self.records.get(item.key, {}).get("status") == "done"
+        """Answered, with every column asked for this run (an answer from a run without them is asked again)."""
+        record = self.records.get(item.key, {})
+        return record.get("status") == "done" and all(column in record for column in self.wanted)
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")

@@ -21,6 +21,15 @@ from antoni_bridge.errors import BridgeError
 from antoni_bridge.files import replacing
 
 IMAGE = Target("image", "image")
+EXTRA_COLUMNS = ("zero_shot", "zero_shot_best", "zero_shot_error", "evidence_map", "evidence_gap", "evidence_error")
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What is asked besides the answers: evidence maps (written into this folder), zero-shot labels."""
+
+    evidence: Path | None = None
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,20 +85,63 @@ class AskWorker:
         if self.problem is not None:
             raise self.problem
 
-    def ask(self, item: AskItem, questions: list[str], options: Any) -> list[dict[str, Any]]:
-        """A row per target and question: the answer with its provenance, or why there is none."""
+    def ask(self, item: AskItem, questions: list[str], options: Any, extras: Extras) -> list[dict[str, Any]]:
+        """A row per target and question: the answer with its provenance (and evidence map, zero-shot
+        probabilities when asked), or why there is none."""
         rows = []
         for target in item.targets:
+            start = time.perf_counter()
+            try:
+                source = self._source(item, target)
+            except BridgeError as exc:
+                rows += [row(item, target, n, q, 0.0, error=str(exc)) for n, q in enumerate(questions, start=1)]
+                continue
+            scored = self._zero_shot(source, extras.labels)
             for number, question in enumerate(questions, start=1):
-                start = time.perf_counter()
+                conversation = [{"role": "user", "content": question}]
                 try:
-                    source = self._source(item, target)
-                    answer = self.engine.ask(source, [{"role": "user", "content": question}], options)
+                    answer = self.engine.ask(source, conversation, options)
                 except BridgeError as exc:
                     rows.append(row(item, target, number, question, time.perf_counter() - start, error=str(exc)))
                     continue
-                rows.append(row(item, target, number, question, time.perf_counter() - start, answer=answer))
+                mapped = self._evidence(extras.evidence, item, target, number, source, conversation, answer.text)
+                seconds = time.perf_counter() - start
+                rows.append(row(item, target, number, question, seconds, answer, extra={**scored, **mapped}))
+                start = time.perf_counter()
         return rows
+
+    def _zero_shot(self, source: Any, labels: tuple[str, ...]) -> dict[str, Any]:
+        """Prism's zero-shot probabilities over the labels, once per target (columns of every row of it)."""
+        if not labels:
+            return {}
+        try:
+            scored = self.engine.zero_shot(source, list(labels))
+        except BridgeError as exc:
+            return {"zero_shot_error": str(exc)}
+        best = max(zip(scored.probabilities, scored.labels, strict=True))[1]
+        return {
+            "zero_shot": json.dumps(dict(zip(scored.labels, scored.probabilities, strict=True))),
+            "zero_shot_best": best,
+        }
+
+    def _evidence(
+        self, folder: Path | None, item: AskItem, target: Target, number: int, source: Any, conversation, answer: str
+    ) -> dict[str, Any]:
+        """The answer's evidence map as QuPath GeoJSON in FOLDER (when asked), its faithfulness gap and the
+        answer's image reliance."""
+        from dataclasses import asdict
+
+        from antoni_bridge import maps
+
+        if folder is None or not answer.strip():
+            return {}
+        try:
+            explained = asdict(self.engine.explain(source, conversation, answer))
+            path = folder / f"{item.slide.name}-{_safe(target.id)}-q{number}.geojson"
+            maps.write_geojson(maps.evidence_map(explained), path)
+        except BridgeError as exc:
+            return {"evidence_error": str(exc)}
+        return {"evidence_map": str(path), "evidence_gap": explained["faithfulness"]["gap"]}
 
     def _source(self, item: AskItem, target: Target) -> Any:
         from antoni_bridge.engine import FeaturesSource, SlideSource
@@ -109,9 +161,12 @@ def row(
     seconds: float,
     answer: Any = None,
     error: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One answer as saved: what was asked of what, the answer, and its full provenance."""
+    """One answer as saved: what was asked of what, the answer, its reliance on the slide, evidence and
+    zero-shot columns (empty unless asked), and its full provenance."""
     provenance = dict(answer.provenance) if answer is not None else {}
+    reliance = (answer.reliance if answer is not None else None) or {}
     decoding = provenance.pop("decoding", None)
     return {
         "slide": str(item.slide.path),
@@ -129,6 +184,9 @@ def row(
         "tiles": answer.tiles if answer is not None else None,
         "latents_from": answer.latents_from if answer is not None else None,
         "seconds": round(seconds, 3),
+        "reliance_score": reliance.get("score"),
+        "reliance_flagged": reliance.get("flagged"),
+        **{column: (extra or {}).get(column) for column in EXTRA_COLUMNS},
         **{key: _text(provenance.get(key)) for key in PROVENANCE},
         "demo": provenance.get("demo"),
         "decoding": json.dumps(decoding) if decoding is not None else None,
@@ -137,6 +195,11 @@ def row(
 
 
 PROVENANCE = ("weights", "weights_revision", "weights_sha256", "llm", "tile_encoder", "slide_encoder")
+
+
+def _safe(name: str) -> str:
+    """A target id as part of a file name (QuPath ids are UUIDs; anything else loses its odd characters)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80]
 
 
 def _text(value: Any) -> str | None:
@@ -180,6 +243,7 @@ def ask_cohort(
     questions: list[str],
     worker_args: tuple[Any, ...],  # (ModelChoice, cache_dir, EngineSettings)
     options: Any,  # GenerationOptions
+    extras: Extras,
     workers: int,
     resources: dict[str, float],  # num_cpus / num_gpus of each model actor
     retries: int = 2,
@@ -199,7 +263,7 @@ def ask_cohort(
                 if progress is not None:
                     progress.update(1)
                 continue
-            waiting[pool[worker].ask.remote(item, questions, options)] = (item, worker)
+            waiting[pool[worker].ask.remote(item, questions, options, extras)] = (item, worker)
             load[worker] += 1
         if not waiting:
             continue

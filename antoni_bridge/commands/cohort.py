@@ -35,6 +35,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ask.add_argument("--questions", type=Path, required=True, help="a file of questions, one per line")
     ask.add_argument("--out", type=Path, default=Path("answers.parquet"), help="Parquet, or CSV when it ends in .csv")
     ask.add_argument("--max-new-tokens", type=int, help="answer length limit (default 1024)")
+    ask.add_argument(
+        "--evidence", action="store_true", help="an evidence map per answer (QuPath GeoJSON), beside --out"
+    )
+    ask.add_argument(
+        "--zero-shot", metavar="LABELS", help='Prism zero-shot probabilities per slide, e.g. "tumour,normal"'
+    )
     model_options(ask)
     encoder_options(ask)
     ray_options(ask)
@@ -78,11 +84,12 @@ def run_ask(args: argparse.Namespace) -> int:
     options = options_from({"max_new_tokens": args.max_new_tokens})
     options.check()
     _check_answers_file(args.out)
+    extras = _extras(args)
     items = ask_items(args.source)
     with _ray(args) as ray, tqdm(total=len(items), desc="slides", unit="slide", file=sys.stderr) as bar:
         choice, resources, workers = _model_workers(ray, args)
         worker_args = (choice, args.cache_dir, engine_settings(args))
-        summary = ask_cohort(ray, items, questions, worker_args, options, workers, resources, progress=bar)
+        summary = ask_cohort(ray, items, questions, worker_args, options, extras, workers, resources, progress=bar)
     write_answers(args.out, summary.rows)
     answered = len(summary.rows) - summary.failed
     print(
@@ -91,6 +98,20 @@ def run_ask(args: argparse.Namespace) -> int:
         f"-> {args.out}"
     )
     return 1 if summary.failed else 0
+
+
+def _extras(args: argparse.Namespace):  # -> cohort.asking.Extras
+    """--evidence (maps into ANSWERS-evidence/ beside the answers) and --zero-shot's labels, checked."""
+    from antoni_bridge.cohort.asking import Extras
+    from antoni_bridge.engine.prism_heads import prompt_sets
+
+    labels = tuple(label.strip() for label in args.zero_shot.split(",")) if args.zero_shot else ()
+    if labels:
+        prompt_sets(list(labels), None)  # two to 64 different labels, said before any model loads
+    folder = args.out.with_name(f"{args.out.stem}-evidence") if args.evidence else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    return Extras(folder.resolve() if folder else None, labels)
 
 
 def _check_answers_file(out: Path) -> None:

@@ -357,8 +357,8 @@ class ExplainRequest(SlideSource):
     ] = Field(description="the answer to explain, the reply to the conversation; its tokens are fixed by its text")
     method: Annotated[
         Literal["occlusion", "attention"],
-        says('\'method\' must be "occlusion" ("attention", the preview, is not available yet).'),
-    ] = optional('"occlusion" (default): left-out tile groups, rescored; "attention" is refused for now')
+        says('\'method\' must be "occlusion" or "attention" (the cheap preview).'),
+    ] = optional('"occlusion" (default): left-out tile groups, rescored; "attention": the cheap, unfaithful preview')
     groups: Annotated[
         int,
         Field(ge=GROUPS_RANGE[0], le=GROUPS_RANGE[1]),
@@ -721,12 +721,14 @@ class Faithfulness(Reply):
 
 class ExplainDone(Reply):
     job_id: str
-    method: Literal["occlusion", "attention"]
+    method: Literal["occlusion", "attention"] = Field(description="how the map was made; attention is a preview")
     tiles: int = Field(description="N, the slide's (or region's) tiles")
     groups: int = Field(description="K, the tile groups (fewer than asked when there are fewer tiles)")
     tile_size: int = Field(description="tile side in level-0 pixels")
     coords: list[list[int]] = Field(description="level-0 [x, y] of each tile's top-left corner (N)")
-    values: list[float] = Field(description="evidence per tile (N), nats: larger = the answer depends more on it")
+    values: list[float] = Field(
+        description="evidence per tile (N): occlusion in nats, attention as shares summing to 1; larger = more"
+    )
     group_of: list[int] = Field(description="each tile's group (N)")
     log_likelihood: float = Field(description="the log-likelihood of the answer given all tiles, nats")
     faithfulness: Faithfulness

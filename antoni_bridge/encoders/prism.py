@@ -105,6 +105,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
+        self.recorded: list[torch.Tensor] | None = None  # attention weights, kept only while a caller asks
 
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.to_kv(context).chunk(2, dim=-1)
@@ -114,6 +115,9 @@ class CrossAttention(nn.Module):
         self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
     ) -> torch.Tensor:
         q = _heads(self.to_q(self.x_norm(x)), self.heads)
+        if self.recorded is not None:
+            weights = torch.softmax((q @ kv[0].transpose(-2, -1)).float() * q.shape[-1] ** -0.5, dim=-1)
+            self.recorded.append(weights.mean(dim=1))
         attended = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
         return self.to_out(_merge(attended))
 
@@ -290,6 +294,19 @@ class SlideEncoder(nn.Module):
             with self._autocast(device):
                 embedding, latents = self.image_resampler(context[:, :0].expand(len(mask), -1, -1), mask, kv)
             yield torch.cat([embedding[:, None], latents], dim=1).float()
+
+    @torch.inference_mode()
+    def tile_attention(self, tile_embeddings: torch.Tensor) -> torch.Tensor:
+        """(513, N): how much each query reads each tile in the perceiver's last cross-attention (one slide,
+        no mask), for the attention preview of evidence maps."""
+        perceiver = self.image_resampler.perceiver
+        block = perceiver.layers[min(perceiver.config.perceiver_depth - 1, perceiver.last_x)]["xattn"]["xattn"]
+        block.recorded = []
+        try:
+            self.encode(tile_embeddings)
+            return block.recorded[-1][0].float().cpu()
+        finally:
+            block.recorded = None
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)

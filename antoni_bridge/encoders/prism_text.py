@@ -308,17 +308,17 @@ class PrismText(nn.Module):
         prompt: list[int],
         max_new_tokens: int,
         beams: int = 1,
-        on_step: Callable[[list[int]], bool] | None = None,
+        on_step: Callable[[list[int]], None] | None = None,
     ) -> Generated:
-        """Continue `</s>` + `prompt` over one slide's latents (512, context_dim). `on_step(best ids so far)`
-        runs after every token and returns False to stop (a cancel); greedy when `beams` is 1."""
+        """Continue `</s>` + `prompt` over one slide's latents (512, context_dim); greedy when `beams` is 1.
+        `on_step(best ids so far)` runs after every token: to stream, report progress, or raise (a cancel)."""
         start = [self.config.eos_token_id, *prompt]
         room = self.config.max_position_embeddings - len(start)
         if room < 1:
             raise BridgeError("The report prompt is longer than Prism's text model takes.", "use a shorter prompt")
         limit = min(max_new_tokens, room)
         search = _greedy if beams == 1 else _beam_search
-        return search(self, latents[None], start, limit, beams, on_step or (lambda ids: True))
+        return search(self, latents[None], start, limit, beams, on_step or (lambda ids: None))
 
 
 def _greedy(model: PrismText, latents: torch.Tensor, start: list[int], limit: int, beams: int, on_step) -> Generated:
@@ -333,8 +333,7 @@ def _greedy(model: PrismText, latents: torch.Tensor, start: list[int], limit: in
         if token == model.config.eos_token_id:
             return Generated(new, "stop")
         new.append(token)
-        if not on_step(new):
-            return Generated(new, "cancelled")
+        on_step(new)
         ids = torch.tensor([[token]], device=ids.device)
         attention = torch.cat([attention, torch.ones_like(ids)], dim=1)
     return Generated(new, "length")
@@ -377,8 +376,7 @@ def _beam_search(
         sequences = [[*sequences[beam], token] for beam, token, _ in chosen]
         scores = torch.tensor([score for _, _, score in chosen], device=device)
         past = [(k[origin], v[origin]) for k, v in past]
-        if not on_step(sequences[0]):
-            return Generated(sequences[0], "cancelled")
+        on_step(sequences[0])
         if len(finished) == beams and finished[-1][0] >= chosen[0][2] / length:
             return _best(finished)
         ids = torch.tensor([[token] for _, token, _ in chosen], device=device)

@@ -19,6 +19,10 @@ answer's log-likelihood drop after 10%, 25%, 50% and 75% of the groups are gone;
 mean drop over those points (an area over the perturbation curve, in nats); gap = deletion_area -
 random_area is positive when the map finds what the answer depends on faster than chance.
 
+The attention preview (`attention_map`, method "attention", never the default) reads attention instead:
+the projector's attention over the latent rows times the perceiver's last cross-attention over the
+tiles, the share of the image tokens' attention reaching each tile. It gets the same faithfulness check.
+
 Reliance compares the answer's mean per-token log-likelihood with this slide's latents (with_slide),
 with no image block in the prompt at all (no_image: the language model's prior) and with another
 slide's latents (other_slide; see `other_latents`). score = with_slide - max(no_image, other_slide):
@@ -39,6 +43,7 @@ import torch
 from antoni_bridge.engine.groups import group_masks, tile_groups
 from antoni_bridge.errors import BridgeError
 
+METHODS = ("occlusion", "attention")
 GROUPS = 64
 RANDOM_ORDERS = 8
 REFINE_TOP = 4  # groups split further in the finer pass
@@ -130,6 +135,32 @@ def occlusion_map(
     refined = _refine(score, coords, labels, drops, full, values, refine_top)
     checked = faithfulness(score, labels, drops, full, random_orders)
     return EvidenceMap(values, labels, k, full, checked, refined)
+
+
+def attention_map(
+    score: MaskedScorer,
+    latents: torch.Tensor,
+    coords: np.ndarray,
+    groups: int = GROUPS,
+    random_orders: int = RANDOM_ORDERS,
+) -> EvidenceMap:
+    """The cheap preview, labelled "attention" and never the default: each tile's value is the share of the
+    image tokens' attention that reaches it, the projector's attention over the latent rows times the
+    perceiver's last cross-attention over the tiles (values sum to 1; they are not nats). Attention maps
+    are often unfaithful, so the preview gets the same deletion check, its groups ordered by attention mass.
+    """
+    prism = score.encoder.tile_attention(score.features)  # (513, N)
+    projector = score.model.projection_layer
+    rows = latents[None].to(projector.query_tokens.device, projector.query_tokens.dtype)
+    with torch.inference_mode():
+        pooled = projector.attention(rows)[0].float().cpu()  # (tokens, 513)
+    values = (pooled @ prism).mean(dim=0).double().numpy()
+    labels = tile_groups(coords, groups)
+    k = int(labels.max()) + 1
+    score.step("grouping", 1, 1)
+    mass = np.bincount(labels, weights=values, minlength=k)
+    full = float(score(np.ones((1, len(labels)), dtype=bool), "scoring")[0])
+    return EvidenceMap(values, labels, k, full, faithfulness(score, labels, mass, full, random_orders), [])
 
 
 def _refine(

@@ -229,15 +229,15 @@ class Engine:
     ) -> Explained:
         """Where on the slide `answer` (the reply to `conversation`) comes from: an occlusion map over tile
         groups with its faithfulness figure, and the answer's image reliance (engine.evidence)."""
-        from antoni_bridge.engine.evidence import MaskedScorer, occlusion_map
+        from antoni_bridge.engine.evidence import METHODS, MaskedScorer, attention_map, occlusion_map
         from antoni_bridge.model.prompt import check_asks
 
         start = time.perf_counter()
         check_asks(conversation)
         if not answer.strip():
             raise BridgeError("There is no answer to explain.", "give the answer's text")
-        if method != "occlusion":
-            raise BridgeError(f"The evidence method {method!r} is not available.", 'use "occlusion"')
+        if method not in METHODS:
+            raise BridgeError(f"The evidence method {method!r} is not available.", 'use "occlusion" or "attention"')
         report = _cancellable(on_progress, cancelled)
         tiles = self.tile_features(source, on_progress=on_progress, cancelled=cancelled)
         latents = self._checked_latents(source, on_progress, cancelled)
@@ -247,7 +247,10 @@ class Engine:
             _step(report, stage, done, total)
 
         scorer = MaskedScorer(self.encoders.slide, self.model, tiles.features, conversation, answer, step)
-        mapped = occlusion_map(scorer, tiles.coords, groups, random_orders)
+        if method == "attention":
+            mapped = attention_map(scorer, latents.values, tiles.coords, groups, random_orders)
+        else:
+            mapped = occlusion_map(scorer, tiles.coords, groups, random_orders)
         relied = self.reliance(latents, conversation, answer)
         return Explained(
             method=method,

@@ -109,7 +109,7 @@ class PrismReport:
 @dataclass
 class Draft:
     report: str
-    stop_reason: str  # stop (end of text), length (token limit), cancelled
+    stop_reason: str  # stop (end of text) or length (token limit)
 
 
 def draft_report(
@@ -132,12 +132,11 @@ def draft_report(
     def decoded(new: list[int]) -> str:
         return tokenizer.decode(prompt_ids + new, skip_special_tokens=True)
 
-    def on_step(new: list[int]) -> bool:
+    def on_step(new: list[int]) -> None:
         nonlocal streamed
-        step("generating", len(new), max_new_tokens)
+        step("generating", len(new), max_new_tokens)  # raises Cancelled when the job is cancelled
         if beams == 1:
             streamed = _stream(decoded(new), streamed, on_text)
-        return True
 
     step("generating", 0, max_new_tokens)
     streamed = _stream(decoded([]), streamed, on_text) if beams == 1 else streamed

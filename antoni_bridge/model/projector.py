@@ -59,6 +59,14 @@ class AttentionPoolingProjector(nn.Module):
             x = x + self.ffn(x)
         return self.layer_norm(x)
 
+    def attention(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, tokens, rows): how much each image token reads each latent row, averaged over heads (for the
+        attention preview of evidence maps; the forward pass never materialises these weights)."""
+        batch = latents.shape[0]
+        q = _heads(self.q_proj(self.query_tokens.expand(batch, -1, -1)), self.query_heads)
+        k = _heads(self.k_proj(latents), self.kv_heads).repeat_interleave(self.query_heads // self.kv_heads, dim=1)
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1).mean(dim=1)
+
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, d = x.shape

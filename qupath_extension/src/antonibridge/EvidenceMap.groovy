@@ -55,7 +55,7 @@ class EvidenceMap {
     String summary() {
         String method = done.method == 'attention' ? 'attention preview (quick, not a faithful map)' :
                 'occlusion map'
-        String text = "${method} over ${done.groups} groups of ${done.tiles} tiles"
+        String text = "${method} over ${done.groups as long} groups of ${done.tiles as long} tiles"
         Map faithfulness = done.faithfulness as Map
         if (faithfulness) {
             text += String.format('; faithfulness: deletion %.3f against %.3f for %d random orders, gap %.3f ' +
