@@ -88,8 +88,13 @@ def run(args: argparse.Namespace) -> int:
         content = {**_job_content(args, request), "conversation": conversation, "options": _options(args)}
         done = run_job("ask", content, stream)
     wanted = args.evidence or args.evidence_png
+    if not args.json:
+        _print_answer(args, done)
     explained = _explain(args, request, conversation, done, engine) if wanted else None
-    _print_answer(args, done, explained)
+    if args.json:
+        _print_record(args, done, explained)
+    elif explained is not None:
+        _print_evidence(args, done, explained)
     conversations.save(key, [*conversation, {"role": "assistant", "content": done["answer"]}])
     return 0
 
@@ -123,7 +128,7 @@ def _explain(
     from antoni_bridge import maps
 
     if not args.json:
-        print("\nMapping the evidence for this answer...", flush=True)
+        print("Mapping the evidence for this answer...", flush=True)
     if engine is not None:
         from dataclasses import asdict
 
@@ -281,13 +286,16 @@ def _score(args: argparse.Namespace, request, question: str, choices: list[str])
 # ---------------------------------------------------------------------------------------------- printing
 
 
-def _print_answer(args: argparse.Namespace, done: dict[str, Any], explained: dict[str, Any] | None) -> None:
-    if args.json:
-        record = {**done, "demo_weights": done["demo"], "front_end": "cli", "options_set": _options(args)}
-        if explained is not None:
-            record["evidence"] = _evidence_record(args, explained)
-        print(json.dumps(record, ensure_ascii=False))
-        return
+def _print_record(args: argparse.Namespace, done: dict[str, Any], explained: dict[str, Any] | None) -> None:
+    """--json: one object, the answer's and (with --evidence) its map's figures."""
+    record = {**done, "demo_weights": done["demo"], "front_end": "cli", "options_set": _options(args)}
+    if explained is not None:
+        record["evidence"] = _evidence_record(args, explained)
+    print(json.dumps(record, ensure_ascii=False))
+
+
+def _print_answer(args: argparse.Namespace, done: dict[str, Any]) -> None:
+    """Under the streamed answer: its length, speed and end, then its image reliance."""
     timings = done["timings"]
     limit = done.get("provenance", {}).get("decoding", {}).get("max_new_tokens", args.max_new_tokens)
     print(
@@ -296,14 +304,18 @@ def _print_answer(args: argparse.Namespace, done: dict[str, Any], explained: dic
         f"stop: {done['stop_reason']}, latents from {done['latents_from']}, {timings['total_s']:.1f} s in all]"
         + (f" {DEMO_NOTE}" if done["demo"] else "")
     )
-    reliance = (explained or {}).get("reliance") or done.get("reliance")
-    if reliance:
-        print(reliance_line(reliance))
-    if explained is not None:
-        print(faithfulness_line(explained))
-        written = [str(p) for p in (args.evidence, args.evidence_png) if p is not None]
-        print(f"Evidence map ({explained['method']}, {explained['tiles']} tiles in {explained['groups']} groups) "
-              f"written to {' and '.join(written)}")  # fmt: skip
+    if done.get("reliance"):
+        print(reliance_line(done["reliance"]))
+
+
+def _print_evidence(args: argparse.Namespace, done: dict[str, Any], explained: dict[str, Any]) -> None:
+    """The map's faithfulness and files (and the reliance, where the answer came without one)."""
+    if not done.get("reliance"):
+        print(reliance_line(explained["reliance"]))
+    print(faithfulness_line(explained))
+    written = [str(p) for p in (args.evidence, args.evidence_png) if p is not None]
+    print(f"Evidence map ({explained['method']}, {explained['tiles']} tiles in {explained['groups']} groups) "
+          f"written to {' and '.join(written)}")  # fmt: skip
 
 
 def _evidence_record(args: argparse.Namespace, explained: dict[str, Any]) -> dict[str, Any]:
