@@ -281,3 +281,12 @@ def test_without_ray_the_command_says_to_install_the_extra(
     err = capsys.readouterr().err
     assert "Ray, which is not installed" in err and "pip install 'antoni-bridge[cohort]'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cache_folder_is_refused_before_ray_starts(
+    cohort_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["cohort", "embed", str(cohort_dir), "--out", str(tmp_path / "out"), "--demo", "--cache-dir", str(tmp_path)]
+    assert main(args) == 2
+    assert "keeps no feature cache" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -61,6 +61,11 @@ def run_embed(args: argparse.Namespace) -> int:
     from antoni_bridge.cohort.sources import read_cohort
 
     import_ray()  # before anything else: without the extra, the one thing to say
+    if args.cache_dir is not None:  # an option shared with `embed`; here the files in --out are the cache
+        from antoni_bridge.errors import BridgeError
+
+        hint = "leave --cache-dir out: a rerun skips the slides whose files in --out are finished"
+        raise BridgeError("cohort embed keeps no feature cache: it writes each slide's file into --out.", hint)
     settings = _embed_settings(args)
     slides = read_cohort(args.source)
     with _ray(args) as ray:
