@@ -308,3 +308,27 @@ def test_similar_slides_are_listed_and_a_click_opens_the_project_image_or_the_fi
     ]
     assert seen["openedEntry"] == {"calls": ["openImageEntry neighbour.svs"], "same": True}
     assert seen["openedFile"] == {"calls": ["openImage /elsewhere/x.svs"], "now": "/elsewhere/x.svs"}
+
+
+def test_a_zero_shot_map_draws_each_labels_probability_per_tile_and_remove_clears_it(seen: dict[str, Any]) -> None:
+    request = seen["zeroShotMapRequest"]
+    assert request["type"] == "zero_shot" and request["content"]["map"] is True
+    assert "map" not in seen["zeroShotRequest"]["content"]  # without the box ticked, no map is asked for
+    groups = [[0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]  # per group: tumour, stroma, necrosis
+    shown = seen["zeroShotMap"]
+    assert shown["links"] == ["Hyperlink"] * 3  # each label draws its map on a click
+    assert 'Map of "stroma": 16 tiles in the class "Prism zero-shot"' in shown["message"]  # the likeliest, at once
+    for label, drawn in (("stroma", shown), ("necrosis", seen["zeroShotMapClicked"])):
+        tiles = drawn["tiles"]
+        assert len(tiles) == 16  # one per tile, the earlier label's map replaced
+        for i, tile in enumerate(tiles):
+            x, y = i % 4 * 256, i // 4 * 256
+            assert tile["bounds"] == [x, y, x + 256, y + 256] and tile["tile"] is True
+            assert tile["measurements"] == {f"Prism zero-shot: {label}": groups[i // 4][1 if label == "stroma" else 2]}
+    assert seen["zeroShotMapClicked"]["tiles"][8]["colour"] == [230, 47, 33]  # 0.8 on the evidence colours, scale 1
+    assert 'Map of "necrosis"' in seen["zeroShotMapClicked"]["message"]
+    assert seen["zeroShotMapRemoved"] == {
+        "message": "Removed 16 zero-shot tiles from the image.",
+        "button": "Remove maps",
+        "tiles": 0,
+    }

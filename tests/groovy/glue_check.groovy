@@ -328,6 +328,37 @@ seen.zeroShot = Fx.run {
      bars: panel.zeroShotResults.children.collect { it.children[0].progress }, message: panel.message.text]
 }
 
+// zero-shot labels with a map: the likeliest label's drawn at once, another's on a click, removed by one button
+recorder.sent.clear()
+Fx.run {
+    panel.zeroShotMap.selected = true
+    panel.zeroShot.fire()
+    panel.zeroShotMap.selected = false
+}
+seen.zeroShotMapRequest = recorder.sent[-1]
+List groupProbabilities = [[0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]
+reply('done', [labels: ['tumour', 'stroma', 'necrosis'], probabilities: [0.2, 0.7, 0.1], model: 'prism',
+               map: [tiles: 16, groups: 4, tile_size: 256, coords: coords, group_of: (0..<16).collect { it.intdiv(4) },
+                     probabilities: groupProbabilities], provenance: [:], timings: [total_s: 0.2]])
+Closure zeroShotTiles = {
+    Fx.run {
+        qupath.imageData.hierarchy.getTileObjects().findAll { it.pathClass?.toString() == 'Prism zero-shot' }.collect {
+            [bounds: it.ROI.geometry.envelopeInternal.with { [minX, minY, maxX, maxY] }, tile: it.isTile(),
+             measurements: new LinkedHashMap(it.measurementList.asMap()),
+             colour: [(it.color >> 16) & 0xff, (it.color >> 8) & 0xff, it.color & 0xff]]
+        }
+    }
+}
+seen.zeroShotMap = [tiles: zeroShotTiles(), message: Fx.run { panel.message.text },
+                    links: Fx.run { panel.zeroShotResults.children.collect { it.children[2].class.simpleName } }]
+Fx.run { panel.zeroShotResults.children[2].children[2].fire() } // "necrosis", the least likely
+seen.zeroShotMapClicked = [tiles: zeroShotTiles(), message: Fx.run { panel.message.text }]
+seen.zeroShotMapRemoved = Fx.run {
+    panel.removeEvidence.fire()
+    [message: panel.message.text, button: panel.removeEvidence.text,
+     tiles: qupath.imageData.hierarchy.getTileObjects().size()]
+}
+
 // Prism's report draft: streamed into the conversation, marked as Prism's, saved, never sent to ANTONI
 recorder.sent.clear()
 Fx.run { panel.draftReport.fire() }

@@ -7,6 +7,7 @@ import javafx.scene.control.Button
 import javafx.scene.control.CheckBox
 import javafx.scene.control.Hyperlink
 import javafx.scene.control.Label
+import javafx.scene.control.Labeled
 import javafx.scene.control.ProgressBar
 import javafx.scene.control.RadioButton
 import javafx.scene.control.TextArea
@@ -35,8 +36,8 @@ import java.util.prefs.Preferences
  * while a slide is embedded, cancel, a status line and the connection settings. It knows nothing of QuPath:
  * `targets` (QuPathGlue) answers `target(boolean wholeImage)` with an AskTarget (or throws a Problem saying why
  * not), keeps answers, maps and drafts (`save`, `saveEvidence`, `saveConversation`: a notice to show, or null),
- * draws and removes evidence maps and opens slides. One job runs at a time. Runs on the JavaFX thread; the link
- * reports through runLater.
+ * draws and removes evidence and zero-shot maps and opens slides. One job runs at a time. Runs on the JavaFX
+ * thread; the link reports through runLater.
  */
 class ChatPanel {
     static final Map<String, String> STAGES = [
@@ -83,9 +84,10 @@ class ChatPanel {
     final Button describeRegion = new Button('Describe this region')
     final Label shortcuts = new Label("Also: ${QuPathGlue.SHORTCUT_TEXT} or Alt+right-click in the viewer")
     final VBox answers = new VBox(4) // under the conversation: per answer, its reliance and "Show evidence"
-    final Button removeEvidence = new Button('Remove evidence maps')
+    final Button removeEvidence = new Button('Remove maps') // evidence and zero-shot maps
     final TextField labels = new TextField()
     final Button zeroShot = new Button('Zero-shot labels')
+    final CheckBox zeroShotMap = new CheckBox('with a map over the slide')
     final VBox zeroShotResults = new VBox(2)
     final Button draftReport = new Button('Draft report')
     final Button similarSlides = new Button('Similar slides')
@@ -174,7 +176,8 @@ class ChatPanel {
         AskTarget target = currentTarget()
         if (target != null) {
             zeroShotResults.children.clear()
-            start('zero_shot', target, target.source() + [labels: names])
+            Map content = target.source() + [labels: names] + (zeroShotMap.selected ? [map: true] : [:])
+            start('zero_shot', target, content)
         }
     }
 
@@ -300,7 +303,7 @@ class ChatPanel {
                     explained(job.target as AskTarget, job.answer as Map, content)
                     break
                 case 'zero_shot':
-                    showZeroShot(content)
+                    showZeroShot(job.target as AskTarget, content)
                     break
                 case 'report':
                     drafted(job.target as AskTarget, content)
@@ -378,21 +381,43 @@ class ChatPanel {
         }
     }
 
-    /** Prism's probabilities as a small bar list, likeliest first. */
-    private void showZeroShot(Map content) {
+    /**
+     * Prism's probabilities as a small bar list, likeliest first. With a map (docs/protocol.md, ZeroShotMap) each
+     * label is a link that draws its map over the slide; the likeliest label's is drawn at once.
+     */
+    private void showZeroShot(AskTarget target, Map content) {
         List<String> names = content.labels as List<String>
         List<Double> probabilities = (content.probabilities as List).collect { it as double }
         List<Integer> order = (0..<names.size()).toList().sort { -probabilities[it] }
+        Map map = content.map instanceof Map ? content.map as Map : null
         zeroShotResults.children.setAll(order.collect { int i ->
             ProgressBar bar = new ProgressBar(probabilities[i])
             bar.prefWidth = 120
-            Label name = new Label(names[i])
+            Labeled name = map == null ? new Label(names[i]) : new Hyperlink(names[i])
             name.minWidth = 60
+            if (map != null) {
+                (name as Hyperlink).onAction = { showZeroShotMap(target, map, names, i) } as EventHandler
+            }
             HBox row = new HBox(6, bar, new Label(String.format('%5.1f %%', 100 * probabilities[i])), name)
             row.id = "zero-shot-${i}"
             return row
         })
         inform("Zero-shot labels by Prism (${content.model}), not by ANTONI.")
+        if (map != null) {
+            showZeroShotMap(target, map, names, order[0])
+        }
+    }
+
+    /** One label's zero-shot map over the slide: its probability per tile, replacing the zero-shot map shown. */
+    private void showZeroShotMap(AskTarget target, Map map, List<String> names, int label) {
+        try {
+            int tiles = targets.showEvidence(target, EvidenceMap.zeroShot(map, names, label))
+            inform("Zero-shot labels by Prism, not by ANTONI. Map of \"${names[label]}\": ${tiles} tiles in the " +
+                    "class \"${EvidenceMap.ZERO_SHOT_CLASS}\" (darker red: likelier, over ${map.groups as long} " +
+                    'groups of tiles); click another label to map it.')
+        } catch (Problem p) {
+            say(p.message, p.hint)
+        }
     }
 
     /** The similar slides as links: a click opens the project image, or the file. */
@@ -645,8 +670,15 @@ class ChatPanel {
     }
 
     private void removeEvidenceMaps() {
-        int removed = targets.removeEvidence()
-        inform(removed ? "Removed ${removed} evidence tiles from the image." : 'The image shows no evidence map.')
+        Map<String, Integer> removed = targets.removeMaps()
+        List<String> parts = []
+        if (removed[EvidenceMap.CLASS_NAME]) {
+            parts << "${removed[EvidenceMap.CLASS_NAME]} evidence tiles".toString()
+        }
+        if (removed[EvidenceMap.ZERO_SHOT_CLASS]) {
+            parts << "${removed[EvidenceMap.ZERO_SHOT_CLASS]} zero-shot tiles".toString()
+        }
+        inform(parts ? "Removed ${parts.join(' and ')} from the image." : 'The image shows no map.')
     }
 
     /** Prism's own heads, on the same slide latents: another model than ANTONI, and labelled so. */
@@ -655,8 +687,8 @@ class ChatPanel {
         HBox.setHgrow(labels, Priority.ALWAYS)
         withinProject.selected = false
         VBox box = new VBox(6, new Label("The slide encoder's own heads: another model than ANTONI."),
-                new HBox(6, labels, zeroShot), zeroShotResults, new HBox(6, draftReport, similarSlides),
-                withinProject, similarResults)
+                new HBox(6, labels, zeroShot), zeroShotMap, zeroShotResults,
+                new HBox(6, draftReport, similarSlides), withinProject, similarResults)
         TitledPane pane = new TitledPane('Prism: zero-shot labels, report draft, similar slides', box)
         pane.expanded = false // room for the conversation; one click opens it
         return pane

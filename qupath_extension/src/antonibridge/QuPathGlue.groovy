@@ -22,7 +22,7 @@ import java.util.regex.Matcher
  * Everything that touches QuPath, kept to the calls listed in docs/qupath.md ("QuPath calls the glue
  * makes"): the analysis pane's tab, menu commands with a shortcut, an Alt+right-click menu on every viewer
  * (QuPath has no API for its own viewer menu), the current image's file and selection, and saving answers
- * with annotations or the image, evidence maps as tile objects, and opening similar slides.
+ * with annotations or the image, evidence and zero-shot maps as tile objects, and opening similar slides.
  * Called on the JavaFX thread, except `targetOf`, which reads only image data (AntoniBridge.ask calls it).
  */
 class QuPathGlue {
@@ -39,6 +39,10 @@ class QuPathGlue {
     static final String CONVERSATION = 'ANTONI conversation'
     static final String RELIANCE = 'ANTONI reliance'
     static final String EVIDENCE = 'ANTONI evidence'
+    static final List<String> MAP_CLASSES = [EvidenceMap.CLASS_NAME, EvidenceMap.ZERO_SHOT_CLASS]
+    static final Map<String, Integer> MAP_CLASS_COLOURS = [ // the classes' own colours in the class list
+            (EvidenceMap.CLASS_NAME): ColorTools.packRGB(240, 59, 32),
+            (EvidenceMap.ZERO_SHOT_CLASS): ColorTools.packRGB(117, 107, 177)]
 
     final Object qupath
     ChatPanel panel
@@ -218,26 +222,28 @@ class QuPathGlue {
 
     /**
      * The map as QuPath objects: one tile object per tile (a rectangle ROI, PathObjects.createTileObject), with the
-     * measurement `ANTONI evidence` and the map's colour, all in the class `ANTONI evidence` (so the Annotations
-     * tab's class list hides them, or selects them for deleting, in one click). An earlier map on the image is
-     * replaced. Returns the number of tiles drawn.
+     * map's measurement (`ANTONI evidence`, or `Prism zero-shot: LABEL`) and colour, all in the map's class
+     * (`ANTONI evidence` or `Prism zero-shot`, so the Annotations tab's class list hides them, or selects them for
+     * deleting, in one click). An earlier map of that class on the image is replaced. Returns the number of tiles.
      */
     int showEvidence(AskTarget target, EvidenceMap map) {
-        requireOpen(target, 'its evidence map was not drawn there', 'open that image again and show the evidence')
-        removeEvidence()
+        requireOpen(target, 'its map was not drawn there', 'open that image again and show the map')
+        removeMaps([map.className])
         double scale = map.scale()
-        List tiles = map.tiles().collect { List<Number> tile -> evidenceTile(tile, scale) }
+        PathClass pathClass = mapClass(map.className)
+        List tiles = map.tiles().collect { List<Number> tile -> evidenceTile(tile, scale, pathClass, map.measurement) }
         target.imageData.getHierarchy().addObjects(tiles)
         return tiles.size()
     }
 
     /** One tile [x, y, size, value] of a map as a QuPath tile object, coloured on the map's `scale`. */
-    static Object evidenceTile(List<Number> tile, double scale) {
+    static Object evidenceTile(List<Number> tile, double scale, PathClass pathClass = mapClass(EvidenceMap.CLASS_NAME),
+                               String measurement = EvidenceMap.MEASUREMENT) {
         double value = tile[3] as double
         def object = PathObjects.createTileObject(ROIs.createRectangleROI(tile[0] as double, tile[1] as double,
-                tile[2] as double, tile[2] as double), evidenceClass())
+                tile[2] as double, tile[2] as double), pathClass)
         def measurements = object.getMeasurementList()
-        measurements.put(EvidenceMap.MEASUREMENT, value)
+        measurements.put(measurement, value)
         measurements.close()
         List<Integer> rgb = EvidenceMap.colour(value, scale)
         object.setColor(ColorTools.packRGB(rgb[0], rgb[1], rgb[2]) as Integer)
@@ -246,21 +252,30 @@ class QuPathGlue {
 
     /** The evidence tiles on the open image. */
     List evidenceTiles() {
-        String name = evidenceClass().toString()
-        qupath.getImageData()?.getHierarchy()?.getTileObjects()?.findAll { it.getPathClass()?.toString() == name } ?: []
+        mapTiles(EvidenceMap.CLASS_NAME)
     }
 
-    /** Remove every evidence tile from the open image; returns how many there were. */
-    int removeEvidence() {
-        List tiles = evidenceTiles()
-        if (tiles) {
-            qupath.getImageData().getHierarchy().removeObjects(tiles, false)
+    /** The tiles of the map class `className` on the open image. */
+    List mapTiles(String className) {
+        List all = qupath.getImageData()?.getHierarchy()?.getTileObjects() as List ?: []
+        return all.findAll { it.getPathClass()?.toString() == className }
+    }
+
+    /**
+     * Remove the tiles of the map classes `classNames` (by default all: evidence and zero-shot) from the open image;
+     * returns how many there were of each class.
+     */
+    Map<String, Integer> removeMaps(List<String> classNames = MAP_CLASSES) {
+        Map<String, List> tiles = classNames.collectEntries { [(it): mapTiles(it)] }
+        List all = tiles.values().flatten()
+        if (all) {
+            qupath.getImageData().getHierarchy().removeObjects(all, false)
         }
-        return tiles.size()
+        return tiles.collectEntries { name, list -> [(name): list.size()] } as Map<String, Integer>
     }
 
-    private static PathClass evidenceClass() {
-        PathClass.getInstance(EvidenceMap.CLASS_NAME, ColorTools.packRGB(240, 59, 32) as Integer)
+    private static PathClass mapClass(String className) {
+        PathClass.getInstance(className, MAP_CLASS_COLOURS[className] as Integer)
     }
 
     // ------------------------------------------------------------------ similar slides
