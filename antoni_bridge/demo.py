@@ -17,6 +17,7 @@ from typing import Any
 
 from antoni_bridge import paths
 from antoni_bridge.client import Client
+from antoni_bridge.commands.ask import reliance_line
 from antoni_bridge.demo_assets import DEMO_NOTE
 from antoni_bridge.engine import Cancelled
 from antoni_bridge.errors import BridgeError
@@ -102,6 +103,8 @@ def _print_summary(done: dict[str, Any], seconds: float) -> None:
         f"{timings['reused_tokens']} prompt tokens reused; {seconds:.2f} s in all] {DEMO_NOTE}",
         flush=True,
     )
+    if done.get("reliance"):  # how much the answer depends on the slide, next to every answer
+        print(f"   {reliance_line(done['reliance'])}", flush=True)
 
 
 def _write_overview(slide: Path) -> None:

@@ -73,6 +73,7 @@ def test_demo_command_runs_offline(tmp_path: Path) -> None:
     result = run_cli("demo", timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("latents (513, 64)") == 3 and result.stdout.count("answer: ") == 3
+    assert result.stdout.count("Image reliance: ") == 3  # next to every answer
     said, truth = re.findall(r"answer: (.*)\n", result.stdout), re.findall(r"truth:  (.*)\n", result.stdout)
     assert sum(a.strip() == t.strip() for a, t in zip(said, truth, strict=True)) >= 2, result.stdout
     follow_up = result.stdout.split("== ")[-1]
