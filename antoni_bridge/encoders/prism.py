@@ -109,17 +109,17 @@ class CrossAttention(nn.Module):
 
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.to_kv(context).chunk(2, dim=-1)
-        return _heads(keys, self.heads), _heads(values, self.heads)
+        return split_heads(keys, self.heads), split_heads(values, self.heads)
 
     def forward(
         self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
     ) -> torch.Tensor:
-        q = _heads(self.to_q(self.x_norm(x)), self.heads)
+        q = split_heads(self.to_q(self.x_norm(x)), self.heads)
         if self.recorded is not None:
             weights = torch.softmax((q @ kv[0].transpose(-2, -1)).float() * q.shape[-1] ** -0.5, dim=-1)
             self.recorded.append(weights.mean(dim=1))
         attended = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
-        return self.to_out(_merge(attended))
+        return self.to_out(merge_heads(attended))
 
 
 class SelfAttention(nn.Module):
@@ -133,8 +133,8 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t, self.heads) for t in F.linear(x, self.in_proj_weight).chunk(3, dim=-1))
-        return self.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        q, k, v = (split_heads(t, self.heads) for t in F.linear(x, self.in_proj_weight).chunk(3, dim=-1))
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class SelfAttentionBlock(nn.Module):
@@ -369,11 +369,13 @@ def load_slide_encoder(
     return encoder
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, tokens, width) -> (batch, heads, tokens, width / heads), as attention takes it."""
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)
 
 
-def _merge(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `split_heads`."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from antoni_bridge.encoders import PRISM_ID
+from antoni_bridge.encoders.prism import merge_heads, split_heads
 from antoni_bridge.encoders.sources import describe_keys, read_config, read_state_dict, resolve_model_dir
 from antoni_bridge.errors import BridgeError
 
@@ -112,13 +113,13 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _heads(self.k_proj(x), self.heads), _heads(self.v_proj(x), self.heads)
+        return split_heads(self.k_proj(x), self.heads), split_heads(self.v_proj(x), self.heads)
 
     def forward(
         self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
     ) -> torch.Tensor:
-        q = _heads(self.q_proj(x), self.heads)
-        return self.out_proj(_merge(F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)))
+        q = split_heads(self.q_proj(x), self.heads)
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)))
 
 
 class DecoderLayer(nn.Module):
@@ -400,16 +401,6 @@ def _causal_mask(attention: torch.Tensor, new: int, dtype: torch.dtype) -> torch
     return torch.zeros(allowed.shape, dtype=dtype, device=attention.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )[:, None]
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, d = x.shape
-    return x.view(b, n, heads, d // heads).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 # ---------------------------------------------------------------------- loading
