@@ -288,7 +288,8 @@ def started(ray: Any, checks: list[Any], what: str) -> list[Any]:
     try:
         return ray.get(checks)
     except Exception as exc:  # Ray wraps the worker's exception, or says the worker died
-        raise BridgeError(f"The {what} workers could not start: {failure_reason(exc)}", "") from None
+        hint = "every node needs the same model paths and the cohort extra (docs/cohort.md)"
+        raise BridgeError(f"The {what} workers could not start: {failure_reason(exc)}", hint) from None
 
 
 def failure_reason(exc: BaseException) -> str:
