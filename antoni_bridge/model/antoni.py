@@ -296,7 +296,10 @@ class AntoniModel(nn.Module):
     def _projected(self, latents: torch.Tensor) -> torch.Tensor:
         """Image-token embeddings (B, tokens, width) of a batch of latents (B, 513, D)."""
         if latents.ndim != 3 or latents.shape[0] == 0:
-            raise BridgeError(f"A batch of slide latents must be (B, 513, D), not {tuple(latents.shape)}.", "")
+            raise BridgeError(
+                f"A batch of slide latents must be (B, 513, D), not {tuple(latents.shape)}.",
+                "stack the latents of each slide (or mask) along a first axis",
+            )
         self.check_latents(latents[0])  # shape and type; the values are checked on the projection
         embeds = self.projection_layer(latents.to(self.device, self.projection_layer.query_tokens.dtype))
         if not bool(torch.isfinite(embeds).all()):
