@@ -167,4 +167,6 @@ def test_a_full_queue_is_waited_out_with_back_off_then_given_up(
     assert len(done["token_ids"]) == 2
     assert len(times) >= 3, times
     assert times[1] - times[0] >= 0.45 and times[2] - times[1] >= 0.95, f"waits of 0.5 s, then 1 s: {times}"
-    assert isinstance(first.cancel(), Cancelled) and isinstance(second.cancel(), Cancelled)
+    for job in (first, second):  # cancelled, or (on a fast machine) at the demo model's context limit first
+        outcome = job.cancel()
+        assert isinstance(outcome, Cancelled) or (isinstance(outcome, dict) and outcome["stop_reason"] == "length")
